@@ -1,0 +1,3 @@
+from optdoctor.cli import main
+
+main()

@@ -1,0 +1,145 @@
+"""Typed probe config (CONTRACT.md section 1). Pure data: no torch, no imports of user code.
+
+Every model forbids unknown keys so that a typo is an error with a did-you-mean, never a
+silently ignored setting. ``probe:`` holds the extra settings; each has a default so that the
+minimal config of CONTRACT.md works as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits", "nll")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FactoryConfig(_Strict):
+    factory: str = Field(description='"file.py:callable" (relative to the config) or "package.module:callable"')
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+
+    @field_validator("factory")
+    @classmethod
+    def _has_colon(cls, v: str) -> str:
+        if ":" not in v or v.startswith(":") or v.endswith(":"):
+            raise ValueError(f'{v!r} is not of the form "file.py:callable" or "package.module:callable"')
+        return v
+
+
+class ModelConfig(FactoryConfig):
+    pass
+
+
+class DataConfig(FactoryConfig):
+    batch_size: int = Field(64, gt=0, description="mini-batch size of the probe trainings")
+
+
+class OptimizerConfig(_Strict):
+    name: str = Field(description="any torch.optim class name, case-insensitive")
+    lr: float = Field(gt=0, description="learning rate")
+    args: dict[str, Any] = Field(default_factory=dict, description="other keyword arguments of that class")
+
+
+class ScheduleConfig(_Strict):
+    name: str = Field(description="any torch.optim.lr_scheduler class name")
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class HessianConfig(_Strict):
+    enabled: bool = Field(True, description="measure Hessian spectra of the probe loss")
+    at: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0],
+        description="when to measure, as fractions of probe.steps (0 = before training, 1 = at the end)",
+    )
+    k: int = Field(5, ge=1, le=50, description="how many of the largest eigenvalues")
+    batch_size: int = Field(256, gt=0, description="size of the fixed evaluation batch")
+    max_iter: int = Field(40, ge=4, le=200, description="Lanczos iterations at most")
+    tol: float = Field(1e-4, gt=0, description="Lanczos stops when the Ritz values of interest move less than this, relative to lambda_max")
+    trace: bool = Field(True, description="estimate the trace (Hutch++)")
+    density: bool = Field(True, description="estimate the spectral density (SLQ)")
+
+    @field_validator("at")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not 0.0 <= x <= 1.0]
+        if bad:
+            raise ValueError(f"fractions of probe.steps must lie in [0, 1], got {bad}")
+        return sorted(set(v))
+
+
+class VariantsConfig(_Strict):
+    lr_factors: list[float] = Field(
+        default_factory=lambda: [0.1, 10.0],
+        description="extra probes of the same config at these multiples of the learning rate (differential diagnosis)",
+    )
+    perturb: bool = Field(True, description="when a plateau is found, re-run from a slightly perturbed start to test for a saddle")
+    steps: int | None = Field(None, gt=0, description="steps of each variant probe (default: probe.steps)")
+
+    @field_validator("lr_factors")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("learning-rate factors must be positive")
+        return v
+
+
+class ProbeSettings(_Strict):
+    steps: int = Field(200, gt=0, le=100_000, description="training steps of the probe")
+    val_every: int | None = Field(None, gt=0, description="validate every N steps (default: steps/20)")
+    device: str = Field("cpu", description='"cpu", "cuda", "cuda:1", ... or "auto"')
+    threads: int | None = Field(1, ge=1, description="torch threads on CPU (1 is fastest for small models on small machines); null keeps torch's default")
+    seeds: int = Field(1, ge=1, le=16, description="repeat the baseline probe with this many seeds; findings must hold in a majority")
+    hessian: HessianConfig = Field(default_factory=HessianConfig)
+    variants: VariantsConfig = Field(default_factory=VariantsConfig)
+    tensorboard: str | None = Field(None, description="write TensorBoard logs under this folder (relative to the config)")
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm, as the user's training does")
+
+
+class ProbeConfig(_Strict):
+    name: str | None = Field(None, description="defaults to the config file's stem")
+    seed: int = Field(0, description="same seed + same machine => same findings")
+    model: ModelConfig
+    data: DataConfig
+    loss: str = Field("cross_entropy", description='cross_entropy | mse | bce_with_logits | nll | "file.py:callable"')
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig | None = None
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        if v in BUILTIN_LOSSES or ":" in v:
+            return v
+        raise ValueError(f'unknown loss {v!r}: use one of {", ".join(BUILTIN_LOSSES)} or "file.py:callable"')
+
+
+class LoadedConfig(BaseModel):
+    """A validated config plus where it came from (for relative paths and error locations)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    config: ProbeConfig
+    path: str  # as the user gave it (relative paths stay relative: reports carry no absolute paths)
+    base_dir: str  # the config's folder, absolute: factories' file paths are relative to it
+    positions: dict[str, tuple[int, int]] = Field(default_factory=dict)  # "optimizer.lr" -> (line, col), 1-based
+
+    @property
+    def name(self) -> str:
+        from pathlib import Path
+
+        return self.config.name or Path(self.path).stem
+
+    def line_of(self, key: str) -> tuple[int, int] | None:
+        """Line/col of a key path, or of its closest present ancestor."""
+        while key:
+            if key in self.positions:
+                return self.positions[key]
+            key = key.rpartition(".")[0]
+        return None
+
+
+Severity = Literal["info", "warning", "error"]

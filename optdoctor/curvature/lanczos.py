@@ -1,0 +1,158 @@
+"""Lanczos with full reorthogonalization on flat vectors, and its Ritz pairs.
+
+One Krylov space K_m(H, v0) gives both ends of the spectrum: the top-k and the smallest
+eigenvalue. Full reorthogonalization (twice, "twice is enough": Giraud et al. 2005) keeps the
+basis orthonormal, so no ghost copies of converged eigenvalues appear and T_m = Q^T H Q
+holds to working precision -- which the trace estimator reuses (``trace.py``). It costs an
+(m, n) @ (n,) product per step, small next to one Hessian-vector product for m <= a few
+hundred.
+
+Known limit: a single Krylov space holds one direction per distinct eigenvalue, so an
+eigenvalue of multiplicity > 1 is reported once (exact multiplicities are rare in a trained
+net's Hessian; they do occur e.g. for a linear model with vector output and MSE, whose
+Hessian is I_C (x) X^T X / N). ``tests/test_curvature.py`` keeps that case as a marked gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LanczosRun:
+    """T_m (``alphas`` (m,), ``betas`` (m-1,), zero where the run restarted) and Q (m, n)."""
+
+    alphas: np.ndarray
+    betas: np.ndarray
+    basis: torch.Tensor
+    last_beta: float  # beta_m: the residual norm coupling Q to the next Lanczos vector
+    converged: bool
+    reason: str  # "tol" | "max_iter" | "invariant" | "exhausted" | "nonfinite"
+
+    @property
+    def iters(self) -> int:
+        return len(self.alphas)
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ritz values (m,) ascending and the eigenvectors S (m, m) of T_m, float64."""
+        return tridiagonal_eigh(self.alphas, self.betas)
+
+    def ritz_vectors(self, columns: list[int]) -> np.ndarray:
+        """Ritz vectors Q^T S[:, columns], shape (len(columns), n), float64."""
+        _, s = self.ritz()
+        sel = torch.as_tensor(s[:, columns], dtype=self.basis.dtype, device=self.basis.device)
+        return (sel.T @ self.basis).double().cpu().numpy()
+
+
+def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    alphas = np.asarray(alphas, dtype=np.float64)
+    t = np.diag(alphas)
+    if len(alphas) > 1:
+        b = np.asarray(betas, dtype=np.float64)[: len(alphas) - 1]
+        t += np.diag(b, 1) + np.diag(b, -1)
+    return np.linalg.eigh(t)
+
+
+def wanted(theta: np.ndarray, k: int) -> np.ndarray:
+    """The Ritz values the stopping test watches: top-k (descending), then the smallest."""
+    return np.concatenate([theta[::-1][:k], theta[:1]])
+
+
+def lanczos(
+    matvec: Matvec,
+    v0: torch.Tensor,
+    *,
+    max_iter: int,
+    k: int = 1,
+    tol: float | None = 1e-4,
+    patience: int = 2,
+    restart: Callable[[], torch.Tensor] | None = None,
+) -> LanczosRun:
+    """Run at most ``max_iter`` Lanczos steps from ``v0`` (n,).
+
+    Stopping: with ``tol`` set, after each step past the k-th the watched Ritz values (top-k
+    and the smallest) are compared with the previous step's; the run stops when none moved
+    more than ``tol * max|theta|`` for ``patience`` consecutive steps (one quiet step can be
+    a stall before a Ritz value finds its eigenvalue; two cost one product more). ``tol=None``
+    runs all ``max_iter`` steps (stochastic Lanczos quadrature wants fixed m). It also stops
+    when the Krylov space is the whole space (m = n: the Ritz values are the spectrum) or
+    invariant (beta ~ 0): then ``restart()`` -- if given -- supplies a fresh direction and the
+    run goes on with a zero coupling in T; without it the run ends (exact for v0's
+    subspace, which is what quadrature needs).
+    """
+    n = v0.numel()
+    max_iter = max(1, min(max_iter, n))
+    basis = torch.empty(max_iter, n, dtype=v0.dtype, device=v0.device)  # (m, n), rows q_j
+    eps = torch.finfo(v0.dtype).eps
+    alphas: list[float] = []
+    betas: list[float] = []
+    q = v0 / v0.norm()
+    q_prev = torch.zeros_like(q)
+    beta = 0.0
+    anorm = 0.0  # running estimate of ||H||, for the breakdown test
+    previous: np.ndarray | None = None
+    quiet = 0
+    reason, converged = "max_iter", False
+
+    for j in range(max_iter):
+        basis[j] = q
+        w = matvec(q)
+        if not bool(torch.isfinite(w).all()):
+            reason = "nonfinite"
+            break
+        alpha = float(q @ w)
+        w = w - alpha * q - beta * q_prev
+        for _ in range(2):  # full reorthogonalization, twice
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        beta_next = float(w.norm())
+        alphas.append(alpha)
+        anorm = max(anorm, abs(alpha) + beta + beta_next)
+
+        if tol is not None and j + 1 > k:
+            theta = tridiagonal_eigh(np.array(alphas), np.array(betas))[0]
+            now = wanted(theta, k)
+            scale = max(float(np.abs(theta).max()), np.finfo(np.float64).tiny)
+            if previous is not None and len(previous) == len(now):
+                quiet = quiet + 1 if float(np.abs(now - previous).max()) <= tol * scale else 0
+            previous = now
+            if quiet >= patience:
+                reason, converged = "tol", True
+                beta = beta_next
+                break
+        if j + 1 == n:
+            reason, converged = "exhausted", True
+            beta = beta_next
+            break
+        if j + 1 == max_iter:
+            beta = beta_next
+            break
+        if beta_next <= 100 * eps * anorm:  # invariant subspace: T_j is exact on it
+            if restart is None:
+                reason, converged = "invariant", True
+                beta = beta_next
+                break
+            w = restart().to(dtype=v0.dtype, device=v0.device)
+            for _ in range(2):
+                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+            beta_next = 0.0
+            q_prev, q = q, w / w.norm()
+        else:
+            q_prev, q = q, w / beta_next
+        betas.append(beta_next)
+        beta = beta_next
+
+    m = len(alphas)
+    return LanczosRun(
+        alphas=np.array(alphas, dtype=np.float64),
+        betas=np.array(betas[: max(m - 1, 0)], dtype=np.float64),
+        basis=basis[:m],
+        last_beta=float(beta),
+        converged=converged,
+        reason=reason,
+    )

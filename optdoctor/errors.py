@@ -1,0 +1,75 @@
+"""The one family of exceptions the CLI maps to exit codes (CONTRACT.md section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a config or rule file.
+
+    Rendered as ``file:line:col: key.path: message; did you mean 'x'?`` so that editors and
+    CI annotate the right place. ``line`` and ``col`` are 1-based.
+    """
+
+    message: str
+    key: str = ""
+    file: str | None = None
+    line: int | None = None
+    col: int | None = None
+    suggestion: str | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.col is not None:
+                    where += f":{self.col}"
+            where += ": "
+        key = f"{self.key}: " if self.key else ""
+        hint = ""
+        if self.suggestion:
+            hint = self.suggestion if self.suggestion.startswith(("did you", "use ", "try ")) else f"did you mean {self.suggestion!r}?"
+            hint = f"; {hint}"
+        return f"{where}{key}{self.message}{hint}"
+
+
+class OptdoctorError(Exception):
+    """Base class; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(OptdoctorError):
+    """Bad command-line usage or bad input files (exit 2: nothing was probed)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem] | str):
+        if isinstance(problems, str):
+            problems = [Problem(problems)]
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigError(UsageError):
+    """The probe config is invalid; carries every problem found, not only the first."""
+
+
+class RuleError(UsageError):
+    """A rule file (shipped or user's) is invalid."""
+
+
+class ProbeError(OptdoctorError):
+    """The probe could not run (exit 3): the user's model/data/loss code raised, out of
+    memory, ...  ``detail`` holds the user's own traceback frames, already formatted."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, detail: str = ""):
+        self.message = message
+        self.detail = detail
+        super().__init__(message)

@@ -1,0 +1,278 @@
+"""Short instrumented trainings ("probes") of one config, and the set of probes a diagnosis
+needs (the differential tests of DESIGN.md: the same run at other learning rates, a restart
+from a perturbed plateau, another seed).
+
+One probe = one ``ProbeSpec`` (a variant of the user's setup) -> one ``Trace``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from optdoctor.config.factories import call_user
+from optdoctor.errors import ProbeError
+from optdoctor.probes.instruments import (
+    Activations,
+    GradNorms,
+    LayerOrder,
+    UpdateRatios,
+    activation_kind,
+    parametrised_layers,
+)
+from optdoctor.probes.recorder import Recorder
+from optdoctor.probes.setup import EVAL_CAP, Setup, fraction_steps
+from optdoctor.probes.trace import ProbeSet, Trace
+
+# A probe whose loss exceeds this multiple of its initial loss has diverged; going on only
+# burns time (the loss of a diverging SGD run grows geometrically).
+DIVERGENCE_FACTOR = 1e4
+
+# Size of the kick that tests a plateau for a saddle, in units of a standard init's scale
+# 1/sqrt(fan_in): small next to trained weights, large next to a degenerate saddle's ~0 weights.
+PERTURB_EPS = 0.1
+
+Progress = Callable[[str, int, int], None]  # (probe name, step, steps)
+
+
+@dataclass
+class ProbeSpec:
+    name: str = "baseline"
+    steps: int = 200
+    seed: int = 0
+    lr_factor: float = 1.0
+    full: bool = True  # all instruments (activations, curvature); else loss, gradients, updates
+    hessian_steps: list[int] = field(default_factory=list)
+    start_state: dict | None = None  # continue from these weights instead of a fresh init
+    perturb: float = 0.0  # isotropic weight perturbation, in units of 1/sqrt(fan_in)
+
+
+class ProbeInterrupted(Exception):
+    """Ctrl-C during probing; carries everything measured so far."""
+
+    def __init__(self, probes: ProbeSet):
+        self.probes = probes
+        super().__init__("interrupted")
+
+
+def _perturb_(model: nn.Module, eps: float, gen: torch.Generator) -> None:
+    """Add N(0, (eps/sqrt(fan_in))^2) to every weight matrix: a tenth of a standard init's
+    scale for eps=0.1, tiny next to trained weights but enough to leave a degenerate saddle."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and p.requires_grad:
+                fan_in = p[0].numel()
+                noise = torch.randn(p.shape, generator=gen, dtype=p.dtype) * (eps / math.sqrt(fan_in))
+                p.add_(noise.to(p.device))
+
+
+def _evaluate(model: nn.Module, loss_fn, batch, n_classes: int | None) -> tuple[float, float | None]:
+    X, y = batch
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*X) if isinstance(X, tuple) else model(X)
+            loss = float(loss_fn(out, y))
+            acc = None
+            if n_classes and out.dim() == 2 and out.shape[1] == n_classes:
+                acc = float((out.argmax(dim=1) == y).float().mean())
+    finally:
+        model.train(was)
+    return loss, acc
+
+
+def _measure_curvature(model, loss_fn, batch, hcfg, seed: int, lr: float, step: int) -> dict[str, float]:
+    from optdoctor.curvature import hessian_spectrum
+
+    s = hessian_spectrum(model, loss_fn, batch, k=hcfg.k, trace=hcfg.trace, density=hcfg.density,
+                         max_iter=hcfg.max_iter, tol=hcfg.tol, seed=seed)
+    row = {k: float(v) for k, v in s.as_dict().items() if isinstance(v, (int, float))}
+    row["step"] = float(step)
+    row["hvps"] = float(s.hvps)
+    return row
+
+
+def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -> tuple[Trace, dict]:
+    """Train ``spec.steps`` steps with instruments attached; returns the trace and the final
+    weights. A non-finite or exploding loss stops the probe cleanly (status "diverged");
+    Ctrl-C stops it with status "interrupted" and re-raises after the trace is complete."""
+    cfg = setup.cfg
+    model = setup.build_model(spec.seed)
+    if spec.start_state is not None:
+        model.load_state_dict(spec.start_state)
+    gen = torch.Generator().manual_seed(spec.seed)  # batch order
+    if spec.perturb:  # its own generator: a perturbed probe sees the same batches as its control
+        _perturb_(model, spec.perturb, torch.Generator().manual_seed(spec.seed + 7919))
+    lr = cfg.optimizer.lr * spec.lr_factor
+    try:
+        optimizer = setup.optimizer_cls(model.parameters(), lr=lr, **cfg.optimizer.args)
+    except (TypeError, ValueError) as e:
+        raise ProbeError(f"optimizer {cfg.optimizer.name} rejected its arguments: {e}") from e
+    scheduler = None
+    if setup.scheduler_cls is not None:
+        try:
+            scheduler = setup.scheduler_cls(optimizer, **cfg.schedule.args)
+        except (TypeError, ValueError) as e:
+            raise ProbeError(f"scheduler {cfg.schedule.name} rejected its arguments: {e}") from e
+
+    layers = parametrised_layers(model)
+    acts = [(n, m, k) for n, m in model.named_modules() if (k := activation_kind(m))]
+    rec = Recorder()
+    instruments = [GradNorms(layers), UpdateRatios(layers)]
+    act_inst = None
+    if spec.full and acts:
+        act_inst = Activations(acts, every=max(1, spec.steps // 40))
+        instruments.append(act_inst)
+    for inst in instruments:
+        inst.attach(model, rec, optimizer)
+    order = LayerOrder(layers + [(n, m) for n, m, _ in acts])
+
+    n = len(setup.train)
+    bs = min(cfg.data.batch_size, n)
+    val_every = cfg.probe.val_every or max(1, spec.steps // 20)
+    eval_train = setup.train.head(EVAL_CAP)
+    eval_val = setup.val.head(EVAL_CAP) if setup.val is not None and len(setup.val) else None
+    hess_batch = setup.train.head(cfg.probe.hessian.batch_size)
+    fwd = f"the model's forward ({cfg.model.factory})"
+    loss_what = f"the loss ({cfg.loss})"
+
+    trace = Trace(spec.name, meta={
+        "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
+        "optimizer": cfg.optimizer.name.lower(), "optimizer_args": dict(cfg.optimizer.args),
+        "batch_size": bs, "n_train": n, "n_params": sum(p.numel() for p in model.parameters()),
+        "chance_loss": setup.chance_loss, "n_classes": setup.n_classes, "loss": cfg.loss,
+        "perturb": spec.perturb, "continued": spec.start_state is not None,
+    })
+
+    def checkpoint(step: int) -> None:
+        tl, ta = call_user(_evaluate, model, setup.loss_fn, eval_train, setup.n_classes, what=fwd)
+        rec.log("loss.train_eval", step, tl)
+        if ta is not None:
+            rec.log("acc.train", step, ta)
+        if eval_val is not None:
+            vl, va = call_user(_evaluate, model, setup.loss_fn, eval_val, setup.n_classes, what=fwd)
+            rec.log("loss.val", step, vl)
+            if va is not None:
+                rec.log("acc.val", step, va)
+
+    def curvature(step: int) -> None:
+        if spec.full and cfg.probe.hessian.enabled and step in spec.hessian_steps:
+            try:
+                trace.hessian.append(_measure_curvature(model, setup.loss_fn, hess_batch, cfg.probe.hessian,
+                                                        spec.seed, lr, step))
+            except ImportError:
+                pass
+
+    model.train()
+    perm = torch.randperm(n, generator=gen)
+    pos = 0
+    initial = None
+    step = 0
+    try:
+        checkpoint(0)
+        curvature(0)
+        for step in range(spec.steps):
+            if pos + bs > n:
+                perm, pos = torch.randperm(n, generator=gen), 0
+            idx = perm[pos:pos + bs].to(setup.device)
+            pos += bs
+            X, y = setup.train.take(idx)
+            for inst in instruments:
+                inst.before_forward(step)
+            out = call_user(model, *X, what=fwd) if isinstance(X, tuple) else call_user(model, X, what=fwd)
+            if step == 0:
+                names = order.done()
+                rank = {nm: i for i, nm in enumerate(names)}
+                layers.sort(key=lambda t: rank[t[0]])
+                acts.sort(key=lambda t: rank[t[0]])
+                trace.meta["layers"] = [nm for nm, _ in layers]
+                trace.meta["act_layers"] = [nm for nm, _, _ in acts]
+                trace.meta["act_kinds"] = [k for _, _, k in acts]
+                if act_inst is not None:
+                    act_inst.order = trace.meta["act_layers"]
+            loss = call_user(setup.loss_fn, out, y, what=loss_what)
+            lval = float(loss.detach())
+            rec.log("loss.train", step, lval)
+            rec.log("lr", step, optimizer.param_groups[0]["lr"])
+            if initial is None:
+                initial = lval
+            if not math.isfinite(lval) or (math.isfinite(initial)
+                                           and abs(lval) > DIVERGENCE_FACTOR * max(abs(initial), 1e-3)):
+                trace.status, trace.stopped_at = "diverged", step
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for inst in instruments:
+                inst.after_backward(step)
+            if cfg.probe.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.probe.clip_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            for inst in instruments:
+                inst.after_step(step)
+            if progress:
+                progress(spec.name, step + 1, spec.steps)
+            if (step + 1) % val_every == 0 or step + 1 == spec.steps:
+                checkpoint(step + 1)
+            curvature(step + 1)
+    except KeyboardInterrupt:
+        trace.status, trace.stopped_at = "interrupted", step
+    finally:
+        order.done()
+        for inst in instruments:
+            inst.detach()
+        rec.finish(trace)
+    if trace.status == "interrupted":
+        raise ProbeInterrupted(ProbeSet({spec.name: trace}))
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return trace, state
+
+
+def plan_variants(setup: Setup) -> list[ProbeSpec]:
+    cfg = setup.cfg
+    steps = cfg.probe.variants.steps or cfg.probe.steps
+    return [ProbeSpec(name=f"lr_x{f:g}", steps=steps, seed=cfg.seed, lr_factor=f, full=False)
+            for f in cfg.probe.variants.lr_factors]
+
+
+def run_probes(setup: Setup, progress: Progress | None = None,
+               followups: Callable[[ProbeSet], bool] | None = None) -> ProbeSet:
+    """Baseline, then learning-rate variants; then, when ``followups(probes)`` says the
+    baseline sits on a plateau, a restart from the plateau with a small perturbation (does it
+    escape? a saddle) and a fresh seed (does another init get much further? a local minimum).
+
+    On Ctrl-C raises ProbeInterrupted carrying every trace measured so far."""
+    cfg = setup.cfg
+    probes = ProbeSet(data_stats=dict(setup.data_stats))
+    hess_steps = fraction_steps(cfg.probe.hessian.at, cfg.probe.steps) if cfg.probe.hessian.enabled else []
+    base_spec = ProbeSpec(steps=cfg.probe.steps, seed=cfg.seed, hessian_steps=hess_steps)
+
+    def run(spec: ProbeSpec) -> dict:
+        try:
+            trace, state = run_probe(setup, spec, progress)
+        except ProbeInterrupted as e:
+            probes.traces.update(e.probes.traces)
+            raise ProbeInterrupted(probes) from None
+        except KeyboardInterrupt:  # between two probes
+            raise ProbeInterrupted(probes) from None
+        probes.traces[spec.name] = trace
+        return state
+
+    base_state = run(base_spec)
+    for spec in plan_variants(setup):
+        run(spec)
+    if followups is not None and cfg.probe.variants.perturb and followups(probes):
+        # From the plateau: go on unchanged (the control) and go on after a small random kick,
+        # on the same batches. A saddle lets the kicked run escape; a minimum pulls it back.
+        steps = cfg.probe.variants.steps or cfg.probe.steps
+        run(ProbeSpec(name="continued", steps=steps, seed=cfg.seed + 1, full=False, start_state=base_state))
+        run(ProbeSpec(name="perturbed", steps=steps, seed=cfg.seed + 1, full=False,
+                      start_state=base_state, perturb=PERTURB_EPS))
+        run(ProbeSpec(name="reseed", steps=cfg.probe.steps, seed=cfg.seed + 1, full=False))
+    return probes

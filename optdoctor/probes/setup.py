@@ -1,0 +1,192 @@
+"""Everything a probe needs, resolved once per diagnosis: the user's factories, the data (the
+data factory runs once; every probe reuses it), the loss, the optimizer class."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from optdoctor.config.factories import call_user, resolve_callable
+from optdoctor.config.resolve import resolve_loss, resolve_optimizer, resolve_scheduler
+from optdoctor.config.schema import LoadedConfig
+from optdoctor.errors import ProbeError
+
+EVAL_CAP = 1024  # samples used for train/val evaluation at checkpoints
+
+
+@dataclass
+class Split:
+    """One data split as tensors on the probe's device (a Dataset is materialised once:
+    probes are short and see the same batches; DataLoader overhead dominates tiny models)."""
+
+    X: Any  # Tensor, or a tuple of Tensors for multi-input models
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx) -> tuple[Any, torch.Tensor]:
+        X = tuple(x[idx] for x in self.X) if isinstance(self.X, tuple) else self.X[idx]
+        return X, self.y[idx]
+
+    def head(self, n: int) -> tuple[Any, torch.Tensor]:
+        return self.take(slice(0, min(n, len(self))))
+
+
+@dataclass
+class Setup:
+    loaded: LoadedConfig
+    model_factory: Callable[..., nn.Module]
+    model_args: dict[str, Any]
+    train: Split
+    val: Split | None
+    loss_fn: Callable
+    optimizer_cls: type
+    scheduler_cls: type | None
+    device: torch.device
+    chance_loss: float | None  # loss of the best constant predictor (class prior entropy, var(y))
+    n_classes: int | None
+    data_stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cfg(self):
+        return self.loaded.config
+
+    def build_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        what = f"model factory {self.cfg.model.factory}"
+        model = call_user(self.model_factory, what=what, **self.model_args)
+        if not isinstance(model, nn.Module):
+            raise ProbeError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
+        return model.to(self.device)
+
+
+def _to_split(obj: Any, what: str, device: torch.device) -> Split:
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[1], torch.Tensor):
+        X, y = obj
+        if isinstance(X, (tuple, list)):
+            X = tuple(x.to(device) for x in X)
+        elif isinstance(X, torch.Tensor):
+            X = X.to(device)
+        else:
+            raise ProbeError(f"{what}: X must be a tensor (or a tuple of tensors), got {type(X).__name__}")
+        n = len(X[0]) if isinstance(X, tuple) else len(X)
+        if n != len(y):
+            raise ProbeError(f"{what}: X has {n} samples but y has {len(y)}")
+        return Split(X, y.to(device))
+    if isinstance(obj, torch.utils.data.Dataset):
+        try:
+            items = [obj[i] for i in range(len(obj))]  # type: ignore[arg-type]
+        except Exception as e:  # the user's __getitem__
+            raise ProbeError(f"{what}: reading the dataset raised {type(e).__name__}: {e}") from e
+        X = torch.stack([torch.as_tensor(x) for x, _ in items])
+        y = torch.stack([torch.as_tensor(t) for _, t in items])
+        return Split(X.to(device), y.to(device))
+    raise ProbeError(f"{what} must return (train, val), each a Dataset or a tuple (X, y) of tensors; got {type(obj).__name__}")
+
+
+def _fill_shapes(factory: Callable, args: dict, train: Split, n_out: int | None) -> dict:
+    """Built-in model factories take their input/output sizes from the data when the config
+    leaves them out, so a config names a model without repeating the data's shape."""
+    if not getattr(factory, "__module__", "").startswith("optdoctor."):
+        return args
+    params = inspect.signature(factory).parameters
+    X = train.X[0] if isinstance(train.X, tuple) else train.X
+    filled = dict(args)
+    guesses = {
+        "in_dim": X.shape[-1] if X.dim() >= 2 else 1,
+        "in_channels": X.shape[1] if X.dim() == 4 else None,
+        "image_size": X.shape[-1] if X.dim() == 4 else None,
+        "vocab_size": int(X.max().item()) + 1 if not X.is_floating_point() else None,
+        "max_len": X.shape[1] if not X.is_floating_point() and X.dim() == 2 else None,
+        "out_dim": n_out,
+    }
+    for k, v in guesses.items():
+        if k in params and k not in filled and v is not None:
+            filled[k] = v
+    return filled
+
+
+def _targets_info(y: torch.Tensor, loss: str) -> tuple[int | None, int | None, float | None]:
+    """(output size, number of classes, chance loss) from the training targets."""
+    if loss in ("cross_entropy", "nll") and not y.is_floating_point():
+        k = int(y.max().item()) + 1
+        p = torch.bincount(y.reshape(-1).long(), minlength=k).double()
+        p = p[p > 0] / p.sum()
+        return k, k, float(-(p * p.log()).sum())
+    if loss == "mse":
+        yy = y.double().reshape(len(y), -1)
+        return yy.shape[1], None, float(yy.var(dim=0, unbiased=False).mean())
+    if loss == "bce_with_logits":
+        yy = y.double().reshape(len(y), -1)
+        p = yy.mean(dim=0).clamp(1e-12, 1 - 1e-12)
+        return yy.shape[1], None, float((-(p * p.log() + (1 - p) * (1 - p).log())).mean())
+    out = y.shape[1] if y.dim() > 1 else None
+    return out, None, None
+
+
+def _data_stats(train: Split) -> dict[str, float]:
+    """Properties of the inputs that make optimisation ill-conditioned: features on wildly
+    different scales (the Hessian of a linear layer's loss scales with E[x x^T])."""
+    X = train.X[0] if isinstance(train.X, tuple) else train.X
+    if not X.is_floating_point():
+        return {}
+    X = X.reshape(len(X), -1).double()
+    if X.shape[1] < 2:
+        return {}
+    std = X.std(dim=0)
+    live = std > 0
+    if live.sum() < 2:
+        return {}
+    s = std[live]
+    mean_over_std = (X.mean(dim=0)[live].abs() / s).max()
+    return {
+        "feature_scale_spread": float(s.max() / s.min()),
+        "feature_mean_over_std": float(mean_over_std),
+        "feature_rms_max": float(X.pow(2).mean(dim=0).sqrt().max()),
+        "n_features": float(X.shape[1]),
+    }
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ProbeError(f"probe.device is {name!r} but CUDA is not available on this machine")
+    return dev
+
+
+def prepare(loaded: LoadedConfig) -> Setup:
+    cfg = loaded.config
+    if cfg.probe.threads is not None:
+        torch.set_num_threads(cfg.probe.threads)
+    device = pick_device(cfg.probe.device)
+    model_factory = resolve_callable(cfg.model.factory, loaded.base_dir, "model.factory", loaded)
+    data_factory = resolve_callable(cfg.data.factory, loaded.base_dir, "data.factory", loaded)
+    loss_fn = resolve_loss(cfg.loss, loaded)
+    optimizer_cls = resolve_optimizer(cfg.optimizer, loaded)
+    scheduler_cls = resolve_scheduler(cfg.schedule, loaded) if cfg.schedule else None
+
+    torch.manual_seed(cfg.seed)
+    what = f"data factory {cfg.data.factory}"
+    data = call_user(data_factory, what=what, **cfg.data.args)
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ProbeError(f"{what} must return (train, val); got {type(data).__name__}")
+    train = _to_split(data[0], what + " (train)", device)
+    val = _to_split(data[1], what + " (val)", device) if data[1] is not None else None
+    if len(train) == 0:
+        raise ProbeError(f"{what} returned an empty training set")
+    n_out, n_classes, chance = _targets_info(train.y, cfg.loss)
+    model_args = _fill_shapes(model_factory, cfg.model.args, train, n_out)
+    return Setup(loaded, model_factory, model_args, train, val, loss_fn, optimizer_cls, scheduler_cls,
+                 device, chance, n_classes, _data_stats(train))
+
+
+def fraction_steps(fracs: list[float], steps: int) -> list[int]:
+    return sorted({min(steps, max(0, int(math.floor(f * steps + 0.5)))) for f in fracs})

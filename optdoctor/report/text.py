@@ -1,0 +1,163 @@
+"""The terminal report: verdict first, then each finding with its evidence and remedies, then
+a compact picture of the loss curve and of the per-layer gradient norms."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from optdoctor.report.base import fails, reporter
+from optdoctor.report.json_report import probe_summary
+from optdoctor.symptoms import SYMPTOMS
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+STYLE = {"error": "bold white on red", "warning": "bold black on yellow", "info": "bold white on blue"}
+
+
+def fmt(v: float) -> str:
+    if v is None:
+        return "?"
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return str(v)
+    if v == 0:
+        return "0"
+    a = abs(v)
+    return f"{v:.3g}" if 1e-3 <= a < 1e4 else f"{v:.2e}"
+
+
+def sparkline(values: np.ndarray, width: int = 48, log: bool = True) -> str:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return ""
+    if len(v) > width:  # mean over equal chunks
+        v = np.array([c.mean() for c in np.array_split(v, width)])
+    if log and np.all(v > 0):
+        v = np.log10(v)
+    lo, hi = v.min(), v.max()
+    if hi - lo < 1e-12:
+        return BLOCKS[3] * len(v)
+    idx = np.clip(((v - lo) / (hi - lo) * (len(BLOCKS) - 1)).round().astype(int), 0, len(BLOCKS) - 1)
+    return "".join(BLOCKS[i] for i in idx)
+
+
+def _verdict(diag, fail_on: str) -> Text:
+    counts = {s: sum(f.severity == s for f in diag.findings) for s in ("error", "warning", "info")}
+    failing = [f for f in diag.findings if fails(f.severity, fail_on)]
+    serious = [f for f in diag.findings if f.severity in ("error", "warning")]
+    t = Text()
+    if failing:
+        t.append(" FAIL ", style="bold white on red")
+    elif serious:
+        t.append(" WARN ", style="bold black on yellow")
+    else:
+        t.append(" OK ", style="bold white on green")
+    parts = [f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n]
+    if serious:
+        causes = []
+        for f in serious:
+            if f.cause not in causes:
+                causes.append(f.cause)
+        t.append(f"  {', '.join(parts)}: " + ", ".join(causes), style="bold")
+    else:
+        t.append("  no problem found: the probes trained as a healthy setup does" + (f" ({', '.join(parts)})" if parts else ""), style="bold")
+    if diag.status == "interrupted":
+        t.append("  [interrupted: partial measurements]", style="yellow")
+    return t
+
+
+def _finding(console: Console, f, index: int) -> None:
+    head = Text()
+    head.append(f" {f.severity.upper()} ", style=STYLE[f.severity])
+    head.append(f" {f.rule} {f.name}", style="bold")
+    head.append(f"   cause: {f.cause} · confidence {f.confidence:.2f}", style="dim")
+    if f.onset is not None:
+        head.append(f" · from step {f.onset}", style="dim")
+    console.print(head)
+    console.print(Text("   " + f.summary))
+    table = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
+    table.add_column(style="cyan", no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
+    table.add_column(style="dim")
+    for name, v in f.evidence.items():
+        meaning = SYMPTOMS[name].meaning if name in SYMPTOMS else ""
+        table.add_row("   " + name, fmt(v), meaning)
+    console.print(table)
+    if f.blame:
+        where = f" ({f.location['file']}:{f.location['line']}:{f.location['col']})" if f.location else ""
+        console.print(Text(f"   at {f.blame}{where}", style="magenta"))
+    for i, r in enumerate(f.remedies, 1):
+        console.print(Text(f"   {i}. {r}", style="green"))
+    console.print()
+
+
+def _pictures(console: Console, diag) -> None:
+    t = diag.probes.baseline
+    if t.has("loss.train"):
+        loss = t.values("loss.train")
+        finite = loss[np.isfinite(loss)]
+        if len(finite):
+            line = Text("   loss   ")
+            line.append(fmt(float(finite[0])) + " ")
+            line.append(sparkline(loss), style="cyan")
+            line.append(" " + fmt(float(finite[-1])))
+            if t.status == "diverged":
+                line.append(f"  diverged at step {t.stopped_at}", style="red")
+            console.print(line)
+    if t.has("grad.norm"):
+        G = t.values("grad.norm")
+        k = max(1, len(G) // 10)
+        early = G[:k]
+        early = early[np.all(np.isfinite(early), axis=1)]
+        names = t.meta.get("layers", [])
+        if len(early) and len(names) == G.shape[1]:
+            per = np.exp(np.log(np.maximum(early, 1e-300)).mean(axis=0))
+            logs = np.log10(np.maximum(per, 1e-300))
+            lo, hi = logs.min(), logs.max()
+            console.print(Text("   gradient norm per layer, input to output (first 10% of steps, log scale)", style="dim"))
+            width = max(len(n) for n in names)
+            for n, v, lg in zip(names, per, logs):
+                bar = 1 + int(round((lg - lo) / (hi - lo) * 30)) if hi > lo else 16
+                row = Text(f"   {n:<{width}} ")
+                row.append("█" * bar, style="magenta")
+                row.append(f" {fmt(float(v))}")
+                console.print(row)
+
+
+def _probes(console: Console, diag) -> None:
+    table = Table(title=None, box=None, padding=(0, 2), header_style="dim")
+    for col in ("probe", "lr", "steps", "status", "loss start → end"):
+        table.add_column(col)
+    for name, p in probe_summary(diag.probes).items():
+        loss = f"{fmt(p['loss_initial'])} → {fmt(p['loss_final'])}"
+        status = p["status"] + (f" @ {p['stopped_at']}" if p["stopped_at"] is not None else "")
+        table.add_row(name, fmt(p["lr"]), str(p["steps"]), status, loss)
+    console.print(table)
+
+
+@reporter("text")
+def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 100) -> str:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False,
+                      color_system="standard" if color else None)
+    n = len(diag.probes.traces)
+    console.print(Text(f"optdoctor · {diag.name} ({diag.config_path}) · {n} probe{'s' * (n != 1)} · {diag.seconds:.1f} s", style="dim"))
+    console.print(_verdict(diag, fail_on))
+    console.print()
+    for i, f in enumerate(diag.findings, 1):
+        _finding(console, f, i)
+    _pictures(console, diag)
+    console.print()
+    _probes(console, diag)
+    fired = sum(o.status == "fired" for o in diag.outcomes)
+    skipped = [o for o in diag.outcomes if o.status == "not_evaluated"]
+    line = f"   {len(diag.outcomes)} rules, {fired} fired, {len(skipped)} not evaluated"
+    if skipped:
+        line += " (" + "; ".join(f"{o.rule}: {o.reason}" for o in skipped[:3]) + ("; ..." if len(skipped) > 3 else "") + ")"
+    console.print(Text(line, style="dim"))
+    return buf.getvalue()

@@ -1,0 +1,64 @@
+"""Activation symptoms of the baseline probe: dead ReLUs, saturated sigmoid/tanh units,
+signal scale across depth, symmetric (identical) units."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optdoctor.probes.trace import ProbeSet
+from optdoctor.symptoms._util import finite
+from optdoctor.symptoms.registry import produces
+
+
+def _row(t, name: str, i: int) -> np.ndarray:
+    return t.values(name)[i]
+
+
+def _nanmax(x: np.ndarray) -> float | None:
+    x = finite(x)
+    return float(x.max()) if len(x) else None
+
+
+@produces(
+    ("act.layers", "number of activation modules seen", "count"),
+    ("act.dead_frac.max", "largest fraction of a ReLU layer's units never active on recent batches, at the end", "fraction"),
+    ("act.dead_frac.mean", "mean over ReLU layers of the never-active fraction, at the end", "fraction"),
+    ("act.dead_frac.init", "largest never-active fraction of a ReLU layer at step 0", "fraction"),
+    ("act.dead_onset", "first measured step at which some ReLU layer had more than half its units dead, as a fraction of the steps (absent if never)", "fraction"),
+    ("act.saturated_frac.max", "largest fraction of a sigmoid/tanh layer's outputs in the flat tails, at the end", "fraction"),
+    ("act.saturated_frac.init", "largest saturated fraction of a sigmoid/tanh layer at step 0", "fraction"),
+    ("act.scale_ratio.init", "output std of the last activation layer / of the first, at step 0 (signal collapse << 1, explosion >> 1)", "ratio"),
+    ("act.scale.init_min", "smallest output std of any activation layer at step 0", "value"),
+    ("act.unit_diversity.init", "smallest spread across a layer's units relative to its std at step 0 (~0: all units identical, symmetric init)", "ratio"),
+    ("act.nonrelu_frac", "fraction of activation layers that are not ReLU-like", "fraction"),
+)
+def activation_stats(p: ProbeSet) -> dict:
+    t = p.baseline
+    if not t.has("act.scale"):
+        return {}
+    kinds = t.meta.get("act_kinds", [])
+    steps = t.steps("act.scale")
+    out = {"act.layers": float(len(kinds))}
+    if kinds:
+        out["act.nonrelu_frac"] = float(np.mean([k != "relu" for k in kinds]))
+    dead = t.values("act.dead_frac")
+    if np.isfinite(dead).any():
+        out["act.dead_frac.max"] = _nanmax(dead[-1])
+        out["act.dead_frac.init"] = _nanmax(dead[0])
+        last = finite(dead[-1])
+        out["act.dead_frac.mean"] = float(last.mean()) if len(last) else None
+        over = np.where(np.nan_to_num(dead, nan=0.0).max(axis=1) > 0.5)[0]
+        if len(over):
+            out["act.dead_onset"] = float(steps[over[0]] / max(1, t.meta.get("steps", steps[-1] or 1)))
+    sat = t.values("act.sat_frac")
+    if np.isfinite(sat).any():
+        out["act.saturated_frac.max"] = _nanmax(sat[-1])
+        out["act.saturated_frac.init"] = _nanmax(sat[0])
+    scale0 = t.values("act.scale")[0]
+    if len(scale0) >= 2 and np.all(np.isfinite(scale0)):
+        out["act.scale_ratio.init"] = float(scale0[-1] / max(scale0[0], 1e-30))
+        out["act.scale.init_min"] = float(scale0.min())
+    div0 = finite(t.values("act.unit_diversity")[0])
+    if len(div0):
+        out["act.unit_diversity.init"] = float(div0.min())
+    return out

@@ -1,0 +1,84 @@
+"""Per-layer gradient symptoms of the baseline probe.
+
+Why ratios across depth and not absolute thresholds: healthy networks have small absolute
+gradients too. What marks vanishing (exploding) gradients is the backward signal shrinking
+(growing) by a roughly constant factor per layer on its way to the input (Glorot & Bengio 2010;
+Hochreiter 1991). For a homogeneous (ReLU/linear) net with a badly scaled init, the per-layer
+weight-gradient norms stay level (the shrinking backward signal meets a growing forward one),
+so such nets show up in activation-scale and loss symptoms instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optdoctor.probes.trace import ProbeSet
+from optdoctor.symptoms._util import finite, geomean, head_tail
+from optdoctor.symptoms.registry import produces
+
+EARLY = 0.1  # the first 10% of steps: the gradients the init and architecture produce
+
+
+@produces(
+    ("grad.layers", "number of parametrised layers (Linear/Conv/Embedding) seen by the gradient probe", "count"),
+    ("grad.depth_ratio", "gradient norm of the first layer / of the last layer, geometric mean over the first 10% of steps", "ratio"),
+    ("grad.layer_factor", "geometric-mean factor by which the gradient norm changes from one layer to the one before it (<1: shrinks toward the input)", "ratio"),
+    ("grad.monotone_frac", "fraction of adjacent layer pairs whose gradient norm changes in the same direction as the overall first/last ratio", "fraction"),
+    ("grad.nonfinite", "1 if any gradient norm was NaN/Inf", "flag"),
+    ("grad.global_growth", "largest global gradient norm / the first one", "ratio"),
+    ("grad.step_gain", "lr * |g|^2 / loss at the end: the relative loss decrease a gradient step can buy (first order)", "fraction"),
+    ("grad.step_gain_init", "lr * |g|^2 / loss over the first 10% of steps", "fraction"),
+)
+def gradient_depth(p: ProbeSet) -> dict:
+    t = p.baseline
+    out = {}
+    if t.has("grad.global_norm"):
+        g = t.values("grad.global_norm")
+        out["grad.nonfinite"] = float(not np.all(np.isfinite(g)))
+        gf = finite(g)
+        if len(gf) and gf[0] > 0:
+            out["grad.global_growth"] = float(gf.max() / gf[0])
+        if t.has("loss.train") and len(gf):
+            lr = float(t.meta.get("lr", 0.0))
+            loss = t.values("loss.train")[: len(g)]
+            n = min(len(loss), len(g))
+            gain = lr * g[:n] ** 2 / np.maximum(np.abs(loss[:n]), 1e-12)
+            start, end = head_tail(gain)
+            out["grad.step_gain_init"], out["grad.step_gain"] = start, end
+    if not t.has("grad.norm"):
+        return out
+    G = t.values("grad.norm")  # (T, L), columns in forward order
+    L = G.shape[1]
+    out["grad.layers"] = float(L)
+    if L < 2:
+        return out
+    k = max(1, int(round(len(G) * EARLY)))
+    early = G[:k]
+    ok = np.all(np.isfinite(early), axis=1) & np.all(early > 0, axis=1)
+    early = early[ok]
+    if len(early) == 0:
+        return out
+    first_last = geomean(early[:, 0] / early[:, -1])
+    out["grad.depth_ratio"] = first_last
+    per_layer = np.exp(np.log(early).mean(axis=0))  # (L,) geometric mean per layer
+    factors = per_layer[:-1] / per_layer[1:]  # layer i / layer i+1
+    out["grad.layer_factor"] = geomean(factors)
+    direction = np.sign(np.log(first_last)) if first_last != 1 else 0.0
+    out["grad.monotone_frac"] = float(np.mean(np.sign(np.log(factors)) == direction)) if direction else 0.0
+    return out
+
+
+@produces(
+    ("update.ratio", "median over layers and steps of |dW| / |W| per optimizer step (~1e-3 is healthy)", "ratio"),
+    ("update.ratio_max", "largest per-layer median of |dW| / |W|", "ratio"),
+)
+def update_ratio(p: ProbeSet) -> dict:
+    t = p.baseline
+    if not t.has("update.ratio"):
+        return {}
+    U = t.values("update.ratio")
+    U = U[np.all(np.isfinite(U), axis=1)]
+    if len(U) == 0:
+        return {}
+    per_layer = np.median(U, axis=0)
+    return {"update.ratio": float(np.median(U)), "update.ratio_max": float(per_layer.max())}

@@ -1,0 +1,52 @@
+"""Loss-curve symptoms of the baseline probe."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optdoctor.probes.trace import ProbeSet
+from optdoctor.symptoms._util import finite, head_tail, safe_div, smooth
+from optdoctor.symptoms.registry import produces
+
+
+@produces(
+    ("loss.initial", "train loss of the first step", "loss"),
+    ("loss.final", "mean train loss over the last 10% of steps (inf if the probe diverged)", "loss"),
+    ("loss.chance", "loss of the best constant predictor (class-prior entropy for classification, var(y) for mse)", "loss"),
+    ("loss.rel_drop", "(initial - final) / initial: how much of the starting loss the probe removed; -inf if it diverged", "fraction"),
+    ("loss.progress", "(chance - final) / chance: how much better than predicting a constant the model ends", "fraction"),
+    ("loss.init_over_chance", "initial loss / chance loss; ~1 for a sane init, >>1 for overconfident or badly scaled outputs", "ratio"),
+    ("loss.late_rel_drop", "drop of the smoothed loss over the second half of the probe, relative to the initial loss", "fraction"),
+    ("loss.spike", "largest rise of the loss above its running minimum, relative to the initial loss", "fraction"),
+    ("loss.diverged", "1 if the loss became non-finite or exploded (probe stopped), else 0", "flag"),
+    ("loss.diverged_at", "step at which the probe diverged, as a fraction of its steps (1 if it did not)", "fraction"),
+)
+def loss_curve(p: ProbeSet) -> dict:
+    t = p.baseline
+    if not t.has("loss.train"):
+        return {}
+    raw = t.values("loss.train")
+    v = finite(raw)
+    out = {"loss.diverged": float(t.status == "diverged")}
+    steps = t.meta.get("steps") or len(raw)
+    out["loss.diverged_at"] = (t.stopped_at / steps) if t.status == "diverged" and t.stopped_at is not None else 1.0
+    if len(v) == 0:
+        return out
+    initial = float(v[0])
+    start, end = head_tail(v)
+    final = float("inf") if t.status == "diverged" else end
+    out.update({"loss.initial": initial, "loss.final": final})
+    denom = abs(initial) if initial != 0 else 1.0
+    out["loss.rel_drop"] = (initial - final) / denom if np.isfinite(final) else float("-inf")
+    chance = t.meta.get("chance_loss")
+    if chance is not None and chance > 0:
+        out["loss.chance"] = chance
+        out["loss.progress"] = (chance - final) / chance if np.isfinite(final) else float("-inf")
+        out["loss.init_over_chance"] = initial / chance
+    s = smooth(v, max(1, len(v) // 20))
+    if len(s) >= 4:
+        mid = len(s) // 2
+        out["loss.late_rel_drop"] = (s[mid] - s[-1]) / denom
+    runmin = np.minimum.accumulate(v)
+    out["loss.spike"] = float(safe_div(float((v - runmin).max()), denom))
+    return out

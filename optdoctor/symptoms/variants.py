@@ -1,0 +1,76 @@
+"""Differential symptoms: what the variant probes (other learning rates, a perturbed restart
+from the plateau, another seed) achieved compared with the baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optdoctor.probes.trace import ProbeSet
+from optdoctor.symptoms._util import final_loss
+from optdoctor.symptoms.registry import produces
+
+
+def _lr_variant(p: ProbeSet, up: bool):
+    cands = [(t.meta.get("lr_factor", 1.0), t) for n, t in p.traces.items() if n.startswith("lr_x")]
+    cands = [c for c in cands if (c[0] > 1) == up and c[0] != 1]
+    if not cands:
+        return None
+    return (max if up else min)(cands, key=lambda c: c[0])[1]
+
+
+def _gain(base_final: float, other_final: float, scale: float) -> float:
+    """Loss the variant removed beyond the baseline, relative to the initial loss; a diverged
+    variant counts as -1 (worse than doing nothing), a diverged baseline as +1 against a
+    variant that stayed finite."""
+    if not np.isfinite(other_final):
+        return -1.0
+    if not np.isfinite(base_final):
+        return 1.0
+    return (base_final - other_final) / scale
+
+
+@produces(
+    ("lr.up_factor", "learning-rate multiple of the largest-LR variant probe", "ratio"),
+    ("lr.up_gain", "loss the largest-LR variant removed beyond the baseline, relative to the initial loss (-1 if it diverged)", "fraction"),
+    ("lr.up_diverged", "1 if the largest-LR variant diverged", "flag"),
+    ("lr.down_factor", "learning-rate multiple of the smallest-LR variant probe", "ratio"),
+    ("lr.down_gain", "loss the smallest-LR variant removed beyond the baseline, relative to the initial loss (-1 if it diverged)", "fraction"),
+    ("lr.down_diverged", "1 if the smallest-LR variant diverged", "flag"),
+    ("lr.down_rel_drop", "(initial - final) / initial of the smallest-LR variant", "fraction"),
+)
+def lr_variants(p: ProbeSet) -> dict:
+    base = p.baseline
+    if not base.has("loss.train"):
+        return {}
+    init = float(base.values("loss.train")[0])
+    scale = abs(init) if np.isfinite(init) and init != 0 else 1.0
+    bf = final_loss(base)
+    out = {}
+    for up, key in ((True, "up"), (False, "down")):
+        t = _lr_variant(p, up)
+        if t is None:
+            continue
+        of = final_loss(t)
+        out[f"lr.{key}_factor"] = float(t.meta["lr_factor"])
+        out[f"lr.{key}_gain"] = _gain(bf, of, scale)
+        out[f"lr.{key}_diverged"] = float(t.status == "diverged")
+        if not up:
+            out["lr.down_rel_drop"] = (init - of) / scale if np.isfinite(of) else float("-inf")
+    return out
+
+
+@produces(
+    ("plateau.escape", "loss removed by a small random kick at the plateau beyond going on unkicked on the same batches, relative to the plateau loss (a saddle lets the kicked run escape, a minimum pulls it back)", "fraction"),
+    ("plateau.reseed_gain", "loss a fresh seed's probe reached below the baseline's, relative to the baseline's final loss", "fraction"),
+)
+def plateau_tests(p: ProbeSet) -> dict:
+    out = {}
+    base_final = final_loss(p.baseline)
+    if not np.isfinite(base_final) or base_final <= 0:
+        return out
+    if "perturbed" in p.traces and "continued" in p.traces:
+        out["plateau.escape"] = (final_loss(p.traces["continued"]) - final_loss(p.traces["perturbed"])) / base_final
+    if "reseed" in p.traces:
+        rf = final_loss(p.traces["reseed"])
+        out["plateau.reseed_gain"] = (base_final - rf) / base_final if np.isfinite(rf) else -1.0
+    return out
