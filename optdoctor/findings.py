@@ -51,5 +51,5 @@ class RuleOutcome:
     rule: str
     name: str
     cause: str
-    status: str  # "fired" | "passed" | "not_evaluated"
+    status: str  # "fired" | "passed" | "not_evaluated" | "ruled_out" (fired, but another firing rule explains it)
     reason: str = ""  # for not_evaluated: which symptoms were missing

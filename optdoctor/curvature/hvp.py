@@ -15,17 +15,20 @@ running statistics, Dropout is the identity), so the Hessian is that of a determ
 function. Each module's own ``training`` flag is restored right after that forward pass,
 before ``hvp_operator`` returns; the products themselves only walk the recorded graph.
 
-Backends (``backend=``), measured by ``python benchmarks/hessian.py backends`` on CPU, one
-thread, MLP 32-64-40-10 (5,114 parameters), batch 512, cross-entropy, median of 5 x 200
-products, float32:
+Backends (``backend=``), measured with ``python benchmarks/hessian.py backends --repeats 9``
+on CPU, one torch thread, MLP 32-64-40-10 (5,122 parameters), batch 512, cross-entropy,
+float32; median of 9 x 200 products, backends interleaved; three runs (sorted) on a shared
+2-core box:
 
-    autograd  double backward through one create_graph gradient   0.166 ms / product
-    func      torch.func.vjp of torch.func.grad (vjp_fn reused)      0.173 ms / product
-    (forward-over-reverse, torch.func.jvp of grad, not offered:     0.453 ms / product)
+    autograd  double backward through one create_graph gradient   0.80 / 0.88 / 1.10 ms per product,
+                                                                  set-up 1.07 / 1.10 / 1.35 ms
+    func      torch.func.vjp of torch.func.grad, vjp_fn reused      0.89 / 0.98 / 1.06 ms per product,
+                                                                  set-up 2.68 / 2.84 / 2.90 ms
+    (forward-over-reverse, torch.func.jvp of grad, not offered:   3.94 / 4.21 / 5.40 ms per product)
 
-so ``autograd`` is the default (also the cheaper set-up: 0.43 ms vs 1.17 ms for the
-gradient graph). The ``func`` backend costs one extra plain gradient at set-up to find the
-unused parameters.
+The two reverse-over-reverse backends cost the same per product to within the noise
+(autograd ahead in two runs of three); autograd's set-up is 2.5x cheaper (the func backend
+also needs one plain gradient to find unused parameters), so ``autograd`` is the default.
 """
 
 from __future__ import annotations

@@ -8,13 +8,15 @@ holds to working precision -- which the trace estimator reuses (``trace.py``). I
 hundred.
 
 Known limit: a single Krylov space holds one direction per distinct eigenvalue, so an
-eigenvalue of multiplicity > 1 is reported once (exact multiplicities are rare in a trained
+eigenvalue of multiplicity > 1 is reported once -- unless the space turns invariant within
+``max_iter`` steps and a restart picks up the copies (exact multiplicities are rare in a trained
 net's Hessian; they do occur e.g. for a linear model with vector output and MSE, whose
 Hessian is I_C (x) X^T X / N). ``tests/test_curvature.py`` keeps that case as a marked gap.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -71,20 +73,24 @@ def lanczos(
     max_iter: int,
     k: int = 1,
     tol: float | None = 1e-4,
-    patience: int = 2,
+    window: int = 5,
     restart: Callable[[], torch.Tensor] | None = None,
 ) -> LanczosRun:
     """Run at most ``max_iter`` Lanczos steps from ``v0`` (n,).
 
-    Stopping: with ``tol`` set, after each step past the k-th the watched Ritz values (top-k
-    and the smallest) are compared with the previous step's; the run stops when none moved
-    more than ``tol * max|theta|`` for ``patience`` consecutive steps (one quiet step can be
-    a stall before a Ritz value finds its eigenvalue; two cost one product more). ``tol=None``
-    runs all ``max_iter`` steps (stochastic Lanczos quadrature wants fixed m). It also stops
-    when the Krylov space is the whole space (m = n: the Ritz values are the spectrum) or
+    Stopping: with ``tol`` set, the watched Ritz values (top-k and the smallest) must have
+    moved, summed over the last ``window`` steps, by at most ``tol * max|theta|``. A
+    one-step test (stop when they move < tol) is fooled by a Ritz value creeping towards a
+    clustered eigenvalue: measured on a 5k-parameter MLP, lambda_min moved 4e-5 * rho per
+    step for 30 steps while still 1.3e-3 * rho off, and the one-step test (two quiet steps
+    in a row) stopped there; the 5-step sum stopped with errors <= 1e-4 * rho on that MLP (at
+    init and after 100 SGD steps) and four small nets (85-279 parameters), 4 seeds each,
+    costing 3-31 more products. ``tol=None`` runs
+    all ``max_iter`` steps (stochastic Lanczos quadrature wants a fixed m). It also stops when
+    the Krylov space is the whole space (m = n: the Ritz values are the spectrum) or
     invariant (beta ~ 0): then ``restart()`` -- if given -- supplies a fresh direction and the
-    run goes on with a zero coupling in T; without it the run ends (exact for v0's
-    subspace, which is what quadrature needs).
+    run goes on with a zero coupling in T; without it the run ends (exact for v0's subspace,
+    which is what quadrature needs).
     """
     n = v0.numel()
     max_iter = max(1, min(max_iter, n))
@@ -97,7 +103,7 @@ def lanczos(
     beta = 0.0
     anorm = 0.0  # running estimate of ||H||, for the breakdown test
     previous: np.ndarray | None = None
-    quiet = 0
+    moves: list[float] = []  # per-step movement of the watched Ritz values
     reason, converged = "max_iter", False
 
     for j in range(max_iter):
@@ -118,10 +124,9 @@ def lanczos(
             theta = tridiagonal_eigh(np.array(alphas), np.array(betas))[0]
             now = wanted(theta, k)
             scale = max(float(np.abs(theta).max()), np.finfo(np.float64).tiny)
-            if previous is not None and len(previous) == len(now):
-                quiet = quiet + 1 if float(np.abs(now - previous).max()) <= tol * scale else 0
+            moves.append(float(np.abs(now - previous).max()) if previous is not None else math.inf)
             previous = now
-            if quiet >= patience:
+            if len(moves) >= window and sum(moves[-window:]) <= tol * scale:
                 reason, converged = "tol", True
                 beta = beta_next
                 break

@@ -94,5 +94,23 @@ def evaluate(rules: list[Rule], snapshots: list[Snapshot], selection: Selection 
             references=list(rule.references),
         ))
         outcomes.append(RuleOutcome(rule.id, rule.name, rule.cause, "fired"))
+    findings, outcomes = _rule_out(rules, findings, outcomes)
     findings.sort(key=Finding.sort_key)
     return findings, outcomes
+
+
+def _rule_out(rules: list[Rule], findings: list[Finding], outcomes: list[RuleOutcome]):
+    """Differential diagnosis: drop a finding whose symptoms another firing rule explains
+    (its ``ruled_out_by`` names that rule's cause or id). Decided on the set that fired, so the
+    order of rules does not matter."""
+    by_id = {r.id: r for r in rules}
+    fired = {(f.rule, f.cause) for f in findings}
+    dropped: dict[str, str] = {}
+    for f in findings:
+        blockers = set(by_id[f.rule].ruled_out_by)
+        hits = sorted(rid for rid, cause in fired if rid != f.rule and (rid in blockers or cause in blockers))
+        if hits:
+            dropped[f.rule] = "explained by " + ", ".join(hits)
+    kept = [f for f in findings if f.rule not in dropped]
+    outs = [RuleOutcome(o.rule, o.name, o.cause, "ruled_out", dropped[o.rule]) if o.rule in dropped else o for o in outcomes]
+    return kept, outs

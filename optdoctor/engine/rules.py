@@ -13,6 +13,7 @@ A rule names one cause and says when it holds, in the safe expression language o
     params:
       ratio_max: {default: 1.0e-3, doc: "first/last layer gradient ratio below which ..."}
     for: 2                               # must hold at the last 2 checkpoints
+    ruled_out_by: [dead_relu]            # a firing rule of this cause (or id) explains the symptoms
     blame: model.args.act                # config key at fault (CI annotations land there)
     summary: "gradients shrink {grad.layer_factor:.2g}x per layer ..."
     evidence: [grad.depth_ratio, grad.layer_factor]
@@ -51,7 +52,7 @@ TEMPLATE_RE = re.compile(r"\{([A-Za-z_][\w.]*)(?::([^{}]*))?\}")
 DOC_SECTIONS = ("what", "why", "detection", "false_positives", "remedies")
 CONFIG_ROOTS = ("name", "seed", "model", "data", "loss", "optimizer", "schedule", "probe")
 TOP_KEYS = ("id", "name", "cause", "severity", "confidence", "when", "optional", "params", "for",
-            "blame", "summary", "evidence", "remedies", "references", "docs", "tests")
+            "ruled_out_by", "blame", "summary", "evidence", "remedies", "references", "docs", "tests")
 REQUIRED = ("id", "name", "cause", "severity", "confidence", "when", "summary", "remedies", "docs")
 FAMILIES = {"1": "gradients", "2": "curvature and conditioning", "3": "initialisation and activations",
             "4": "learning rate", "5": "generalisation", "9": "probe health"}
@@ -82,6 +83,7 @@ class Rule:
     params: dict[str, Param] = field(default_factory=dict)
     optional: tuple[str, ...] = ()
     for_: int = 1
+    ruled_out_by: tuple[str, ...] = ()  # causes or rule ids whose firing explains this rule's symptoms
     blame: str | None = None
     evidence: tuple[str, ...] = ()
     remedies: list[Remedy] = field(default_factory=list)
@@ -185,8 +187,9 @@ class _Validator:
         self.problems: list[Problem] = []
         self.value_pos: dict[str, tuple[int, int]] = {}
         for key_node, value_node in root.value:  # where each top-level value starts
-            self.value_pos[key_node.value] = (value_node.start_mark.line + 1, value_node.start_mark.column + 1,
-                                              value_node.style)
+            if isinstance(key_node, yaml.ScalarNode):
+                self.value_pos[key_node.value] = (value_node.start_mark.line + 1, value_node.start_mark.column + 1,
+                                                  getattr(value_node, "style", None))
 
     def add(self, key: str, message: str, suggestion: str | None = None, at: tuple[int, int] | None = None) -> None:
         k = key
@@ -231,6 +234,13 @@ class _Validator:
         if not (isinstance(for_, int) and not isinstance(for_, bool) and for_ >= 1):
             self.add("for", f"'for' must be a positive number of checkpoints, got {for_!r}")
             for_ = 1
+        ruled_out_by = d.get("ruled_out_by") or []
+        if not isinstance(ruled_out_by, list):
+            self.add("ruled_out_by", "ruled_out_by must be a list of causes or rule ids")
+            ruled_out_by = []
+        for i, c in enumerate(ruled_out_by):
+            if c not in CAUSES and not ID_RE.match(str(c)):
+                self.add(f"ruled_out_by.{i}", f"{c!r} is neither a cause nor a rule id", did_you_mean(str(c), CAUSES))
         blame = d.get("blame")
         if blame is not None and (not isinstance(blame, str) or blame.split(".")[0] not in CONFIG_ROOTS):
             self.add("blame", f"blame must be a config key path starting with one of {', '.join(CONFIG_ROOTS)}, got {blame!r}",
@@ -257,7 +267,8 @@ class _Validator:
         if self.problems or when is None:
             return None
         line = self.positions.get("id", (1, 1))[0]
-        return Rule(rid, name, cause, sev, float(conf), when, summary, params, tuple(optional), for_, blame,
+        return Rule(rid, name, cause, sev, float(conf), when, summary, params, tuple(optional), for_,
+                    tuple(str(c) for c in ruled_out_by), blame,
                     tuple(evidence), remedies, [str(r) for r in refs], {k: str(v) for k, v in docs.items()},
                     tests, self.shown, line)
 

@@ -2,8 +2,9 @@
 
 - ``fires``: the condition holds on these symptoms;
 - ``near_miss``: it is evaluated and does NOT hold (close to firing, must stay silent);
-- ``neighbour``: symptoms of a neighbouring cause: this rule stays silent, and some rule of
-  the named cause in the same pack fires (the differential diagnosis works both ways).
+- ``neighbour``: symptoms of a neighbouring cause: this rule stays silent (or is ruled out by
+  that cause, see ``ruled_out_by``), and some rule of the named cause in the same pack fires
+  (the differential diagnosis works both ways).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def run_rule_tests(rules: list[Rule]) -> list[CaseResult]:
                     cause = case.get("cause")
                     owners = [r for r in rules if r.cause == cause]
                     fired_by = [r.id for r in owners if holds(r, sym) is True]
-                    ok = got is not True and bool(fired_by)
+                    explained = cause in rule.ruled_out_by or any(i in rule.ruled_out_by for i in fired_by)
+                    ok = (got is not True or explained) and bool(fired_by)
                     msg = (f"fired on a {cause} case" if got is True
                            else f"no {cause} rule in the pack fires on it ({', '.join(r.id for r in owners) or 'none'})")
                 out.append(CaseResult(rule.id, kind, i, ok, "" if ok else msg))

@@ -109,12 +109,13 @@ class GradNorms(Instrument):
     def after_backward(self, step: int) -> None:
         if not self.due(step):
             return
-        grads = [m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight) for _, m in self.layers]
-        per_layer = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(0)
         all_grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(all_grads))) if all_grads else torch.zeros(())
-        self.recorder.log("grad.norm", step, per_layer)
         self.recorder.log("grad.global_norm", step, total)
+        if not self.layers:
+            return
+        grads = [m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight) for _, m in self.layers]
+        self.recorder.log("grad.norm", step, torch.stack(torch._foreach_norm(grads)))
 
 
 class UpdateRatios(Instrument):
@@ -126,7 +127,7 @@ class UpdateRatios(Instrument):
         self._before: list[torch.Tensor] | None = None
 
     def after_backward(self, step: int) -> None:
-        if self.due(step):
+        if self.due(step) and self.layers:
             self._before = [m.weight.detach().clone() for _, m in self.layers]
 
     def after_step(self, step: int) -> None:
@@ -188,7 +189,8 @@ class Activations(Instrument):
                 u = _units(x)
                 scale = x.std() if x.numel() > 1 else torch.zeros((), device=x.device)
                 spread = u.std(dim=1).mean() if u.shape[1] > 1 else torch.zeros((), device=x.device)
-                diversity = spread / scale.clamp_min(1e-12)
+                # all-zero output (a dead layer) has no unit spread to speak of: nan, not "identical"
+                diversity = spread / scale if scale > 1e-12 else torch.full((), float("nan"), device=x.device)
                 dead = sat = nan.to(x.device)
                 if kind == "relu":
                     self._active[name].append((u > 0).any(dim=0))

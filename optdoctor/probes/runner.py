@@ -35,6 +35,9 @@ DIVERGENCE_FACTOR = 1e4
 # Size of the kick that tests a plateau for a saddle, in units of a standard init's scale
 # 1/sqrt(fan_in): small next to trained weights, large next to a degenerate saddle's ~0 weights.
 PERTURB_EPS = 0.1
+# Fresh initialisations tried when the baseline is stuck: the best of them tells a bad basin
+# from a model that cannot do better anyway.
+RESEEDS = 3
 
 Progress = Callable[[str, int, int], None]  # (probe name, step, steps)
 
@@ -60,12 +63,13 @@ class ProbeInterrupted(Exception):
 
 
 def _perturb_(model: nn.Module, eps: float, gen: torch.Generator) -> None:
-    """Add N(0, (eps/sqrt(fan_in))^2) to every weight matrix: a tenth of a standard init's
-    scale for eps=0.1, tiny next to trained weights but enough to leave a degenerate saddle."""
+    """Add N(0, (eps/sqrt(fan_in))^2) to every weight matrix (eps for vectors and scalars): a
+    tenth of a standard init's scale for eps=0.1, tiny next to trained weights but enough to
+    leave a degenerate saddle."""
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() >= 2 and p.requires_grad:
-                fan_in = p[0].numel()
+            if p.requires_grad and p.is_floating_point():
+                fan_in = p[0].numel() if p.dim() >= 2 else 1
                 noise = torch.randn(p.shape, generator=gen, dtype=p.dtype) * (eps / math.sqrt(fan_in))
                 p.add_(noise.to(p.device))
 
@@ -274,5 +278,6 @@ def run_probes(setup: Setup, progress: Progress | None = None,
         run(ProbeSpec(name="continued", steps=steps, seed=cfg.seed + 1, full=False, start_state=base_state))
         run(ProbeSpec(name="perturbed", steps=steps, seed=cfg.seed + 1, full=False,
                       start_state=base_state, perturb=PERTURB_EPS))
-        run(ProbeSpec(name="reseed", steps=cfg.probe.steps, seed=cfg.seed + 1, full=False))
+        for i in range(1, RESEEDS + 1):  # does another start get much further? (a bad basin)
+            run(ProbeSpec(name=f"reseed_{i}", steps=cfg.probe.steps, seed=cfg.seed + i, full=False))
     return probes
