@@ -24,6 +24,7 @@ import copy
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -99,11 +100,9 @@ def lanczos_reference(model, loss_fn, batch, max_iter: int) -> np.ndarray:
 
 # --- contenders ------------------------------------------------------------------------------
 
-def errors(top, lam_min, ref_top, ref_min, rho):
+def top_error(top, ref_top, rho):
     top = np.sort(np.asarray(top, dtype=float))[::-1][:5]
-    e_top = float(np.abs(top - ref_top[: len(top)]).max()) / rho
-    e_min = abs(lam_min - ref_min) / rho if lam_min is not None else float("nan")
-    return e_top, e_min
+    return float(np.abs(top - ref_top[: len(top)]).max()) / rho
 
 
 def run_optdoctor(model, loss_fn, batch, seed, max_iter):
@@ -181,28 +180,28 @@ def compare(names: list[str], repeats: int) -> None:
         print(f"reference top-5 {np.array2string(np.asarray(ref_top), precision=5)}  lambda_min {ref_min:.5f}")
 
         max_iter = 60
-        rows = []
-        for label, fn in [
+        contenders = [
             ("optdoctor hessian_spectrum(k=5, max_iter=60, tol=1e-4)",
              lambda seed: run_optdoctor(model, loss_fn, batch, seed, max_iter)),
             ("pyhessian eigenvalues(top_n=5) [defaults]",
              lambda seed: run_pyhessian(model, loss_fn, batch, seed, "top5", 0)),
             ("pyhessian density(iter=60, n_v=1) for lambda_min",
              lambda seed: run_pyhessian(model, loss_fn, batch, seed, "density", max_iter)),
-        ]:
-            times, hvps, e_tops, e_mins, conv = [], [], [], [], []
-            for seed in range(repeats):
-                out = fn(seed)
-                times.append(out[0])
-                hvps.append(out[1])
-                e_top, e_min = errors(out[2], out[3], ref_top, ref_min, rho) if out[2] else (float("nan"),) * 2
-                if not out[2]:
-                    e_min = abs(out[3] - ref_min) / rho
-                e_tops.append(e_top)
-                e_mins.append(e_min)
-                if len(out) > 4:
-                    conv.append(out[4])
-            rows.append((label, statistics.median(times), statistics.median(hvps), max(e_tops), max(e_mins), conv))
+        ]
+        results = {label: [] for label, _ in contenders}
+        for seed in range(repeats):  # interleaved, so that load from other processes hits all alike
+            for label, fn in contenders:
+                results[label].append(fn(seed))
+        rows = []
+        for label, outs in results.items():
+            e_tops, e_mins = [], []
+            for out in outs:
+                top, lam_min = out[2], out[3]
+                e_tops.append(top_error(top, ref_top, rho) if len(top) else float("nan"))
+                e_mins.append(abs(lam_min - ref_min) / rho if lam_min is not None else float("nan"))
+            conv = [out[4] for out in outs if len(out) > 4]
+            rows.append((label, statistics.median(o[0] for o in outs), statistics.median(o[1] for o in outs),
+                         max(e_tops), max(e_mins), conv))
         print(f"{'':56s} {'HVPs':>6s} {'wall (median)':>14s} {'err top-5':>10s} {'err l_min':>10s}")
         for label, wall, hv, e_top, e_min, conv in rows:
             note = f"  converged {sum(conv)}/{len(conv)}" if conv else ""
@@ -268,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    # PyHessian calls loss.backward(create_graph=True); torch warns about the .grad cycle it makes
+    warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
     torch.set_num_threads(args.threads)  # small models: one thread is faster here (DESIGN.md)
     if args.command == "backends":
         backends(args.repeats)

@@ -412,7 +412,7 @@ def validate_against(rules, settings: Settings | None = None, *, cli_select: Seq
             for param in table:
                 bad = param_problem(rid, param)
                 if bad:
-                    key = f"params.{rid}" if bad[0].startswith(("no rule", f"{rid!r} is a rule name")) else f"params.{rid}.{param}"
+                    key = f"params.{rid}" if rule_problem(rid) else f"params.{rid}.{param}"
                     problems.append(settings.problem(key, *bad))
         problems.sort(key=lambda p: (p.line or 0, p.col or 0))
     # the command line

@@ -11,8 +11,18 @@ import pytest
 from optdoctor.engine.evaluate import Selection, evaluate
 from optdoctor.engine.rules import load_rules, shipped_rules_dir
 from optdoctor.errors import UsageError
-from optdoctor.settings import (Settings, discover_settings, find_settings, load_settings, locate, merge_selection,
-                                parse_param_override, resolve_fail_on, rule_paths, validate_against)
+from optdoctor.settings import (
+    Settings,
+    discover_settings,
+    find_settings,
+    load_settings,
+    locate,
+    merge_selection,
+    parse_param_override,
+    resolve_fail_on,
+    rule_paths,
+    validate_against,
+)
 
 DOCS = "docs: {what: w, why: w, detection: w, false_positives: w}\n"
 RULES = {
@@ -328,3 +338,12 @@ def test_no_torch_in_settings_or_reporters():
 
     code = "import sys, optdoctor.settings\nassert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_params_of_an_unknown_rule_are_located_at_its_table(rules, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "optdoctor.toml").write_text("[params.OD111]\nratio_max = 1\n[params]\nOD999 = {a = 1}\n")
+    with pytest.raises(UsageError) as e:
+        validate_against(rules, load_settings("optdoctor.toml"))
+    assert problems(e) == ["optdoctor.toml:1:2: params.OD111: no rule 'OD111'; did you mean 'OD101'?",
+                           "optdoctor.toml:4:1: params.OD999: no rule 'OD999'"]

@@ -199,6 +199,11 @@ class _Validator:
         line, col = at or (1, 1)
         self.problems.append(Problem(message, key=key, file=self.shown, line=line, col=col, suggestion=suggestion))
 
+    def value_at(self, key: str) -> tuple[int, int] | None:
+        """Where a top-level key's value starts: a bad value is reported there, not at its key."""
+        v = self.value_pos.get(key)
+        return (v[0], v[1]) if v else None
+
     def rule(self, d: dict) -> Rule | None:
         for k in d:
             if k not in TOP_KEYS:
@@ -208,19 +213,19 @@ class _Validator:
                 self.add("", f"missing required key {k!r}", at=(1, 1))
         rid = str(d.get("id", ""))
         if "id" in d and not ID_RE.match(rid):
-            self.add("id", f"rule id must look like OD123 (family digit, then two digits), got {rid!r}")
+            self.add("id", f"rule id must look like OD123 (family digit, then two digits), got {rid!r}", at=self.value_at("id"))
         name = str(d.get("name", ""))
         if "name" in d and not NAME_RE.match(name):
-            self.add("name", f"rule name must be kebab-case, got {name!r}")
+            self.add("name", f"rule name must be kebab-case, got {name!r}", at=self.value_at("name"))
         cause = d.get("cause")
         if "cause" in d and cause not in CAUSES:
-            self.add("cause", f"unknown cause {cause!r}", did_you_mean(str(cause), CAUSES))
+            self.add("cause", f"unknown cause {cause!r}", did_you_mean(str(cause), CAUSES), at=self.value_at("cause"))
         sev = d.get("severity")
         if "severity" in d and sev not in SEVERITIES:
-            self.add("severity", f"severity must be one of {', '.join(SEVERITIES)}, got {sev!r}", did_you_mean(str(sev), SEVERITIES))
+            self.add("severity", f"severity must be one of {', '.join(SEVERITIES)}, got {sev!r}", did_you_mean(str(sev), SEVERITIES), at=self.value_at("severity"))
         conf = d.get("confidence")
         if "confidence" in d and not (isinstance(conf, (int, float)) and not isinstance(conf, bool) and 0 <= conf <= 1):
-            self.add("confidence", f"confidence must be a number in [0, 1], got {conf!r}")
+            self.add("confidence", f"confidence must be a number in [0, 1], got {conf!r}", at=self.value_at("confidence"))
         params = self.params(d.get("params") or {})
         known = set(SYMPTOMS) | {f"params.{p}" for p in params}
         optional = self.names_list(d, "optional", set(SYMPTOMS))
@@ -244,7 +249,7 @@ class _Validator:
         blame = d.get("blame")
         if blame is not None and (not isinstance(blame, str) or blame.split(".")[0] not in CONFIG_ROOTS):
             self.add("blame", f"blame must be a config key path starting with one of {', '.join(CONFIG_ROOTS)}, got {blame!r}",
-                     did_you_mean(str(blame).split(".")[0], CONFIG_ROOTS))
+                     did_you_mean(str(blame).split(".")[0], CONFIG_ROOTS), at=self.value_at("blame"))
         summary = d.get("summary", "")
         if not isinstance(summary, str):
             self.add("summary", "summary must be a string")

@@ -195,6 +195,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
                 layers.sort(key=lambda t: rank[t[0]])
                 acts.sort(key=lambda t: rank[t[0]])
                 trace.meta["layers"] = [nm for nm, _ in layers]
+                trace.meta["layer_types"] = [type(m).__name__ for _, m in layers]
                 trace.meta["act_layers"] = [nm for nm, _, _ in acts]
                 trace.meta["act_kinds"] = [k for _, _, k in acts]
                 if act_inst is not None:

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -37,9 +38,11 @@ def sparkline(values: np.ndarray, width: int = 48, log: bool = True) -> str:
         return ""
     if len(v) > width:  # mean over equal chunks
         v = np.array([c.mean() for c in np.array_split(v, width)])
-    if log and np.all(v > 0):
+    if log and np.all(v > 0) and np.log10(v.max() / v.min()) > 0.3:
         v = np.log10(v)
-    lo, hi = v.min(), v.max()
+        lo, hi = v.min(), v.max()
+    else:  # a narrow range drawn on [0, max] so that a flat loss looks flat, not like noise
+        lo, hi = min(0.0, v.min()), v.max()
     if hi - lo < 1e-12:
         return BLOCKS[3] * len(v)
     idx = np.clip(((v - lo) / (hi - lo) * (len(BLOCKS) - 1)).round().astype(int), 0, len(BLOCKS) - 1)
@@ -79,7 +82,7 @@ def _finding(console: Console, f, index: int) -> None:
     if f.onset is not None:
         head.append(f" · from step {f.onset}", style="dim")
     console.print(head)
-    console.print(Text("   " + f.summary))
+    console.print(Padding(Text(f.summary), (0, 0, 0, 3)))
     table = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
     table.add_column(style="cyan", no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
@@ -91,8 +94,12 @@ def _finding(console: Console, f, index: int) -> None:
     if f.blame:
         where = f" ({f.location['file']}:{f.location['line']}:{f.location['col']})" if f.location else ""
         console.print(Text(f"   at {f.blame}{where}", style="magenta"))
+    remedies = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
+    remedies.add_column(justify="right", no_wrap=True)
+    remedies.add_column(style="green")
     for i, r in enumerate(f.remedies, 1):
-        console.print(Text(f"   {i}. {r}", style="green"))
+        remedies.add_row(f"   {i}.", r)
+    console.print(remedies)
     console.print()
 
 
@@ -116,13 +123,20 @@ def _pictures(console: Console, diag) -> None:
         early = early[np.all(np.isfinite(early), axis=1)]
         names = t.meta.get("layers", [])
         if len(early) and len(names) == G.shape[1]:
-            per = np.exp(np.log(np.maximum(early, 1e-300)).mean(axis=0))
-            logs = np.log10(np.maximum(per, 1e-300))
-            lo, hi = logs.min(), logs.max()
+            with np.errstate(divide="ignore"):
+                per = np.exp(np.log(early).mean(axis=0))  # geometric mean; 0 if a norm was 0
+                logs = np.log10(per)
+            live = logs[np.isfinite(logs)]
+            lo, hi = (live.min(), live.max()) if len(live) else (0.0, 0.0)
             console.print(Text("   gradient norm per layer, input to output (first 10% of steps, log scale)", style="dim"))
+            types = t.meta.get("layer_types") or [""] * len(names)
+            names = [f"{n} {ty}".strip() for n, ty in zip(names, types)]
             width = max(len(n) for n in names)
             for n, v, lg in zip(names, per, logs):
-                bar = 1 + int(round((lg - lo) / (hi - lo) * 30)) if hi > lo else 16
+                if not np.isfinite(lg):
+                    bar = 0
+                else:
+                    bar = 1 + int(round((lg - lo) / (hi - lo) * 30)) if hi > lo else 16
                 row = Text(f"   {n:<{width}} ")
                 row.append("█" * bar, style="magenta")
                 row.append(f" {fmt(float(v))}")
@@ -146,8 +160,9 @@ def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 
     console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False,
                       color_system="standard" if color else None)
     n = len(diag.probes.traces)
-    console.print(Text(f"optdoctor · {diag.name} ({diag.config_path}) · {n} probe{'s' * (n != 1)} · {diag.seconds:.1f} s", style="dim"))
-    console.print(_verdict(diag, fail_on))
+    console.print(Text(f"optdoctor · {diag.name} ({diag.config_path}) · {n} probe{'s' * (n != 1)} · {diag.seconds:.1f} s", style="dim"),
+                  soft_wrap=True)
+    console.print(_verdict(diag, fail_on), soft_wrap=True)
     console.print()
     for i, f in enumerate(diag.findings, 1):
         _finding(console, f, i)
