@@ -162,3 +162,31 @@ def test_schema_is_json():
     r = runner.invoke(app, ["schema"])
     s = json.loads(r.stdout)
     assert {"model", "data", "optimizer"} <= set(s["required"])
+
+
+def test_ctrl_c_writes_what_was_measured(tmp_path):
+    files = {"stopper.py": """\
+        import torch
+        class Stopper(torch.nn.Module):
+            # stands in for a person pressing Ctrl-C at step 20 of the baseline probe
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(20, 4)
+                self.calls = 0
+            def forward(self, x):
+                if self.training:
+                    self.calls += 1
+                    if self.calls == 20:
+                        raise KeyboardInterrupt
+                return self.lin(x)
+        def stopper(depth=2, width=16):
+            return Stopper()
+        """}
+    r = runner.invoke(app, ["diagnose", str(tiny(tmp_path, "stopper.py:stopper", files)), "--format", "json",
+                            "--save-trace", str(tmp_path / "tr")])
+    assert r.exit_code == 130
+    d = json.loads(r.stdout)
+    assert d["status"] == "interrupted"
+    assert d["probes"]["baseline"]["status"] == "interrupted" and d["probes"]["baseline"]["stopped_at"] == 19
+    assert (tmp_path / "tr" / "baseline.npz").exists()
+    assert "interrupted" in r.stderr

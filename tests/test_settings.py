@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 
@@ -330,14 +329,6 @@ def test_validate_against_unknown_ids_and_params(rules, tmp_path, monkeypatch):
         "--param OD11.ratio_max: no rule 'OD11'; did you mean 'OD101'?",
         "--param OD102.growth: OD102 has no param 'growth' (it has growth_min); did you mean 'growth_min'?",
     ]
-
-
-def test_no_torch_in_settings_or_reporters():
-    import subprocess
-    import sys
-
-    code = "import sys, optdoctor.settings\nassert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 
 def test_params_of_an_unknown_rule_are_located_at_its_table(rules, tmp_path, monkeypatch):

@@ -101,7 +101,7 @@ def help_markdown(rule) -> str:
     if rule.params:
         out.append("## Parameters\n\nOverride in `[tool.optdoctor.params]` or with `--param`.\n")
         out.append("| param | default | meaning |\n| --- | --- | --- |")
-        out += [f"| `{p.name}` | {p.default:g} | {_squash(p.doc)} |" for p in rule.params.values()]
+        out += [f"| `{p.name}` | {p.default:g} | {_squash(p.doc).replace('|', '&#124;')} |" for p in rule.params.values()]
         out.append("")
     if rule.blame:
         out.append(f"## Blamed config key\n\n`{rule.blame}`\n")

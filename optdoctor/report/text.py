@@ -175,4 +175,4 @@ def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 
     if skipped:
         line += " (" + "; ".join(f"{o.rule}: {o.reason}" for o in skipped[:3]) + ("; ..." if len(skipped) > 3 else "") + ")"
     console.print(Text(line, style="dim"))
-    return buf.getvalue()
+    return "\n".join(row.rstrip(" ") for row in buf.getvalue().split("\n"))
