@@ -29,6 +29,9 @@ app.add_typer(rules_app, name="rules")
 class Format(str, Enum):
     text = "text"
     json = "json"
+    sarif = "sarif"
+    junit = "junit"
+    github = "github"
 
 
 class FailOn(str, Enum):
@@ -87,37 +90,42 @@ def _progress():
 @app.command()
 def diagnose(
     config: Path = typer.Argument(..., help="probe config (YAML); it imports your model/data code"),
-    format: Format = typer.Option(Format.text, "--format", "-f", help="report format on stdout"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the report to this file instead of stdout"),
-    fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="exit 1 when a finding is at or above this severity"),
-    select: List[str] = typer.Option([], "--select", help="only these rule ids or id prefixes (OD1, OD203)"),
-    ignore: List[str] = typer.Option([], "--ignore", help="skip these rule ids or id prefixes"),
+    format: Format = typer.Option(Format.text, "--format", "-f", help="report format on stdout (or in a plain --output FILE)"),
+    output: List[str] = typer.Option([], "--output", "-o", metavar="[FORMAT=]FILE",
+                                     help="write a report to FILE (--format's format) or FORMAT=FILE; repeat for several formats from one run"),
+    fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", help="exit 1 when a finding is at or above this severity [default: error, or the settings file's]"),
+    select: List[str] = typer.Option([], "--select", help="only these rule ids, id prefixes (OD1) or names; replaces the settings file's selection"),
+    extend_select: List[str] = typer.Option([], "--extend-select", help="add these to the selection"),
+    ignore: List[str] = typer.Option([], "--ignore", help="skip these rule ids, id prefixes or names"),
+    param: List[str] = typer.Option([], "--param", metavar="ID.PARAM=VALUE", help="override a rule parameter, e.g. OD101.ratio_max=1e-3"),
     rules: List[Path] = typer.Option([], "--rules", help="rule files or folders to use instead of the shipped pack"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="override probe.steps"),
     seed: Optional[int] = typer.Option(None, "--seed", help="override seed"),
+    check: bool = typer.Option(False, "--check", help="CI preset: one CPU thread, no progress output, probes capped at --max-steps; stable report bytes"),
+    max_steps: int = typer.Option(200, "--max-steps", min=1, help="with --check: cap on every probe's steps"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard logs (one run per probe) under this folder"),
     save_trace: Optional[Path] = typer.Option(None, "--save-trace", help="save the probes' traces in this folder (re-diagnose with `optdoctor replay`)"),
 ) -> None:
     """Run short probe trainings of CONFIG and diagnose what goes wrong."""
+    from optdoctor import settings as st
     from optdoctor.config import load_config
-    from optdoctor.engine.evaluate import Selection
+    from optdoctor.engine.rules import load_rules
 
     try:
+        outputs = _parse_outputs(output, format.value)
         loaded = load_config(config)
-        overrides = {}
-        if steps is not None:
-            overrides["steps"] = steps
-        if overrides or seed is not None:
-            cfg = loaded.config.model_copy(deep=True)
-            if steps is not None:
-                cfg.probe.steps = steps
-            if seed is not None:
-                cfg.seed = seed
-            loaded = loaded.model_copy(update={"config": cfg})
+        file_settings = st.discover_settings(Path(loaded.base_dir))
+        rule_list = load_rules(st.rule_paths(file_settings, [str(r) for r in rules]))
+        st.validate_against(rule_list, file_settings, cli_select=select, cli_ignore=ignore,
+                            cli_extend_select=extend_select, cli_params=param)
+        selection = st.merge_selection(file_settings, select, ignore, param, cli_extend_select=extend_select)
+        fail = st.resolve_fail_on(file_settings, fail_on.value if fail_on else None)
+        loaded = _override(loaded, steps=steps, seed=seed, check=check, max_steps=max_steps)
         from optdoctor.diagnose import run_diagnosis
 
-        progress, done = _progress()
+        progress, done = (None, lambda: None) if check else _progress()
         try:
-            diag = run_diagnosis(loaded, Selection(select=select, ignore=ignore), [str(r) for r in rules] or None, progress)
+            diag = run_diagnosis(loaded, selection, rules=rule_list, progress=progress)
         finally:
             done()
     except OptdoctorError as e:
@@ -125,28 +133,78 @@ def diagnose(
     except KeyboardInterrupt:
         _err("optdoctor: interrupted before anything was measured")
         raise typer.Exit(130)
+    diag.extra["rules"] = rule_list
+    tb_dir = tensorboard or _config_tensorboard(loaded)
+    if tb_dir is not None:
+        from optdoctor.tensorboard import write_diagnosis
+
+        write_diagnosis(diag, tb_dir)
+        _err(f"optdoctor: TensorBoard logs in {tb_dir} (open with: tensorboard --logdir {tb_dir})")
     if save_trace:
         diag.probes.save(save_trace)
-    code = _emit(diag, format.value, output, fail_on.value)
+    code = _emit(diag, outputs, fail)
     if diag.status == "interrupted":
         _err("optdoctor: interrupted; the report covers what was measured so far")
         raise typer.Exit(130)
     raise typer.Exit(code)
 
 
-def _emit(diag, fmt: str, output: Path | None, fail_on: str) -> int:
+def _config_tensorboard(loaded) -> Path | None:
+    tb = loaded.config.probe.tensorboard
+    return Path(loaded.base_dir) / tb if tb else None
+
+
+def _override(loaded, *, steps: int | None, seed: int | None, check: bool, max_steps: int):
+    """Command-line overrides of the config (a copy: the file stays the source of truth)."""
+    if steps is None and seed is None and not check:
+        return loaded
+    cfg = loaded.config.model_copy(deep=True)
+    if steps is not None:
+        cfg.probe.steps = steps
+    if seed is not None:
+        cfg.seed = seed
+    if check:  # deterministic and bounded: one thread, capped steps
+        cfg.probe.threads = 1
+        cfg.probe.steps = min(cfg.probe.steps, max_steps)
+        if cfg.probe.variants.steps:
+            cfg.probe.variants.steps = min(cfg.probe.variants.steps, max_steps)
+    return loaded.model_copy(update={"config": cfg})
+
+
+def _parse_outputs(specs: list[str], default_format: str) -> list[tuple[str, Path | None]]:
+    """[(format, file or None for stdout)]: stdout carries --format unless a plain --output FILE
+    takes it."""
+    formats = {f.value for f in Format}
+    outs: list[tuple[str, Path | None]] = []
+    plain = False
+    for spec in specs:
+        fmt, sep, file = spec.partition("=")
+        if sep and fmt in formats:
+            outs.append((fmt, Path(file)))
+        elif sep and "/" not in fmt and "." not in fmt:
+            raise UsageError(f"--output {spec}: unknown format {fmt!r}; use one of {', '.join(sorted(formats))}")
+        else:
+            outs.append((default_format, Path(spec)))
+            plain = True
+    if not plain:
+        outs.insert(0, (default_format, None))
+    return outs
+
+
+def _emit(diag, outputs: list[tuple[str, Path | None]], fail_on: str) -> int:
     from optdoctor.report import REPORTERS, exit_code
 
-    if fmt == "text":
-        text = REPORTERS["text"](diag, fail_on, color=_color() and output is None)
-    else:
-        text = REPORTERS[fmt](diag, fail_on)
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    for fmt, path in outputs:
+        if fmt == "text":
+            text = REPORTERS["text"](diag, fail_on, color=_color() and path is None)
+        else:
+            text = REPORTERS[fmt](diag, fail_on)
+        if path is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
     return exit_code(diag.findings, fail_on)
 
 
@@ -174,7 +232,8 @@ def replay(
     except OptdoctorError as e:
         _fail(e)
     diag = Diagnosis(traces.name, str(traces), findings, outcomes, symptoms, probes)
-    raise typer.Exit(_emit(diag, format.value, None, fail_on.value))
+    diag.extra["rules"] = rule_list
+    raise typer.Exit(_emit(diag, [(format.value, None)], fail_on.value))
 
 
 @app.command()

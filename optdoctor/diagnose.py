@@ -82,13 +82,14 @@ def evaluate_probes(probes: ProbeSet, rules: list[Rule], selection: Selection | 
 
 
 def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, rule_paths: list[str] | None = None,
-                  progress: Callable[[str, int, int], None] | None = None) -> Diagnosis:
+                  progress: Callable[[str, int, int], None] | None = None, rules: list[Rule] | None = None) -> Diagnosis:
     """Probe, extract, evaluate. On Ctrl-C, diagnoses what was measured so far (status
     "interrupted") instead of losing it."""
     from optdoctor.probes.runner import ProbeInterrupted, run_probes
     from optdoctor.probes.setup import prepare
 
-    rules = load_rules(rule_paths)  # before probing: a broken rule pack fails fast (exit 2)
+    if rules is None:
+        rules = load_rules(rule_paths)  # before probing: a broken rule pack fails fast (exit 2)
     t0 = time.perf_counter()
     setup = prepare(loaded)
     status = "completed"

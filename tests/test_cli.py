@@ -190,3 +190,51 @@ def test_ctrl_c_writes_what_was_measured(tmp_path):
     assert d["probes"]["baseline"]["status"] == "interrupted" and d["probes"]["baseline"]["stopped_at"] == 19
     assert (tmp_path / "tr" / "baseline.npz").exists()
     assert "interrupted" in r.stderr
+
+
+def test_several_formats_from_one_run(tmp_path):
+    p = tiny(tmp_path)
+    r = runner.invoke(app, ["diagnose", str(p), "--check", "--format", "sarif", "--output", str(tmp_path / "r.sarif"),
+                            "--output", f"junit={tmp_path / 'r.xml'}", "--output", f"json={tmp_path / 'r.json'}"])
+    assert r.exit_code in (0, 1), r.output
+    assert r.stdout == ""  # a plain --output takes stdout's report
+    import xml.etree.ElementTree as ET
+
+    assert json.loads((tmp_path / "r.sarif").read_text())["version"] == "2.1.0"
+    assert ET.parse(tmp_path / "r.xml").getroot().tag == "testsuites"
+    assert "findings" in json.loads((tmp_path / "r.json").read_text())
+
+
+def test_unknown_output_format_is_a_usage_error(tmp_path):
+    r = runner.invoke(app, ["diagnose", str(tiny(tmp_path)), "--output", "xml=out.xml"])
+    assert r.exit_code == 2 and "unknown format 'xml'" in r.stderr
+
+
+def test_check_runs_are_byte_identical(tmp_path):
+    p = tiny(tmp_path)
+    outs = []
+    for fmt in ("json", "sarif"):
+        a = runner.invoke(app, ["diagnose", str(p), "--check", "--format", fmt])
+        b = runner.invoke(app, ["diagnose", str(p), "--check", "--format", fmt])
+        assert a.stdout == b.stdout and a.stdout
+        outs.append(a.stdout)
+
+
+def test_param_override_and_selection_from_the_command_line(tmp_path):
+    p = tiny(tmp_path, text=TINY.format(model="optdoctor.models:mlp").replace("name: adam\n  lr: 1e-3", "name: sgd\n  lr: 1e4"))
+    base = json.loads(runner.invoke(app, ["diagnose", str(p), "--format", "json"]).stdout)
+    fired = {f["rule"] for f in base["findings"]}
+    assert fired
+    ignored = json.loads(runner.invoke(app, ["diagnose", str(p), "--format", "json", "--ignore", "OD4"]).stdout)
+    assert not any(f["rule"].startswith("OD4") for f in ignored["findings"])
+    assert all(o["rule"][:3] != "OD4" for o in ignored["rules"])
+    bad = runner.invoke(app, ["diagnose", str(p), "--param", "OD401.gain_mn=1"])
+    assert bad.exit_code == 2 and "did you mean 'gain_min'" in bad.stderr
+
+
+def test_settings_file_is_honoured(tmp_path):
+    p = tiny(tmp_path, text=TINY.format(model="optdoctor.models:mlp").replace("name: adam\n  lr: 1e-3", "name: sgd\n  lr: 1e4"))
+    (tmp_path / "optdoctor.toml").write_text('ignore = ["OD4"]\nfail-on = "never"\n')
+    r = runner.invoke(app, ["diagnose", str(p), "--format", "json"])
+    assert r.exit_code == 0
+    assert not any(f["rule"].startswith("OD4") for f in json.loads(r.stdout)["findings"])

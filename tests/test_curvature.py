@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from optdoctor.curvature import HessianSpectrum, SpectralDensity, hessian_spectrum, hvp_operator
-from optdoctor.curvature.density import NULL_EPS
+from optdoctor.curvature.density import NULL_EPS, effective_condition, slq
+from optdoctor.curvature.lanczos import lanczos
 from optdoctor.curvature.trace import hutchpp
 
 F = nn.functional
@@ -176,6 +177,56 @@ def test_hvp_equals_dense_hessian_times_v(problem, backend):
 
 
 # --- Lanczos: top-k and lambda_min -----------------------------------------------------------
+
+def diagonal_operator(eigenvalues):
+    d = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    return lambda v: d * v
+
+
+def test_lanczos_on_a_known_spectrum_keeps_an_orthonormal_basis():
+    ev = np.concatenate([[10.0, 9.0, 8.0, 7.0, 6.5], np.linspace(-1.0, 1.0, 494), [-2.0]])
+    v0 = torch.randn(len(ev), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    run = lanczos(diagonal_operator(ev), v0, max_iter=60, k=5, tol=1e-6)
+    theta, _ = run.ritz()
+    assert run.converged and run.reason == "tol"
+    np.testing.assert_allclose(theta[::-1][:5], [10.0, 9.0, 8.0, 7.0, 6.5], atol=1e-5 * 10)
+    assert theta[0] == pytest.approx(-2.0, abs=1e-5 * 10)
+    q = run.basis.numpy()  # (m, n)
+    assert np.abs(q @ q.T - np.eye(run.iters)).max() < 1e-12
+    t = np.diag(run.alphas) + np.diag(run.betas, 1) + np.diag(run.betas, -1)
+    assert np.abs(q @ (ev[:, None] * q.T) - t).max() < 1e-10  # T_m = Q H Q^T
+
+
+def test_lanczos_restarts_on_an_invariant_subspace_and_finds_multiplicities():
+    ev = [3.0] * 5 + [1.0] * 5 + [-2.0] * 5  # 3 distinct values: K(H, v0) is invariant after 3 steps
+    g = torch.Generator().manual_seed(0)
+
+    def draw():
+        return torch.randn(15, generator=g, dtype=torch.float64)
+
+    run = lanczos(diagonal_operator(ev), draw(), max_iter=40, k=5, tol=1e-8, restart=draw)
+    theta, _ = run.ritz()
+    assert run.converged
+    np.testing.assert_allclose(theta[::-1][:5], [3.0] * 5, atol=1e-10)
+    no_restart = lanczos(diagonal_operator(ev), draw(), max_iter=40, k=1, tol=None)
+    assert no_restart.reason == "invariant" and no_restart.iters == 3
+
+
+def test_slq_masses_on_a_known_spectrum():
+    n = 2000
+    ev = np.concatenate([np.linspace(-1.0, -0.1, 600), np.zeros(400), np.linspace(0.1, 2.0, 1000)])
+    d = slq(diagonal_operator(ev), n, torch.Generator().manual_seed(0), dtype=torch.float64,
+            device=torch.device("cpu"), starts=3, steps=40)
+    assert d.negative_mass == pytest.approx(0.3, abs=0.03)
+    assert d.near_null_mass == pytest.approx(0.2, abs=0.03)
+    assert d.nodes.min() == pytest.approx(-1.0, abs=1e-3) and d.nodes.max() == pytest.approx(2.0, abs=1e-3)
+
+
+def test_effective_condition_is_a_low_percentile_above_the_floor():
+    nodes = np.array([-1e-4, 0.0, 0.05, 0.1, 0.5, 2.0])  # 1e-4 and 0 are near-null: left out
+    weights = np.array([0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
+    assert effective_condition(nodes, weights) == pytest.approx(2.0 / 0.05)
+    assert math.isnan(effective_condition(np.zeros(3), np.ones(3) / 3))
 
 @problems
 def test_top5_and_min_match_dense_spectrum(problem):
