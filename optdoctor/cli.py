@@ -103,6 +103,7 @@ def diagnose(
     seed: Optional[int] = typer.Option(None, "--seed", help="override seed"),
     check: bool = typer.Option(False, "--check", help="CI preset: one CPU thread, no progress output, probes capped at --max-steps; stable report bytes"),
     max_steps: int = typer.Option(200, "--max-steps", min=1, help="with --check: cap on every probe's steps"),
+    verify: bool = typer.Option(False, "--verify", help="try the patched remedies of the top findings in extra probes and report what each changed"),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard logs (one run per probe) under this folder"),
     save_trace: Optional[Path] = typer.Option(None, "--save-trace", help="save the probes' traces in this folder (re-diagnose with `optdoctor replay`)"),
 ) -> None:
@@ -120,7 +121,7 @@ def diagnose(
                             cli_extend_select=extend_select, cli_params=param)
         selection = st.merge_selection(file_settings, select, ignore, param, cli_extend_select=extend_select)
         fail = st.resolve_fail_on(file_settings, fail_on.value if fail_on else None)
-        loaded = _override(loaded, steps=steps, seed=seed, check=check, max_steps=max_steps)
+        loaded = _override(loaded, steps=steps, seed=seed, check=check, max_steps=max_steps, verify=verify)
         from optdoctor.diagnose import run_diagnosis
 
         progress, done = (None, lambda: None) if check else _progress()
@@ -154,11 +155,13 @@ def _config_tensorboard(loaded) -> Path | None:
     return Path(loaded.base_dir) / tb if tb else None
 
 
-def _override(loaded, *, steps: int | None, seed: int | None, check: bool, max_steps: int):
+def _override(loaded, *, steps: int | None, seed: int | None, check: bool, max_steps: int, verify: bool = False):
     """Command-line overrides of the config (a copy: the file stays the source of truth)."""
-    if steps is None and seed is None and not check:
+    if steps is None and seed is None and not check and not verify:
         return loaded
     cfg = loaded.config.model_copy(deep=True)
+    if verify:
+        cfg.probe.verify.enabled = True
     if steps is not None:
         cfg.probe.steps = steps
     if seed is not None:

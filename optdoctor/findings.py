@@ -37,6 +37,9 @@ class Finding:
     onset: int | None = None  # probe step at which the symptom first showed, if known
     references: list[str] = field(default_factory=list)
     location: dict[str, Any] | None = None  # {"file":..., "line":..., "col":...} of the blamed key
+    verification: list[dict[str, Any]] = field(default_factory=list)  # remedies tried (--verify), best first
+    confirmed: bool | None = None  # a tried remedy fixed it (True), none helped (False), not tried (None)
+    seeds: dict[str, Any] | None = None  # with probe.seeds > 1: {"fired": k, "of": n, "spread": {symptom: [min, max]}}
 
     def sort_key(self) -> tuple:
         # most important first: severity, then confidence, then the earliest onset (root cause)

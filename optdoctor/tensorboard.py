@@ -8,11 +8,12 @@ nothing per step and works on a diverged or interrupted probe, or a trace loaded
 (``optdoctor replay``). Like every stage below the Trace it does not import torch.
 
 Writer: tensorboard's own ``EventFileWriter`` and protos, all values of one step packed into
-one Event. Measured on a 6-probe, 200-step diagnosis (``benchmarks/tensorboard_write.py
---compare``): one ``SummaryWriter.add_scalar`` call per value took 2.5 s for 38k values
-(the same with one tensorboard Event per value: the record CRC is computed in pure Python
-and dominates); packing per step took 0.3 s. ``torch.utils.tensorboard`` also costs an
-import of torch (1.1 s cold) that replaying a saved trace otherwise never pays.
+one Event. Measured on an 8-probe, 200-step diagnosis, 78k values, on a loaded 2-core machine
+(``benchmarks/tensorboard_write.py --compare``): ``write_diagnosis`` 0.6-0.7 s; one
+``SummaryWriter.add_scalar`` per value 5.1-6.9 s; one tensorboard Event per value 3.5-5.0 s.
+Most of the time goes to the record checksum (CRC32C in pure Python, ~0.17 us per byte), so
+fewer, larger records win. ``torch.utils.tensorboard`` would also import torch (1.3-2.4 s
+cold), which replaying a saved trace otherwise never pays; these imports take ~0.5 s.
 
 Tags (``section/name``; per-layer columns by the layer's module name, in forward order):
 
@@ -100,9 +101,10 @@ KEY_SYMPTOMS = (
 # Where in TensorBoard a symptom's numbers can be checked, by symptom family.
 EVIDENCE_CHARTS = {
     "loss": "loss/train", "val": "loss/val vs loss/train_eval", "gap": "loss/val vs loss/train_eval",
-    "acc": "accuracy/*", "grad": "custom scalars: gradient norm per layer", "update": "update_ratio/*",
+    "acc": "accuracy/*", "grad": "custom scalars: log10 gradient norm per layer",
+    "update": "custom scalars: log10 update ratio per layer",
     "act": "activation/*", "hess": "hessian/*", "lr": "runs lr_x*: loss/train",
-    "plateau": "runs continued, perturbed, reseed: loss/train", "data": "(input data, not logged)",
+    "plateau": "runs continued, perturbed, reseed_*: loss/train", "data": "(input data, not logged)",
 }
 # Custom-scalars layout: (category, [(chart title, tag regex)]). Python ``re.match`` on tags
 # (the plugin's server side). Charts whose regex matches no written tag are left out.
@@ -136,9 +138,15 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _STATUS = {"completed": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
 
 
-# --- pure part: Trace -> {step: [(tag, value)]} -------------------------------------------------
+# --- pure part: Trace -> {tag: (steps, values)} ---------------------------------------------
 def _finite(x: float) -> bool:
     return math.isfinite(x) and abs(x) <= _FLOAT32_MAX
+
+
+def _step(row: dict) -> int | None:
+    """A Hessian measurement's step, or None when it has no usable one."""
+    step = row.get("step", 0)
+    return int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None
 
 
 def _column_names(trace: Trace, name: str, width: int) -> list[str]:
@@ -176,7 +184,9 @@ def scalar_points(trace: Trace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     by_key: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for row in trace.hessian:
-        step = int(row.get("step", 0))
+        step = _step(row)
+        if step is None:
+            continue
         zero_based = any(k.startswith("top_") for k in row)  # then top_0 is lambda_max already
         for key, value in row.items():
             if key in HESSIAN_SKIP or not isinstance(value, (int, float)):
@@ -194,7 +204,7 @@ def scalar_points(trace: Trace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _histogram(values: np.ndarray, edges: np.ndarray, counts: np.ndarray | None = None):
+def _histogram(values: np.ndarray | None, edges: np.ndarray, counts: np.ndarray | None = None):
     """A HistogramProto over fixed ``edges`` (B+1,), from samples or from given ``counts`` (B,)."""
     from tensorboard.compat.proto.summary_pb2 import HistogramProto
 
@@ -220,6 +230,8 @@ def _grad_norm_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     if not trace.has("grad.norm"):
         return []
     steps, norms = trace.series["grad.norm"]
+    if norms.ndim != 2:
+        return []
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(norms)
     ok = np.isfinite(logs)
@@ -262,8 +274,8 @@ def _density_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     out = []
     n = trace.meta.get("n_params") or 1
     for row in trace.hessian:
-        d = row.get("density")
-        if not isinstance(d, dict):
+        d, step = row.get("density"), _step(row)
+        if not isinstance(d, dict) or step is None:
             continue
         if "nodes" in d and "weights" in d:
             x, w = np.asarray(d["nodes"], float), np.asarray(d["weights"], float)
@@ -281,7 +293,7 @@ def _density_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
             hi = lo + max(abs(lo), 1.0) * 1e-6
         edges = np.linspace(lo, hi, DENSITY_BINS + 1)
         counts, _ = np.histogram(x, bins=edges, weights=w * n / w.sum())
-        out.append((int(row.get("step", 0)), "hessian/density", _histogram(None, edges, counts)))
+        out.append((step, "hessian/density", _histogram(None, edges, counts)))
     return out
 
 

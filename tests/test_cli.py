@@ -238,3 +238,9 @@ def test_settings_file_is_honoured(tmp_path):
     r = runner.invoke(app, ["diagnose", str(p), "--format", "json"])
     assert r.exit_code == 0
     assert not any(f["rule"].startswith("OD4") for f in json.loads(r.stdout)["findings"])
+
+
+def test_unknown_factory_argument_is_a_config_error(tmp_path):
+    p = tiny(tmp_path, text=TINY.format(model="optdoctor.models:mlp").replace("depth: 2", "dept: 2"))
+    r = runner.invoke(app, ["diagnose", str(p)])
+    assert r.exit_code == 2 and "model.args.dept: unknown argument 'dept'" in r.stderr and "did you mean 'depth'" in r.stderr

@@ -132,7 +132,8 @@ def dense(problem_id: str) -> np.ndarray:
     x = x.double()
     y = y.double() if y.is_floating_point() else y
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad and k not in problem.exclude]
-    fixed = {k: p.detach() for k, p in model.named_parameters() if not (p.requires_grad and k not in problem.exclude)}
+    measured_names = {k for k, _ in named}
+    fixed = {k: p.detach() for k, p in model.named_parameters() if k not in measured_names}
 
     def loss_of(flat: torch.Tensor) -> torch.Tensor:
         params, i = dict(fixed), 0
@@ -219,7 +220,8 @@ def test_slq_masses_on_a_known_spectrum():
             device=torch.device("cpu"), starts=3, steps=40)
     assert d.negative_mass == pytest.approx(0.3, abs=0.03)
     assert d.near_null_mass == pytest.approx(0.2, abs=0.03)
-    assert d.nodes.min() == pytest.approx(-1.0, abs=1e-3) and d.nodes.max() == pytest.approx(2.0, abs=1e-3)
+    # no isolated extreme eigenvalues here, so the edges converge slowly: 40 steps, 3 starts
+    assert d.nodes.min() == pytest.approx(-1.0, abs=5e-3) and d.nodes.max() == pytest.approx(2.0, abs=5e-3)
 
 
 def test_effective_condition_is_a_low_percentile_above_the_floor():
@@ -328,7 +330,8 @@ def test_unused_and_frozen_parameters_are_left_out():
 class Flagged(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 2))
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.ReLU(),
+                                 nn.Linear(8, 2))
 
     def forward(self, x):
         return self.net(x)
@@ -374,9 +377,22 @@ def test_nonfinite_loss_gives_nan_result_not_an_exception(bad):
     assert d["finite"] == 0.0 and math.isnan(d["lambda_max"]) and math.isnan(d["lambda_min"])
 
 
+def test_nonfinite_product_mid_run_gives_nan_result():
+    model = nn.Linear(3, 1, bias=False)
+    nn.init.zeros_(model.weight)  # loss = ||X w|| is finite (0) at w = 0, its derivatives are not
+
+    def loss_fn(out, y):
+        return out.norm()
+
+    s = hessian_spectrum(model, loss_fn, (torch.randn(8, 3), None), k=2, trace=True, density=True)
+    assert not s.finite and math.isnan(s.as_dict()["lambda_max"])
+    assert s.hvps >= 1
+
+
 def test_zero_hessian_is_handled():
     model = nn.Linear(4, 1)  # loss linear in every parameter: H = 0 exactly
-    s = hessian_spectrum(model, lambda out, y: out.sum(), (torch.randn(8, 4), None), k=2, trace=True, density=True)
+    s = hessian_spectrum(model, lambda out, y: out.sum(), (torch.randn(8, 4), None), k=2, trace=True,
+                         density=True)
     assert s.top == [0.0, 0.0] and s.min == 0.0 and s.trace == 0.0
     assert s.converged and s.finite
     assert math.isnan(s.as_dict()["lambda_min_rel"])

@@ -200,6 +200,22 @@ def test_a_diverged_probe_is_written_without_a_single_non_finite_value(tmp_path)
     assert "diverged at step 12" in text
 
 
+def test_odd_traces_are_written_without_raising(tmp_path):
+    t = Trace("odd", meta={"layers": ["a"]}, status="diverged", stopped_at=0)
+    t.series = {
+        "grad.norm": (np.arange(3), np.zeros((3, 1))),  # log10(0): no log10 tag, no histogram
+        "update.ratio": (np.arange(3), np.array([np.nan, np.inf, -np.inf])),  # 1-D where 2-D is usual
+        "loss.val": (np.zeros(0, dtype=np.int64), np.zeros(0)),
+        "weight.norm": (np.arange(2), np.ones((2, 3))),  # more columns than meta["layers"] names
+    }
+    t.hessian = [{"step": float("nan"), "lambda_max": 1.0},
+                 {"step": 2.0, "lambda_max": float("inf"), "density": {"nodes": [1.0], "weights": [0.0]}},
+                 {"step": 3.0, "density": {"grid": [0.0], "values": [1.0]}}]
+    ea = accumulate(write_probe(t, tmp_path))
+    assert sorted(ea.Tags()["scalars"]) == ["grad_norm/a", "weight_norm/0", "weight_norm/1", "weight_norm/2"]
+    assert ea.Tags()["histograms"] == []
+
+
 def test_rewriting_a_run_replaces_its_event_file(tmp_path):
     t = synthetic_trace()
     write_probe(t, tmp_path)

@@ -87,6 +87,12 @@ class VariantsConfig(_Strict):
         return v
 
 
+class VerifyConfig(_Strict):
+    enabled: bool = Field(False, description="re-run a probe with each patched remedy of the top findings and report what it changed")
+    max_findings: int = Field(3, ge=1, le=20, description="verify the remedies of at most this many findings (most important first)")
+    max_remedies: int = Field(3, ge=1, le=10, description="at most this many patched remedies per finding")
+
+
 class ProbeSettings(_Strict):
     steps: int = Field(200, gt=0, le=100_000, description="training steps of the probe")
     val_every: int | None = Field(None, gt=0, description="validate every N steps (default: steps/20)")
@@ -97,6 +103,9 @@ class ProbeSettings(_Strict):
     variants: VariantsConfig = Field(default_factory=VariantsConfig)
     tensorboard: str | None = Field(None, description="write TensorBoard logs under this folder (relative to the config)")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm, as the user's training does")
+    standardize_inputs: bool = Field(False, description="standardise each input feature with the training set's mean and std before probing")
+    lr_range: bool = Field(True, description="run a short LR range test (Smith 2017) on a copy of the model")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
 
 
 class ProbeConfig(_Strict):

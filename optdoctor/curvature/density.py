@@ -142,7 +142,7 @@ def density_from_nodes(nodes: np.ndarray, weights: np.ndarray, *, starts: int, s
         sigma=sigma,
         negative_mass=negative_mass(nodes, weights, eps),
         near_null_mass=near_null_mass(nodes, weights, eps),
-        effective_condition=effective_condition(nodes, weights),
+        effective_condition=effective_condition(nodes, weights, floor=eps),
         starts=starts,
         steps=steps,
     )

@@ -179,8 +179,8 @@ def hvp_operator(
                 return torch.zeros_like(v)
             hv = torch.autograd.grad(flat_grad, used_leaves, grad_outputs=v.to(flat_grad.dtype),
                                      retain_graph=True, allow_unused=True)
-            return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1).to(work_dtype)
-                              for h, p in zip(hv, used_leaves)])
+            return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1)
+                              for h, p in zip(hv, used_leaves)]).to(work_dtype)
 
     else:
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
@@ -200,7 +200,7 @@ def hvp_operator(
             _, vjp_fn = torch.func.vjp(flat_grad_of, *primals)  # H symmetric: vjp = H v
 
         def product(v: torch.Tensor) -> torch.Tensor:
-            return torch.cat([h.reshape(-1).to(work_dtype) for h in vjp_fn(v)])
+            return torch.cat([h.reshape(-1) for h in vjp_fn(v)]).to(work_dtype)
 
         used = [(name, None) for name in used_names]
 

@@ -67,15 +67,11 @@ def tridiagonal(alphas: np.ndarray, betas: np.ndarray) -> torch.Tensor:
 def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues ascending (m,) and eigenvectors (m, m) of T_m.
 
-    torch's LAPACK rather than numpy's: it runs on torch's thread setting, where numpy's
-    threaded OpenBLAS took 2.3 ms for a 60 x 60 eigh on a busy 2-core box (0.23 ms on one
-    thread) -- more than the Hessian-vector product it is meant to steer."""
+    torch's LAPACK rather than numpy's, here and in the stopping test: it runs on torch's
+    thread setting, where numpy's threaded OpenBLAS took 2.3 ms for a 60 x 60 eigh on a busy
+    2-core box (0.23 ms on one thread) -- more than the Hessian-vector product it steers."""
     w, v = torch.linalg.eigh(tridiagonal(alphas, betas))
     return w.numpy(), v.numpy()
-
-
-def tridiagonal_eigvalsh(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
-    return torch.linalg.eigvalsh(tridiagonal(alphas, betas)).numpy()
 
 
 def reorthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -84,12 +80,12 @@ def reorthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor,
     Classical Gram-Schmidt, repeated once when the pass removed most of ``w`` (DGKS: Daniel,
     Gragg, Kaufman & Stewart 1976, norm below 1/sqrt(2) of before) -- then cancellation can
     leave O(eps / ratio) of the basis in it. After the three-term recurrence that is rare,
-    so most steps pay one pass of two (j, n) matrix-vector products instead of two."""
+    so most steps pay one pass (two (j, n) matrix-vector products) instead of two passes."""
     before = float(w.norm())
-    w = w - basis.T @ (basis @ w)
+    w = torch.addmv(w, basis.T, basis @ w, alpha=-1)
     after = float(w.norm())
     if after < 0.7071 * before:
-        w = w - basis.T @ (basis @ w)
+        w = torch.addmv(w, basis.T, basis @ w, alpha=-1)
         after = float(w.norm())
     return w, after
 
@@ -128,6 +124,7 @@ def lanczos(
     n = v0.numel()
     max_iter = max(1, min(max_iter, n))
     basis = torch.empty(max_iter, n, dtype=v0.dtype, device=v0.device)  # (m, n), rows q_j
+    t = np.zeros((max_iter, max_iter))  # T_m, filled in as the run goes
     eps = torch.finfo(v0.dtype).eps
     alphas: list[float] = []
     betas: list[float] = []
@@ -142,17 +139,18 @@ def lanczos(
     for j in range(max_iter):
         basis[j] = q
         w = matvec(q)
-        if not bool(torch.isfinite(w).all()):
+        alpha = float(q @ w)  # NaN/Inf anywhere in w makes this NaN/Inf: no isfinite(w) pass
+        w = torch.add(w, q, alpha=-alpha).sub_(q_prev, alpha=beta)
+        w, beta_next = reorthogonalize(w, basis[: j + 1])
+        if not (math.isfinite(alpha) and math.isfinite(beta_next)):
             reason = "nonfinite"
             break
-        alpha = float(q @ w)
-        w = w - alpha * q - beta * q_prev
-        w, beta_next = reorthogonalize(w, basis[: j + 1])
         alphas.append(alpha)
+        t[j, j] = alpha
         anorm = max(anorm, abs(alpha) + beta + beta_next)
 
         if tol is not None and j + 1 > k:
-            theta = tridiagonal_eigvalsh(np.array(alphas), np.array(betas))
+            theta = torch.linalg.eigvalsh(torch.from_numpy(np.ascontiguousarray(t[: j + 1, : j + 1]))).numpy()
             now = wanted(theta, k)
             scale = max(float(np.abs(theta).max()), np.finfo(np.float64).tiny)
             moves.append(float(np.abs(now - previous).max()) if previous is not None else math.inf)
@@ -179,6 +177,7 @@ def lanczos(
         else:
             q_prev, q = q, w / beta_next
         betas.append(beta_next)
+        t[j, j + 1] = t[j + 1, j] = beta_next
         beta = beta_next
 
     m = len(alphas)

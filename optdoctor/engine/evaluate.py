@@ -36,7 +36,7 @@ def render(template: str, env: dict[str, float]) -> str:
         name, spec = m.group(1), m.group(2) or ".3g"
         v = env.get(name)
         if v is None:
-            return "?"
+            return "(not measured)"
         try:
             return format(v, spec)
         except (ValueError, TypeError):
@@ -90,7 +90,7 @@ def evaluate(rules: list[Rule], snapshots: list[Snapshot], selection: Selection 
             rule=rule.id, name=rule.name, cause=rule.cause,
             severity=selection.severity.get(rule.id, rule.severity), confidence=rule.confidence,
             summary=render(rule.summary, env), evidence=evidence,
-            remedies=[r.text for r in rule.remedies], blame=rule.blame, onset=onset,
+            remedies=[render(r.text, env) for r in rule.remedies], blame=rule.blame, onset=onset,
             references=list(rule.references),
         ))
         outcomes.append(RuleOutcome(rule.id, rule.name, rule.cause, "fired"))

@@ -257,6 +257,8 @@ class _Validator:
         self.template(summary, known)
         evidence = self.names_list(d, "evidence", set(SYMPTOMS))
         remedies = self.remedies(d.get("remedies") or [])
+        for r in remedies:
+            self.template(r.text, known, key="remedies")
         docs = d.get("docs") or {}
         if not isinstance(docs, dict):
             self.add("docs", "docs must be a mapping of sections")
@@ -315,17 +317,17 @@ class _Validator:
             self.problems.append(p)
             return None
 
-    def template(self, text: str, known: set[str]) -> None:
+    def template(self, text: str, known: set[str], key: str = "summary") -> None:
         for m in TEMPLATE_RE.finditer(text):
             name, spec = m.group(1), m.group(2)
             if name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=1)
-                self.add("summary", f"unknown name {name!r} in the summary template", close[0] if close else None)
+                self.add(key, f"unknown name {name!r} in the {key} template", close[0] if close else None)
             elif spec:
                 try:
                     format(1.0, spec)
                 except ValueError:
-                    self.add("summary", f"bad format spec {spec!r} for {name!r}")
+                    self.add(key, f"bad format spec {spec!r} for {name!r}")
 
     def names_list(self, d: dict, key: str, known: set[str]) -> list[str]:
         raw = d.get(key) or []

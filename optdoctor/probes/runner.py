@@ -35,6 +35,9 @@ DIVERGENCE_FACTOR = 1e4
 # Size of the kick that tests a plateau for a saddle, in units of a standard init's scale
 # 1/sqrt(fan_in): small next to trained weights, large next to a degenerate saddle's ~0 weights.
 PERTURB_EPS = 0.1
+# LR range test: learning rates swept exponentially over this interval in LR_RANGE_STEPS steps.
+LR_RANGE = (1e-7, 10.0)
+LR_RANGE_STEPS = 100
 # Fresh initialisations tried when the baseline is stuck: the best of them tells a bad basin
 # from a model that cannot do better anyway.
 RESEEDS = 3
@@ -239,6 +242,54 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     return trace, state
 
 
+def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: float = LR_RANGE[1],
+                 progress: Progress | None = None) -> Trace:
+    """Smith's LR range test (as torch-lr-finder runs it): a fresh copy of the model trained for
+    ``steps`` steps with the learning rate growing exponentially from lr_min to lr_max; stops
+    once the loss exceeds 4x its best (the LR is past usable). Records "lr" and "loss.train"."""
+    cfg = setup.cfg
+    model = setup.build_model(cfg.seed)
+    optimizer = setup.optimizer_cls(model.parameters(), lr=lr_min, **cfg.optimizer.args)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rec = Recorder()
+    trace = Trace("lr_range", meta={"steps": steps, "seed": cfg.seed, "lr": cfg.optimizer.lr, "lr_min": lr_min, "lr_max": lr_max,
+                                    "optimizer": cfg.optimizer.name.lower()})
+    n = len(setup.train)
+    bs = min(cfg.data.batch_size, n)
+    fwd = f"the model's forward ({cfg.model.factory})"
+    growth = (lr_max / lr_min) ** (1.0 / max(1, steps - 1))
+    best = math.inf
+    perm, pos = torch.randperm(n, generator=gen), 0
+    model.train()
+    try:
+        for step in range(steps):
+            lr = lr_min * growth**step
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            if pos + bs > n:
+                perm, pos = torch.randperm(n, generator=gen), 0
+            X, y = setup.train.take(perm[pos:pos + bs].to(setup.device))
+            pos += bs
+            out = call_user(model, *X, what=fwd) if isinstance(X, tuple) else call_user(model, X, what=fwd)
+            loss = call_user(setup.loss_fn, out, y, what=f"the loss ({cfg.loss})")
+            lval = float(loss.detach())
+            rec.log("lr", step, lr)
+            rec.log("loss.train", step, lval)
+            if not math.isfinite(lval) or lval > 4 * best:  # past the usable range: the test is done
+                trace.stopped_at = step
+                trace.meta["stopped"] = "loss above 4x its best"
+                break
+            best = min(best, lval)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if progress:
+                progress("lr_range", step + 1, steps)
+    finally:
+        rec.finish(trace)
+    return trace
+
+
 def plan_variants(setup: Setup) -> list[ProbeSpec]:
     cfg = setup.cfg
     steps = cfg.probe.variants.steps or cfg.probe.steps
@@ -272,6 +323,11 @@ def run_probes(setup: Setup, progress: Progress | None = None,
     base_state = run(base_spec)
     for spec in plan_variants(setup):
         run(spec)
+    if cfg.probe.lr_range:
+        try:
+            probes.traces["lr_range"] = run_lr_range(setup, min(LR_RANGE_STEPS, max(20, cfg.probe.steps)), progress=progress)
+        except KeyboardInterrupt:
+            raise ProbeInterrupted(probes) from None
     if followups is not None and cfg.probe.variants.perturb and followups(probes):
         # From the plateau: go on unchanged (the control) and go on after a small random kick,
         # on the same batches. A saddle lets the kicked run escape; a minimum pulls it back.

@@ -3,6 +3,7 @@ data factory runs once; every probe reuses it), the loss, the optimizer class.""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from optdoctor.config.factories import call_user, resolve_callable
-from optdoctor.config.resolve import resolve_loss, resolve_optimizer, resolve_scheduler
+from optdoctor.config.resolve import resolve_loss, resolve_optimizer, resolve_scheduler, validate_resolvable
 from optdoctor.config.schema import LoadedConfig
 from optdoctor.errors import ProbeError
 
@@ -52,6 +53,7 @@ class Setup:
     chance_loss: float | None  # loss of the best constant predictor (class prior entropy, var(y))
     n_classes: int | None
     data_stats: dict[str, float] = field(default_factory=dict)
+    data_factory: Callable | None = None
 
     @property
     def cfg(self):
@@ -167,6 +169,7 @@ def prepare(loaded: LoadedConfig) -> Setup:
     if cfg.probe.threads is not None:
         torch.set_num_threads(cfg.probe.threads)
     device = pick_device(cfg.probe.device)
+    validate_resolvable(loaded)  # every config problem at once (exit 2) before any user code runs
     model_factory = resolve_callable(cfg.model.factory, loaded.base_dir, "model.factory", loaded)
     data_factory = resolve_callable(cfg.data.factory, loaded.base_dir, "data.factory", loaded)
     loss_fn = resolve_loss(cfg.loss, loaded)
@@ -182,11 +185,42 @@ def prepare(loaded: LoadedConfig) -> Setup:
     val = _to_split(data[1], what + " (val)", device) if data[1] is not None else None
     if len(train) == 0:
         raise ProbeError(f"{what} returned an empty training set")
+    stats = _data_stats(train)  # of the inputs as given, also when the probe standardises them
+    if cfg.probe.standardize_inputs:
+        train, val = _standardize(train, val)
     n_out, n_classes, chance = _targets_info(train.y, cfg.loss)
     model_args = _fill_shapes(model_factory, cfg.model.args, train, n_out)
     return Setup(loaded, model_factory, model_args, train, val, loss_fn, optimizer_cls, scheduler_cls,
-                 device, chance, n_classes, _data_stats(train))
+                 device, chance, n_classes, stats, data_factory)
+
+
+def _standardize(train: Split, val: Split | None) -> tuple[Split, Split | None]:
+    """Per-feature (per-channel for images) standardisation with the training set's statistics."""
+    X = train.X[0] if isinstance(train.X, tuple) else train.X
+    if isinstance(train.X, tuple) or not X.is_floating_point():
+        return train, val
+    dims = [0] + ([2, 3] if X.dim() == 4 else list(range(2, X.dim())) if X.dim() > 2 else [])
+    mean = X.mean(dim=dims, keepdim=True)
+    std = X.std(dim=dims, keepdim=True).clamp_min(1e-12)
+    fix = lambda s: Split((s.X - mean) / std, s.y)  # noqa: E731
+    return fix(train), (fix(val) if val is not None else None)
 
 
 def fraction_steps(fracs: list[float], steps: int) -> list[int]:
     return sorted({min(steps, max(0, int(math.floor(f * steps + 0.5)))) for f in fracs})
+
+
+def derive(setup: Setup, patched: LoadedConfig, patch: dict) -> Setup:
+    """The setup of a patched config, reusing the data when the patch leaves it alone (the data
+    factory may be the expensive part of a user's setup)."""
+    if any(k.startswith("data") or k == "probe.standardize_inputs" for k in patch):
+        return prepare(patched)
+    cfg = patched.config
+    validate_resolvable(patched)
+    model_factory = resolve_callable(cfg.model.factory, patched.base_dir, "model.factory", patched)
+    n_out, _, _ = _targets_info(setup.train.y, cfg.loss)
+    return dataclasses.replace(
+        setup, loaded=patched, model_factory=model_factory,
+        model_args=_fill_shapes(model_factory, cfg.model.args, setup.train, n_out),
+        loss_fn=resolve_loss(cfg.loss, patched), optimizer_cls=resolve_optimizer(cfg.optimizer, patched),
+        scheduler_cls=resolve_scheduler(cfg.schedule, patched) if cfg.schedule else None)

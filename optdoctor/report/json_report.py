@@ -16,6 +16,11 @@ def finding_dict(f) -> dict:
     }
     if f.location:
         d["location"] = f.location
+    if f.seeds:
+        d["seeds"] = f.seeds
+    if f.verification:
+        d["confirmed"] = f.confirmed
+        d["verification"] = f.verification
     return d
 
 

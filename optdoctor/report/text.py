@@ -81,15 +81,19 @@ def _finding(console: Console, f, index: int) -> None:
     head.append(f"   cause: {f.cause} · confidence {f.confidence:.2f}", style="dim")
     if f.onset is not None:
         head.append(f" · from step {f.onset}", style="dim")
+    if f.seeds:
+        head.append(f" · in {f.seeds['fired']} of {f.seeds['of']} seeds", style="dim")
     console.print(head)
     console.print(Padding(Text(f.summary), (0, 0, 0, 3)))
     table = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
     table.add_column(style="cyan", no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
     table.add_column(style="dim")
+    spread = (f.seeds or {}).get("spread", {})
     for name, v in f.evidence.items():
         meaning = SYMPTOMS[name].meaning if name in SYMPTOMS else ""
-        table.add_row("   " + name, fmt(v), meaning)
+        value = fmt(v) + (f" [{fmt(spread[name][0])}, {fmt(spread[name][1])}]" if name in spread else "")
+        table.add_row("   " + name, value, meaning)
     console.print(table)
     if f.blame:
         where = f" ({f.location['file']}:{f.location['line']}:{f.location['col']})" if f.location else ""
@@ -100,7 +104,50 @@ def _finding(console: Console, f, index: int) -> None:
     for i, r in enumerate(f.remedies, 1):
         remedies.add_row(f"   {i}.", r)
     console.print(remedies)
+    if f.verification:
+        _verification(console, f)
     console.print()
+
+
+def _verification(console: Console, f) -> None:
+    """What each tried remedy measurably changed (--verify), best first."""
+    if f.confirmed is True:
+        word = "confirmed: a tried remedy fixed it"
+    elif f.confirmed is False:
+        word = "no tried remedy helped: the cause may lie elsewhere"
+    elif any(v["applicable"] for v in f.verification):
+        word = "a tried remedy improved the loss, but the finding still holds"
+    else:
+        word = "no remedy could be applied automatically"
+    console.print(Text(f"   tried ({word}):", style="bold"))
+    table = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
+    table.add_column(no_wrap=True)
+    table.add_column()
+    for v in f.verification:
+        if not v["applicable"]:
+            table.add_row(Text("   –", style="dim"), Text(f"{_short(v['remedy'])}: not tried ({v['reason']})", style="dim"))
+            continue
+        mark = Text("   ✓", style="green") if v["helped"] else Text("   ~", style="yellow") if v.get("improved") else Text("   ✗", style="red")
+        line = f"{_short(v['remedy'])}: {v['metric'].replace('.final', '')} {fmt(v['before'])} → {fmt(v['after'])}"
+        changes = [f"{n} {fmt(a)} → {fmt(b)}" for n, (a, b) in list(v["symptoms"].items())[:2]]
+        if changes:
+            line += "; " + ", ".join(changes)
+        if v.get("improved"):
+            line += " — better, but the finding still holds"
+        elif not v["helped"]:
+            line += " — did not help" + (" (the finding still holds)" if v["still_fires"] else "")
+        table.add_row(mark, line)
+    console.print(table)
+
+
+def _short(text: str) -> str:
+    """The first clause of a remedy's text."""
+    for stop in (":", ";", " (", ". "):
+        i = text.find(stop)
+        if 0 < i < 70:
+            return text[:i]
+    text = text.rstrip(".")
+    return text if len(text) <= 70 else text[:67] + "..."
 
 
 def _pictures(console: Console, diag) -> None:

@@ -75,3 +75,39 @@ def plateau_tests(p: ProbeSet) -> dict:
     if reseeds:
         out["plateau.reseed_gain"] = (base_final - min(reseeds)) / base_final
     return out
+
+
+@produces(
+    ("lr.range_suggested", "LR range test: the learning rate where the smoothed loss fell fastest (torch-lr-finder's suggestion)", "lr"),
+    ("lr.range_best", "LR range test: the learning rate at the lowest smoothed loss (beyond it the loss rises)", "lr"),
+    ("lr.config_over_suggested", "configured learning rate / the range test's suggested one", "ratio"),
+    ("lr.config_over_best", "configured learning rate / the range test's lowest-loss one (>1: past the usable range)", "ratio"),
+)
+def lr_range(p: ProbeSet) -> dict:
+    """Smith (2017) / torch-lr-finder: exponentially smoothed loss against log(lr), skipping the
+    first 10% and last 5% of points as torch-lr-finder does."""
+    t = p.traces.get("lr_range")
+    if t is None or not (t.has("lr") and t.has("loss.train")):
+        return {}
+    lr, loss = t.values("lr"), t.values("loss.train")
+    n = min(len(lr), len(loss))
+    lr, loss = lr[:n], loss[:n]
+    ok = np.isfinite(loss)
+    lr, loss = lr[ok], loss[ok]
+    if len(loss) < 10:
+        return {}
+    smooth = np.empty_like(loss)
+    avg = 0.0
+    for i, v in enumerate(loss):  # bias-corrected EMA, weight 0.05 on the newest point
+        avg = 0.95 * avg + 0.05 * v
+        smooth[i] = avg / (1 - 0.95 ** (i + 1))
+    lo, hi = len(loss) // 10, len(loss) - max(1, len(loss) // 20)
+    seg_lr, seg = np.log10(lr[lo:hi]), smooth[lo:hi]
+    if len(seg) < 3:
+        return {}
+    slope = np.gradient(seg, seg_lr)
+    suggested = float(10 ** seg_lr[int(np.argmin(slope))])
+    best = float(10 ** seg_lr[int(np.argmin(seg))])
+    cfg_lr = float(t.meta.get("lr", float("nan")))
+    return {"lr.range_suggested": suggested, "lr.range_best": best,
+            "lr.config_over_suggested": cfg_lr / suggested, "lr.config_over_best": cfg_lr / best}

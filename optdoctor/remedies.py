@@ -1,0 +1,122 @@
+"""Remedies as config patches, and their verification by counterfactual probes.
+
+A rule's remedy may carry a machine-applicable patch of the probe config:
+
+    remedies:
+      - text: "Lower the learning rate."
+        patch: {optimizer.lr: "x0.1"}                  # multiply
+      - text: "Use Kaiming init."
+        patch: {model.args.init: kaiming_normal}       # set
+      - text: "Warm up, then decay."
+        patch: {schedule: {name: OneCycleLR, args: {max_lr: "$lr", total_steps: "$steps"}}}
+
+Values: ``"x0.1"`` (or ``"*0.1"``) multiplies the current number; ``"$lr"`` and ``"$steps"``
+stand for the configured learning rate and probe steps; anything else is set as is. Setting
+``optimizer.name`` drops ``optimizer.args`` unless the patch sets them too (another optimiser's
+arguments rarely fit). A patch of ``model.args.X`` or ``data.args.X`` applies only if the
+factory takes ``X``: for the user's own factories that do not, the remedy stays text and the
+report says which config line (or which code) to change.
+
+``apply_patch`` is pure (no torch): the verification probes live in ``diagnose.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from optdoctor.config.schema import LoadedConfig, ProbeConfig
+
+MULTIPLY = re.compile(r"^\s*[x×*]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+class NotApplicable(Exception):
+    """The patch cannot be applied to this config (the reason says what to change by hand)."""
+
+
+@dataclass
+class Verification:
+    """What a remedy measurably changed, in a probe with the same seed and budget."""
+
+    remedy: str
+    patch: dict[str, Any]
+    applicable: bool = True
+    reason: str = ""  # why it could not be applied or measured
+    metric: str = "loss.final"  # what is compared (val.final for overfitting)
+    before: float | None = None
+    after: float | None = None
+    gain: float | None = None  # (before - after) / |before|; the ranking key
+    helped: bool = False  # the compared loss fell clearly and the rule no longer fires
+    improved: bool = False  # the compared loss fell clearly, but the rule still fires
+    still_fires: bool | None = None  # None: the rule could not be evaluated on the verification probe
+    symptoms: dict[str, list[float]] = field(default_factory=dict)  # name -> [before, after]
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def _resolve_value(value: Any, current: Any, cfg: ProbeConfig) -> Any:
+    if isinstance(value, str):
+        m = MULTIPLY.match(value)
+        if m:
+            if not isinstance(current, (int, float)) or isinstance(current, bool):
+                raise NotApplicable(f"cannot multiply {current!r}: not a number")
+            product = current * float(m.group(1))
+            return max(1, round(product)) if isinstance(current, int) else product  # sizes stay integers
+        if value == "$lr":
+            return cfg.optimizer.lr
+        if value == "$steps":
+            return cfg.probe.steps
+    if isinstance(value, dict):
+        return {k: _resolve_value(v, (current or {}).get(k) if isinstance(current, dict) else None, cfg) for k, v in value.items()}
+    return value
+
+
+def _takes(factory: Callable | None, name: str) -> bool:
+    if factory is None:
+        return True
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str, Callable] | None = None) -> LoadedConfig:
+    """A copy of the config with the patch applied; NotApplicable says why it cannot be."""
+    cfg = loaded.config
+    data = cfg.model_dump()
+    factories = factories or {}
+    sets_args = any(k == "optimizer.args" or k.startswith("optimizer.args.") for k in patch)
+    for key, value in patch.items():
+        parts = key.split(".")
+        if parts[0] in ("model", "data") and len(parts) == 3 and parts[1] == "args":
+            if not _takes(factories.get(parts[0]), parts[2]):
+                spec = getattr(cfg, parts[0]).factory
+                where = loaded.line_of(f"{parts[0]}.factory")
+                at = f" ({loaded.path}:{where[0]})" if where else ""
+                raise NotApplicable(f"{spec}{at} takes no argument {parts[2]!r}: make this change in your code")
+        node = data
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise NotApplicable(f"{key}: {p!r} is not a section")
+        node[parts[-1]] = _resolve_value(copy.deepcopy(value), node.get(parts[-1]), cfg)
+        if key == "optimizer.name" and not sets_args:
+            data["optimizer"]["args"] = {}
+    try:
+        new = ProbeConfig.model_validate(data)
+    except ValidationError as e:
+        raise NotApplicable(f"the patched config is invalid: {e.errors()[0]['msg']}") from None
+    return loaded.model_copy(update={"config": new})
+
+
+def describe(patch: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in patch.items())
