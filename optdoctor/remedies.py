@@ -87,6 +87,14 @@ def _takes(factory: Callable | None, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _default(factory: Callable | None, name: str) -> Any:
+    try:
+        p = inspect.signature(factory).parameters.get(name) if factory else None
+    except (TypeError, ValueError):
+        return None
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
 def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str, Callable] | None = None) -> LoadedConfig:
     """A copy of the config with the patch applied; NotApplicable says why it cannot be."""
     cfg = loaded.config
@@ -108,7 +116,10 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
             node = node[p]
             if not isinstance(node, dict):
                 raise NotApplicable(f"{key}: {p!r} is not a section")
-        node[parts[-1]] = _resolve_value(copy.deepcopy(value), node.get(parts[-1]), cfg)
+        current = node.get(parts[-1])
+        if current is None and parts[0] in ("model", "data") and len(parts) == 3:
+            current = _default(factories.get(parts[0]), parts[2])  # "x4" of an argument left at its default
+        node[parts[-1]] = _resolve_value(copy.deepcopy(value), current, cfg)
         if key == "optimizer.name" and not sets_args:
             data["optimizer"]["args"] = {}
     try:

@@ -1,0 +1,126 @@
+"""Remedies as config patches (every patch kind, built-in and user factories) and the ranking
+of verified remedies."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from optdoctor.cli import app
+from optdoctor.config import load_config
+from optdoctor.remedies import NotApplicable, apply_patch
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
+runner = CliRunner()
+
+
+@pytest.fixture
+def loaded():
+    return load_config(SAMPLES / "vanishing-gradients.yaml")
+
+
+def mlp_factories():
+    from optdoctor import data, models
+
+    return {"model": models.mlp, "data": data.blobs}
+
+
+PATCHES = [  # (id, patch, check on the patched config)
+    ("multiply-lr", {"optimizer.lr": "x0.1"}, lambda c: c.optimizer.lr == pytest.approx(0.01)),
+    ("multiply-star", {"optimizer.lr": "*10"}, lambda c: c.optimizer.lr == pytest.approx(1.0)),
+    ("set-model-arg", {"model.args.act": "relu", "model.args.init": "kaiming_normal"},
+     lambda c: c.model.args["act"] == "relu" and c.model.args["init"] == "kaiming_normal" and c.model.args["depth"] == 10),
+    ("switch-optimizer-drops-args", {"optimizer.name": "adam", "optimizer.lr": 1e-3},
+     lambda c: c.optimizer.name == "adam" and c.optimizer.args == {}),
+    ("optimizer-arg", {"optimizer.args.weight_decay": 0.05}, lambda c: c.optimizer.args == {"weight_decay": 0.05}),
+    ("clip", {"probe.clip_grad_norm": 1.0}, lambda c: c.probe.clip_grad_norm == 1.0),
+    ("standardize", {"probe.standardize_inputs": True}, lambda c: c.probe.standardize_inputs is True),
+    ("schedule-with-placeholders", {"schedule": {"name": "OneCycleLR", "args": {"max_lr": "$lr", "total_steps": "$steps"}}},
+     lambda c: c.schedule.name == "OneCycleLR" and c.schedule.args == {"max_lr": 0.1, "total_steps": 200}),
+    ("integer-stays-integer", {"data.args.n_train": "x4"}, lambda c: c.data.args["n_train"] == 2048),
+]
+
+
+@pytest.mark.parametrize("case", PATCHES, ids=lambda c: c[0])
+def test_patch_kinds_on_builtin_factories(loaded, case):
+    _, patch, check = case
+    if "data.args.n_train" in patch:
+        loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"data": loaded.config.data.model_copy(update={"args": {"n_train": 512}})})})
+    new = apply_patch(loaded, patch, mlp_factories())
+    assert check(new.config)
+    assert loaded.config.optimizer.lr == 0.1  # the original is untouched
+    assert new.path == loaded.path and new.positions == loaded.positions
+
+
+def test_patch_of_an_argument_a_user_factory_lacks_stays_text():
+    loaded = load_config(SAMPLES / "local-minimum.yaml")
+    from optdoctor.config.factories import resolve_callable
+
+    factory = resolve_callable(loaded.config.model.factory, loaded.base_dir, "model.factory", loaded)
+    with pytest.raises(NotApplicable, match=r"waves.py:frequency_model .*local-minimum.yaml:\d+\) takes no argument 'width'"):
+        apply_patch(loaded, {"model.args.width": "x4"}, {"model": factory})
+
+
+def test_patch_of_a_user_factory_that_takes_the_argument(tmp_path):
+    (tmp_path / "m.py").write_text(textwrap.dedent("""\
+        import torch
+        def net(act="sigmoid", **kw):
+            return torch.nn.Sequential(torch.nn.Linear(20, 4))
+        """))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {factory: m.py:net}\ndata: {factory: optdoctor.data:blobs}\noptimizer: {name: sgd, lr: 0.1}\n")
+    loaded = load_config(cfg)
+    from optdoctor.config.factories import resolve_callable
+
+    factory = resolve_callable("m.py:net", loaded.base_dir, "model.factory", loaded)
+    assert apply_patch(loaded, {"model.args.act": "relu"}, {"model": factory}).config.model.args == {"act": "relu"}
+
+
+def test_multiplying_a_string_is_not_applicable(loaded):
+    with pytest.raises(NotApplicable, match="not a number"):
+        apply_patch(loaded, {"model.args.act": "x2"}, mlp_factories())
+
+
+def test_invalid_patched_config_is_not_applicable(loaded):
+    with pytest.raises(NotApplicable, match="invalid"):
+        apply_patch(loaded, {"optimizer.lr": -1.0}, mlp_factories())
+
+
+def test_every_shipped_patch_applies_to_a_builtin_config(loaded):
+    """The rule pack's patches are well-formed: each applies to a built-in MLP config."""
+    from optdoctor.engine.rules import load_rules
+
+    n = 0
+    for rule in load_rules():
+        for r in rule.remedies:
+            if r.patch:
+                apply_patch(loaded, r.patch, mlp_factories())
+                n += 1
+    assert n >= 15
+
+
+def verify(name):
+    r = runner.invoke(app, ["diagnose", str(SAMPLES / name), "--verify", "--format", "json"])
+    return json.loads(r.stdout)["findings"]
+
+
+def test_verify_confirms_and_ranks_remedies():
+    f = verify("vanishing-gradients.yaml")[0]
+    assert f["cause"] == "vanishing_gradients" and f["confirmed"] is True and f["confidence"] > 0.9
+    gains = [v["gain"] for v in f["verification"] if v["applicable"]]
+    assert gains == sorted(gains, reverse=True)
+    best = f["verification"][0]
+    assert best["helped"] and best["after"] < 0.5 * best["before"] and best["still_fires"] is False
+    assert best["symptoms"]["grad.depth_ratio"][1] > 100 * best["symptoms"]["grad.depth_ratio"][0]
+    assert any(not v["helped"] for v in f["verification"])  # and it says which did not help
+
+
+def test_verify_says_when_the_obvious_remedy_does_not_fix_it():
+    f = verify("overfitting.yaml")[0]
+    assert f["cause"] == "overfitting" and f["confirmed"] is not True
+    assert not any(v["helped"] for v in f["verification"])
+    assert all(v["still_fires"] for v in f["verification"] if v["applicable"])
