@@ -178,7 +178,8 @@ def compare(names: list[str], repeats: int) -> None:
         ref_time = time.perf_counter() - t
         print(f"\n== {name}: {title}, n={n}, batch={len(batch[1])}, torch threads={torch.get_num_threads()}")
         print(f"reference: {ref_note} ({ref_time:.1f} s)")
-        print(f"reference top-5 {np.array2string(np.asarray(ref_top), precision=5)}  lambda_min {ref_min:.5f}")
+        top_text = np.array2string(np.asarray(ref_top), precision=5)
+        print(f"reference top-5 {top_text}  lambda_min {ref_min:.5f}")
 
         max_iter = 60
         contenders = [
@@ -201,11 +202,12 @@ def compare(names: list[str], repeats: int) -> None:
                 e_tops.append(top_error(top, ref_top, rho) if len(top) else float("nan"))
                 e_mins.append(abs(lam_min - ref_min) / rho if lam_min is not None else float("nan"))
             conv = [out[4] for out in outs if len(out) > 4]
-            rows.append((label, statistics.median(o[0] for o in outs), statistics.median(o[1] for o in outs),
-                         max(e_tops), max(e_mins), conv))
+            hvps = [o[1] for o in outs]
+            rows.append((label, statistics.median(o[0] for o in outs), statistics.median(hvps),
+                         max(e_tops), max(e_mins), conv, (min(hvps), max(hvps))))
         print(f"{'':56s} {'HVPs':>6s} {'wall (median)':>14s} {'err top-5':>10s} {'err l_min':>10s}")
-        for label, wall, hv, e_top, e_min, conv in rows:
-            note = f"  converged {sum(conv)}/{len(conv)}" if conv else ""
+        for label, wall, hv, e_top, e_min, conv, (lo, hi) in rows:
+            note = f"  HVPs {lo}-{hi}" + (f", converged {sum(conv)}/{len(conv)}" if conv else "")
             print(f"{label:56s} {hv:6.0f} {wall * 1e3:11.1f} ms {e_top:10.1e} {e_min:10.1e}{note}")
         ours, theirs = rows[0][1], rows[1][1]
         print(f"wall-time ratio pyhessian top-5 / optdoctor: {theirs / ours:.1f}x "
@@ -241,7 +243,8 @@ def backends(repeats: int, products: int = 200) -> None:
     contenders = {
         "autograd (double backward, one create_graph grad)": lambda: hvp_operator(model, loss_fn, batch,
                                                                                    backend="autograd")[0],
-        "func (torch.func.vjp of torch.func.grad)": lambda: hvp_operator(model, loss_fn, batch, backend="func")[0],
+        "func (torch.func.vjp of torch.func.grad)": lambda: hvp_operator(model, loss_fn, batch,
+                                                                          backend="func")[0],
         "forward-over-reverse (torch.func.jvp of grad)": forward_over_reverse,
     }
     model.eval()

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import doctest
+import functools
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -38,7 +38,9 @@ class Problem:
 
 
 def seeded(seed: int):
+    """Build under a fixed global seed without leaving the global RNG changed."""
     def wrap(fn):
+        @functools.wraps(fn)
         def build():
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
@@ -123,7 +125,7 @@ BY_ID = {p.id: p for p in PROBLEMS}
 problems = pytest.mark.parametrize("problem", PROBLEMS, ids=[p.id for p in PROBLEMS])
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def dense(problem_id: str) -> np.ndarray:
     """Dense float64 Hessian (n, n) of the eval-mode loss w.r.t. trainable, used parameters."""
     problem = BY_ID[problem_id]
@@ -146,7 +148,7 @@ def dense(problem_id: str) -> np.ndarray:
     return torch.autograd.functional.hessian(loss_of, flat0).numpy()
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def exact_eigenvalues(problem_id: str) -> np.ndarray:
     return np.linalg.eigvalsh(dense(problem_id))[::-1].copy()  # descending
 
@@ -155,7 +157,7 @@ def scale_of(ev: np.ndarray) -> float:
     return max(float(np.abs(ev).max()), 1e-300)
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def measured(problem_id: str) -> HessianSpectrum:
     """One float64 measurement with everything on, shared by the accuracy tests."""
     model, loss_fn, batch = BY_ID[problem_id].build()
@@ -272,7 +274,9 @@ def test_trace_matches_dense_trace(problem):
         assert abs(s.trace - exact) <= 1e-9 * scale * s.n_params
     else:  # sampled until stderr <= 1% of |trace|
         assert 0 < s.trace_stderr <= 0.01 * abs(s.trace)
-        assert abs(s.trace - exact) <= min(4 * s.trace_stderr, problem.trace_rel * abs(exact))
+        assert abs(s.trace - exact) <= 4 * s.trace_stderr
+        if problem.trace_rel is not None:
+            assert abs(s.trace - exact) <= problem.trace_rel * abs(exact)
         assert s.hvps - s.lanczos_iters < 400
 
 

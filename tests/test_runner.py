@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import textwrap
 
 import numpy as np
 import pytest
@@ -199,7 +198,7 @@ def test_baseline_trace_shapes_and_meta(tmp_path):
     trace, state = run_probe(setup, ProbeSpec(steps=30, seed=0))
     assert trace.status == "completed" and trace.stopped_at is None
     assert trace.values("loss.train").shape == (30,) and trace.values("lr").shape == (30,)
-    assert trace.values("grad.norm").shape == (30, 3) and trace.values("update.ratio").shape == (30, 3)
+    assert trace.values("grad.norm").shape == (30, 3) and trace.values("update.ratio").shape == (15, 3)  # every other step
     assert trace.values("act.dead_frac").shape == (30, 2)  # every = max(1, 30 // 40)
     assert trace.steps("loss.val").tolist() == [0, 10, 20, 30]
     assert trace.meta["layers"] == ["0", "2", "4"] and trace.meta["act_layers"] == ["1", "3"]
@@ -221,10 +220,6 @@ def test_forward_order_and_frozen_layers_in_the_trace(tmp_path):
     assert not trace.has("act.scale")
 
 
-@pytest.mark.xfail(reason="BUG: GradNorms logs 0 for a layer whose weight gets no gradient (never called), "
-                          "LayerOrder puts that layer last, and symptoms/gradients.py drops every early row "
-                          "with a non-positive entry: one unused module silently removes grad.depth_ratio",
-                   strict=True)
 def test_an_unused_layer_does_not_hide_the_gradient_depth_symptoms(tmp_path):
     from optdoctor.probes.trace import ProbeSet
     from optdoctor.symptoms import extract
@@ -255,7 +250,7 @@ def test_user_model_returning_nan_stops_at_that_step(tmp_path):
     assert (trace.status, trace.stopped_at) == ("diverged", 7)
     loss = trace.values("loss.train")
     assert len(loss) == 8 and math.isnan(loss[-1]) and np.isfinite(loss[:7]).all()
-    assert trace.steps("update.ratio").tolist() == list(range(7))
+    assert trace.steps("update.ratio").tolist() == [0, 2, 4, 6]  # every other step, up to the divergence
     assert np.isfinite(trace.values("grad.norm")).all()  # nothing NaN reached the weights
 
 
@@ -295,10 +290,6 @@ def test_user_code_raising_is_a_probe_error_showing_the_users_line(tmp_path):
     assert "optdoctor" + "/probes" not in err.detail.replace("\\", "/")  # the user's frames only
 
 
-@pytest.mark.xfail(reason="BUG: Setup.build_model/prepare call call_user(factory, what=..., **args), so a "
-                          "factory argument named 'what' collides with call_user's own keyword: raw TypeError "
-                          "'got multiple values for keyword argument' instead of calling the factory",
-                   strict=True)
 def test_a_factory_argument_named_what_reaches_the_factory(tmp_path):
     setup = setup_for(tmp_path, model={"factory": "user.py:named", "args": {"what": "linear"}})
     trace, _ = run_probe(setup, ProbeSpec(steps=2))
@@ -306,10 +297,8 @@ def test_a_factory_argument_named_what_reaches_the_factory(tmp_path):
 
 
 def test_dataset_works_like_tensors(tmp_path):
-    a = setup_for(sub(tmp_path, "a"),
-                  data={"factory": "user.py:tensors", "args": {}})
-    b = setup_for(sub(tmp_path, "b"),
-                  data={"factory": "user.py:dataset", "args": {}})
+    a = setup_for(sub(tmp_path, "a"), data={"factory": "user.py:tensors", "args": {}})
+    b = setup_for(sub(tmp_path, "b"), data={"factory": "user.py:dataset", "args": {}})
     assert torch.equal(a.train.X, b.train.X) and torch.equal(a.train.y, b.train.y)
     assert b.train.y.dtype == torch.int64 and (a.chance_loss, a.n_classes) == (b.chance_loss, b.n_classes)
     ta, _ = run_probe(a, ProbeSpec(steps=10))
@@ -438,11 +427,10 @@ def test_plateau_runs_the_followups(tmp_path):
 
 
 def test_no_followups_off_a_plateau_or_when_switched_off(tmp_path):
-    healthy = run_probes(setup_for(sub(tmp_path, "h"),
-                                   optimizer={"name": "adam", "lr": 0.01}), followups=is_plateau)
+    healthy = run_probes(setup_for(sub(tmp_path, "h"), optimizer={"name": "adam", "lr": 0.01}), followups=is_plateau)
     assert names(healthy) == ["baseline"]
-    off = run_probes(setup_for(sub(tmp_path, "o"),
-                               **_merge(PLATEAU, {"probe": {"variants": {"perturb": False}}})), followups=is_plateau)
+    switched_off = _merge(PLATEAU, {"probe": {"variants": {"perturb": False}}})
+    off = run_probes(setup_for(sub(tmp_path, "o"), **switched_off), followups=is_plateau)
     assert names(off) == ["baseline"]
     no_hook = run_probes(setup_for(sub(tmp_path, "n"), **PLATEAU))
     assert names(no_hook) == ["baseline"]

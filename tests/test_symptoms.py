@@ -242,9 +242,6 @@ def test_plateau_symptoms_need_their_probes():
     assert "plateau.escape" not in s and "plateau.reseed_gain" not in s
 
 
-@pytest.mark.xfail(reason="BUG: symptoms/variants.py plateau_tests computes final(continued) - final(perturbed) = "
-                          "inf - inf = NaN when both follow-ups diverged, and extract passes the NaN on; a "
-                          "symptom that cannot be computed must be absent", strict=True)
 def test_plateau_escape_is_not_nan_when_both_followups_diverge():
     s = extract(probes(final_at("baseline", 1.0), final_at("continued", 0.9, "diverged"),
                        final_at("perturbed", 0.5, "diverged")))
@@ -344,10 +341,6 @@ def test_stability_limit_matches_the_iteration(beta):
     assert _heavy_ball_diverges(1.02 * limit, beta, nesterov=False)
 
 
-@pytest.mark.xfail(reason="BUG: symptoms/curvature.py stability_limit ignores nesterov=True and returns the "
-                          "heavy-ball 2(1+beta); torch's Nesterov SGD diverges above 2(1+beta)/(1+2beta) "
-                          "(1.357 instead of 3.8 for beta=0.9), so hess.stability is 2.8x too small",
-                   strict=True)
 def test_stability_limit_nesterov():
     limit = stability_limit("sgd", {"momentum": 0.9, "nesterov": True})
     assert _heavy_ball_diverges(1.02 * limit, 0.9, nesterov=True)

@@ -17,17 +17,18 @@ before ``hvp_operator`` returns; the products themselves only walk the recorded 
 
 Backends (``backend=``), measured with ``python benchmarks/hessian.py backends --repeats 9``
 on CPU, one torch thread, MLP 32-64-40-10 (5,122 parameters), batch 512, cross-entropy,
-float32; median of 9 x 200 products, backends interleaved; three runs (sorted) on a shared
-2-core box:
+float32; median of 9 x 200 products, backends interleaved; four runs (sorted) on a 2-core box
+shared with other jobs:
 
-    autograd  double backward through one create_graph gradient   0.80 / 0.88 / 1.10 ms per product,
-                                                                  set-up 1.07 / 1.10 / 1.35 ms
-    func      torch.func.vjp of torch.func.grad, vjp_fn reused      0.89 / 0.98 / 1.06 ms per product,
-                                                                  set-up 2.68 / 2.84 / 2.90 ms
-    (forward-over-reverse, torch.func.jvp of grad, not offered:   3.94 / 4.21 / 5.40 ms per product)
+    autograd  double backward through one create_graph gradient
+              0.80 / 0.88 / 0.96 / 1.10 ms per product, set-up 1.07 / 1.10 / 1.35 / 1.60 ms
+    func      torch.func.vjp of torch.func.grad, vjp_fn reused
+              0.89 / 0.98 / 1.01 / 1.06 ms per product, set-up 2.68 / 2.84 / 2.90 / 3.95 ms
+    (forward-over-reverse, torch.func.jvp of grad, not offered:
+              3.94 / 4.21 / 4.35 / 5.40 ms per product)
 
 The two reverse-over-reverse backends cost the same per product to within the noise
-(autograd ahead in two runs of three); autograd's set-up is 2.5x cheaper (the func backend
+(autograd ahead in three runs of four); autograd's set-up is 2.1-2.6x cheaper (the func backend
 also needs one plain gradient to find unused parameters), so ``autograd`` is the default.
 """
 

@@ -14,10 +14,10 @@ never on the change of the running mean (PyHessian's rule stops after a few samp
 off on one measured MLP: DESIGN.md). An indefinite Hessian can have a trace near zero; then
 the relative test cannot be met and ``max_hvps`` ends the run with ``converged=False``.
 
-Small problems: when the remainder's dimension n - m fits in the product budget, tr(P H P) is
-summed exactly over an orthonormal basis of the complement (n - m products, stderr 0). On a
-279-parameter tanh MLP (trace 2.25, sum |lambda| 14.0) 400 Rademacher
-samples were still 5.5% off; the exact sum costs 245 products.
+Small problems: when the remainder's dimension n - m fits in the product budget, tr(P H P)
+is summed exactly over an orthonormal basis of the complement (n - m products, stderr 0).
+On a 279-parameter tanh MLP (trace 2.25, sum |lambda| 14.0) 400 Rademacher samples were
+still 5.5% off; the exact sum costs 245 products.
 """
 
 from __future__ import annotations

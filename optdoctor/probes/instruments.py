@@ -16,8 +16,10 @@ Per-layer quantities are logged as 1-d tensors with one column per layer, in for
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +33,7 @@ OTHER_ACTS = (nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GEL
 
 # Saturation thresholds on the output: sigmoid' = s(1-s) < 0.01 (1/25 of its maximum 0.25)
 # and tanh' = 1 - t^2 < 0.02 (1/50 of its maximum 1) mark a unit that passes almost no gradient.
-SIGMOID_SAT = 0.0102  # s < 0.0102 or s > 0.9898  <=>  s(1-s) < 0.01
+SIGMOID_SAT = (1 - math.sqrt(1 - 4 * 0.01)) / 2  # 0.010102: s < it or s > 1 - it  <=>  s(1-s) < 0.01
 TANH_SAT = 0.99  # |t| > 0.99  <=>  1 - t^2 < 0.0199
 
 
@@ -98,48 +100,92 @@ class Instrument:
 
     def detach(self) -> None: ...
 
+    def finish(self, trace) -> None:
+        """Derive the logged series from what was recorded (runs once, after the probe)."""
+
 
 class GradNorms(Instrument):
-    """L2 norm of each layer's weight gradient ("grad.norm", per layer) and of the whole
-    gradient ("grad.global_norm"), read after backward and before the optimizer step."""
+    """L2 norm of each layer's weight gradient ("grad.norm", per layer; NaN for a layer that got
+    no gradient at all, e.g. a module never called) and of the whole gradient
+    ("grad.global_norm"), read after backward and before the optimizer step.
+
+    Per step it runs two torch calls (one ``_foreach_norm`` over all gradients, one stack): on
+    small models torch's per-call overhead is what costs (benchmarks/overhead.py). The per-layer
+    columns and the global norm are derived once, in ``finish``.
+    """
+
+    RAW = "grad._param_norms"
 
     def __init__(self, layers: list[tuple[str, nn.Module]], every: int = 1):
         self.layers, self.every = layers, every
 
+    def attach(self, model, recorder, optimizer=None):
+        super().attach(model, recorder, optimizer)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self.columns = [index.get(id(m.weight), -1) for _, m in self.layers]
+
     def after_backward(self, step: int) -> None:
-        if not self.due(step):
+        if not self.due(step) or not self.params:
             return
-        all_grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(all_grads))) if all_grads else torch.zeros(())
-        self.recorder.log("grad.global_norm", step, total)
-        if not self.layers:
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):  # some parameter got no gradient: its norm is NaN, not 0
+            live = [g for g in grads if g is not None]
+            norms = torch.stack(torch._foreach_norm(live)) if live else torch.zeros(0)
+            full = torch.full((len(grads),), float("nan"), device=norms.device)
+            full[[i for i, g in enumerate(grads) if g is not None]] = norms
+            norms = full
+        else:
+            norms = torch.stack(torch._foreach_norm(grads))
+        self.recorder.log(self.RAW, step, norms)
+
+    def finish(self, trace) -> None:
+        if self.RAW not in trace.series:
             return
-        grads = [m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight) for _, m in self.layers]
-        self.recorder.log("grad.norm", step, torch.stack(torch._foreach_norm(grads)))
+        steps, raw = trace.series.pop(self.RAW)
+        raw = raw.reshape(len(steps), -1)
+        trace.series["grad.global_norm"] = (steps, np.sqrt(np.nansum(raw**2, axis=1)))
+        if self.layers:
+            cols = np.array(self.columns)
+            per_layer = np.where(cols >= 0, raw[:, np.maximum(cols, 0)], np.nan)
+            trace.series["grad.norm"] = (steps, per_layer)
 
 
 class UpdateRatios(Instrument):
     """||W_after - W_before|| / ||W_before|| per layer ("update.ratio") and ||W|| ("weight.norm").
-    Karpathy's rule of thumb: ~1e-3 is healthy; >>1e-2 is a too-high LR, <<1e-5 a too-low one."""
+    Karpathy's rule of thumb: ~1e-3 is healthy; >>1e-2 is a too-high LR, <<1e-5 a too-low one.
+    Measured every other step by default (the symptoms use medians over steps); the ratio is
+    taken once, in ``finish``."""
 
-    def __init__(self, layers: list[tuple[str, nn.Module]], every: int = 1):
+    def __init__(self, layers: list[tuple[str, nn.Module]], every: int = 2):
         self.layers, self.every = layers, every
-        self._before: list[torch.Tensor] | None = None
+        self._buf: list[torch.Tensor] | None = None
+        self._armed = False
 
     def after_backward(self, step: int) -> None:
-        if self.due(step) and self.layers:
-            self._before = [m.weight.detach().clone() for _, m in self.layers]
-
-    def after_step(self, step: int) -> None:
-        if self._before is None:
+        self._armed = self.due(step) and bool(self.layers)
+        if not self._armed:
             return
         weights = [m.weight.detach() for _, m in self.layers]
-        before_norm = torch.stack(torch._foreach_norm(self._before))
-        torch._foreach_sub_(self._before, weights)
-        delta_norm = torch.stack(torch._foreach_norm(self._before))
-        self.recorder.log("update.ratio", step, delta_norm / before_norm.clamp_min(1e-30))
+        if self._buf is None:
+            self._buf = [torch.empty_like(w) for w in weights]
+        torch._foreach_copy_(self._buf, weights)
+
+    def after_step(self, step: int) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        before_norm = torch.stack(torch._foreach_norm(self._buf))
+        torch._foreach_sub_(self._buf, [m.weight.detach() for _, m in self.layers])
         self.recorder.log("weight.norm", step, before_norm)
-        self._before = None
+        self.recorder.log("update._delta_norm", step, torch.stack(torch._foreach_norm(self._buf)))
+
+    def finish(self, trace) -> None:
+        if "update._delta_norm" not in trace.series:
+            return
+        steps, delta = trace.series.pop("update._delta_norm")
+        _, before = trace.series["weight.norm"]
+        trace.series["update.ratio"] = (steps, delta / np.maximum(before, 1e-30))
 
 
 def _units(x: torch.Tensor) -> torch.Tensor:
@@ -163,59 +209,72 @@ class Activations(Instrument):
       (NaN for other layers);
     - ``act.scale``: standard deviation of the output;
     - ``act.unit_diversity``: mean over samples of the spread across units, relative to the
-      output's std. ~0 means all units compute the same function (symmetric init).
+      output's std. ~0 means all units compute the same function (symmetric init); NaN for an
+      all-zero (dead) output, and after the first measured step (symmetry is set by the init).
+
+    Hooks are registered only for the measured steps (idle hooks cost 5-22 ms per probe). A
+    module called several times in one forward (one ``nn.ReLU()`` reused for several layers) is
+    measured at its first call; its window restarts when the number of units changes.
     """
 
-    def __init__(self, modules: list[tuple[str, nn.Module, str]], every: int = 5, window: int = 4):
+    def __init__(self, modules: list[tuple[str, nn.Module, str]], every: int = 10, window: int = 4):
         self.modules, self.every, self.window = modules, every, window
-        self._armed = False
         self._stats: dict[str, torch.Tensor] = {}
         self._active: dict[str, deque] = {n: deque(maxlen=window) for n, _, _ in modules}
-        self._handles = []
+        self._handles: list = []
+        self._first = True
         self.order: list[str] = [n for n, _, _ in modules]
 
-    def attach(self, model, recorder, optimizer=None):
-        super().attach(model, recorder, optimizer)
-        self._handles = [m.register_forward_hook(self._make_hook(n, kind)) for n, m, kind in self.modules]
-
     def _make_hook(self, name: str, kind: str):
-        nan = torch.tensor(float("nan"))
-
         def hook(_m, _inp, out):
-            if not self._armed or not isinstance(out, torch.Tensor):
+            if name in self._stats or not isinstance(out, torch.Tensor):
                 return
             with torch.no_grad():
-                x = out.detach().float()
-                u = _units(x)
-                scale = x.std() if x.numel() > 1 else torch.zeros((), device=x.device)
-                spread = u.std(dim=1).mean() if u.shape[1] > 1 else torch.zeros((), device=x.device)
-                # all-zero output (a dead layer) has no unit spread to speak of: nan, not "identical"
-                diversity = spread / scale if scale > 1e-12 else torch.full((), float("nan"), device=x.device)
-                dead = sat = nan.to(x.device)
-                if kind == "relu":
-                    self._active[name].append((u > 0).any(dim=0))
-                    ever = torch.stack(list(self._active[name])).any(dim=0)
-                    dead = 1.0 - ever.float().mean()
-                elif kind == "sigmoid":
-                    sat = ((x < SIGMOID_SAT) | (x > 1 - SIGMOID_SAT)).float().mean()
-                elif kind == "tanh":
-                    sat = (x.abs() > TANH_SAT).float().mean()
-                self._stats[name] = torch.stack([dead, sat, scale, diversity])
+                self._stats[name] = self._measure(name, kind, out.detach().float())
 
         return hook
 
+    def _measure(self, name: str, kind: str, x: torch.Tensor) -> torch.Tensor:
+        u = _units(x)
+        nan = torch.full((), float("nan"), device=x.device)
+        scale = x.std() if x.numel() > 1 else torch.zeros((), device=x.device)
+        diversity = nan
+        if self._first:  # symmetry is a property of the init: measured at the first measured step only
+            if u.shape[1] > 1:  # two-pass variance across units: 2-8x faster than u.std(dim=1) here
+                spread = ((u - u.mean(dim=1, keepdim=True)).pow(2).sum(dim=1) / (u.shape[1] - 1)).sqrt().mean()
+            else:
+                spread = torch.zeros((), device=x.device)
+            diversity = torch.where(scale > 1e-12, spread / scale.clamp_min(1e-12), nan)
+        dead = sat = nan
+        if kind == "relu":
+            active = (u > 0).sum(dim=0) > 0
+            window = self._active[name]
+            if window and window[-1].shape != active.shape:
+                window.clear()
+            window.append(active)
+            ever = torch.stack(list(window)).any(dim=0)
+            dead = 1.0 - ever.float().mean()
+        elif kind == "sigmoid":
+            sat = ((x < SIGMOID_SAT) | (x > 1 - SIGMOID_SAT)).float().mean()
+        elif kind == "tanh":
+            sat = (x.abs() > TANH_SAT).float().mean()
+        return torch.stack([dead, sat, scale, diversity])
+
     def before_forward(self, step: int) -> None:
-        self._armed = self.due(step)
+        if self.due(step) and not self._handles:
+            self._stats.clear()
+            self._handles = [m.register_forward_hook(self._make_hook(n, kind)) for n, m, kind in self.modules]
 
     def after_step(self, step: int) -> None:
-        if not self._armed:
+        if not self._handles:
             return
-        self._armed = False
+        self.detach()
         nan4 = torch.full((4,), float("nan"))
         rows = torch.stack([self._stats.get(n, nan4).cpu() for n in self.order])  # (A, 4)
         for j, key in enumerate(("act.dead_frac", "act.sat_frac", "act.scale", "act.unit_diversity")):
             self.recorder.log(key, step, rows[:, j])
         self._stats.clear()
+        self._first = False
 
     def detach(self) -> None:
         for h in self._handles:

@@ -39,7 +39,7 @@ class Recorder:
             else:
                 arr = np.asarray(vals, dtype=np.float64)
             arr = arr.astype(np.float64)
-            if arr.ndim == 2 and arr.shape[1] == 1 and not name.startswith(("grad.", "update.", "weight.", "act.")):
+            if arr.ndim == 2 and arr.shape[1] == 1 and not name.startswith(("grad.norm", "grad._", "update.", "weight.", "act.")):
                 arr = arr[:, 0]
             trace.series[name] = (steps, arr)
         self._rows.clear()

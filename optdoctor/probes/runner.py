@@ -133,7 +133,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     instruments = [GradNorms(layers), UpdateRatios(layers)]
     act_inst = None
     if spec.full and acts:
-        act_inst = Activations(acts, every=max(1, spec.steps // 40))
+        act_inst = Activations(acts, every=max(1, spec.steps // 20))
         instruments.append(act_inst)
     for inst in instruments:
         inst.attach(model, rec, optimizer)
@@ -236,6 +236,8 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
         for inst in instruments:
             inst.detach()
         rec.finish(trace)
+        for inst in instruments:
+            inst.finish(trace)
     if trace.status == "interrupted":
         raise ProbeInterrupted(ProbeSet({spec.name: trace}))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -4,6 +4,7 @@ data factory runs once; every probe reuses it), the loss, the optimizer class.""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -62,7 +63,8 @@ class Setup:
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         what = f"model factory {self.cfg.model.factory}"
-        model = call_user(self.model_factory, what=what, **self.model_args)
+        # partial: a factory argument may itself be called "what"
+        model = call_user(functools.partial(self.model_factory, **self.model_args), what=what)
         if not isinstance(model, nn.Module):
             raise ProbeError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
         return model.to(self.device)
@@ -178,7 +180,7 @@ def prepare(loaded: LoadedConfig) -> Setup:
 
     torch.manual_seed(cfg.seed)
     what = f"data factory {cfg.data.factory}"
-    data = call_user(data_factory, what=what, **cfg.data.args)
+    data = call_user(functools.partial(data_factory, **cfg.data.args), what=what)
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ProbeError(f"{what} must return (train, val); got {type(data).__name__}")
     train = _to_split(data[0], what + " (train)", device)

@@ -64,7 +64,8 @@ class Trace:
             "status": self.status,
             "stopped_at": self.stopped_at,
         }
-        np.savez_compressed(path, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+        with open(path, "wb") as f:  # a file handle: numpy would append ".npz" to a bare path
+            np.savez_compressed(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "Trace":

@@ -14,7 +14,8 @@ from optdoctor.probes.trace import ProbeSet
 from optdoctor.symptoms.registry import produces
 
 # Gradient descent on a quadratic with curvature lam is stable iff lr*lam < 2; heavy-ball
-# momentum beta moves the limit to 2(1+beta) (Polyak 1964; Cohen et al. 2021, "edge of stability").
+# momentum beta moves the limit to 2(1+beta) (Polyak 1964; Cohen et al. 2021, "edge of stability"),
+# Nesterov momentum to 2(1+beta)/(1+2beta).
 SGD_LIKE = ("sgd",)
 
 
@@ -25,6 +26,8 @@ def stability_limit(optimizer: str, args: dict) -> float | None:
     damp = float(args.get("dampening", 0.0) or 0.0)
     if damp:
         return None
+    if args.get("nesterov"):  # Nesterov momentum on a quadratic diverges above 2(1+b)/(1+2b)
+        return 2.0 * (1.0 + beta) / (1.0 + 2.0 * beta)
     return 2.0 * (1.0 + beta)
 
 

@@ -48,11 +48,14 @@ def gradient_depth(p: ProbeSet) -> dict:
     if not t.has("grad.norm"):
         return out
     G = t.values("grad.norm")  # (T, L), columns in forward order
+    k = max(1, int(round(len(G) * EARLY)))
+    # a layer that never got a gradient (NaN throughout: a module never called) is not part of
+    # the backward path; dropping it keeps one unused head from hiding the others
+    G = G[:, ~np.all(np.isnan(G[:k]), axis=0)]
     L = G.shape[1]
     out["grad.layers"] = float(L)
     if L < 2:
         return out
-    k = max(1, int(round(len(G) * EARLY)))
     early = G[:k]
     ok = np.all(np.isfinite(early), axis=1) & np.all(early > 0, axis=1)
     early = early[ok]

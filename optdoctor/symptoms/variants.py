@@ -69,7 +69,11 @@ def plateau_tests(p: ProbeSet) -> dict:
     if not np.isfinite(base_final) or base_final <= 0:
         return out
     if "perturbed" in p.traces and "continued" in p.traces:
-        out["plateau.escape"] = (final_loss(p.traces["continued"]) - final_loss(p.traces["perturbed"])) / base_final
+        cont, pert = final_loss(p.traces["continued"]), final_loss(p.traces["perturbed"])
+        if np.isfinite(cont) and np.isfinite(pert):
+            out["plateau.escape"] = (cont - pert) / base_final
+        elif np.isfinite(cont) != np.isfinite(pert):  # one of them diverged
+            out["plateau.escape"] = 1.0 if np.isfinite(pert) else -1.0
     reseeds = [final_loss(t) for n, t in p.traces.items() if n.startswith("reseed")]
     reseeds = [r for r in reseeds if np.isfinite(r)]
     if reseeds:
