@@ -393,7 +393,8 @@ def test_every_produced_name_is_declared_with_a_meaning():
     for name in s:
         d = SYMPTOMS[name]
         assert d.name == name and d.meaning.strip() and d.family == name.split(".")[0]
-    assert set(SYMPTOMS) - set(s) == set()  # the rich set exercises every declared symptom
+    # the rich set exercises every declared symptom but the one its indefinite Hessian rules out
+    assert set(SYMPTOMS) - set(s) == {"hess.condition_pd"}
     assert all(isinstance(v, float) and not math.isnan(v) for v in s.values())
 
 
@@ -440,3 +441,20 @@ def test_symptoms_do_not_import_torch():
     code = ("import sys; from optdoctor.symptoms import extract; from optdoctor.probes.trace import ProbeSet, Trace; "
             "extract(ProbeSet({'baseline': Trace('baseline')})); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_condition_number_only_for_a_positive_definite_hessian():
+    pd = [{"step": 0.0, "lambda_max": 10.0, "lambda_min": 1e-3, "lambda_min_rel": 1e-4}]
+    s = extract(probes(trace({"loss.train": flat(1.0)}, hessian=pd, lr=0.1, optimizer="sgd")))
+    assert s["hess.condition_pd"] == pytest.approx(1e4)
+    indefinite = [{"step": 0.0, "lambda_max": 10.0, "lambda_min": -1e-3, "lambda_min_rel": -1e-4}]
+    s = extract(probes(trace({"loss.train": flat(1.0)}, hessian=indefinite, lr=0.1, optimizer="sgd")))
+    assert "hess.condition_pd" not in s
+
+
+def test_adam_stability_uses_the_preconditioned_sharpness():
+    rows = [{"step": 0.0, "lambda_max": 50.0, "lambda_min": -1.0, "lambda_min_rel": -0.02},
+            {"step": 100.0, "lambda_max": 50.0, "lambda_min": -1.0, "lambda_min_rel": -0.02,
+             "precond_lambda_max": 1.9e4, "precond_limit_factor": 38.0}]
+    s = extract(probes(trace({"loss.train": flat(1.0)}, hessian=rows, lr=1e-3, optimizer="adam")))
+    assert s["hess.stability"] == pytest.approx(1e-3 * 1.9e4 / 38.0)

@@ -93,14 +93,23 @@ def _evaluate(model: nn.Module, loss_fn, batch, n_classes: int | None) -> tuple[
     return loss, acc
 
 
-def _measure_curvature(model, loss_fn, batch, hcfg, seed: int, lr: float, step: int) -> dict[str, float]:
+def _measure_curvature(model, loss_fn, batch, hcfg, seed: int, optimizer, step: int) -> dict[str, float]:
+    """One Hessian measurement (curvature/), plus Adam's preconditioned sharpness when the
+    optimiser has second-moment estimates (not at step 0)."""
     from optdoctor.curvature import hessian_spectrum
+    from optdoctor.curvature.preconditioned import adam_stability_factor, preconditioned_sharpness
 
     s = hessian_spectrum(model, loss_fn, batch, k=hcfg.k, trace=hcfg.trace, density=hcfg.density,
                          max_iter=hcfg.max_iter, tol=hcfg.tol, seed=seed)
     row = {k: float(v) for k, v in s.as_dict().items() if isinstance(v, (int, float))}
     row["step"] = float(step)
     row["hvps"] = float(s.hvps)
+    if s.density is not None:
+        row["density"] = {"nodes": [float(x) for x in s.density.nodes], "weights": [float(x) for x in s.density.weights]}
+    pre = preconditioned_sharpness(model, loss_fn, batch, optimizer, seed=seed) if step > 0 else None
+    if pre is not None:
+        row["precond_lambda_max"], beta1 = pre
+        row["precond_limit_factor"] = adam_stability_factor(beta1)
     return row
 
 
@@ -171,7 +180,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
         if spec.full and cfg.probe.hessian.enabled and step in spec.hessian_steps:
             try:
                 trace.hessian.append(_measure_curvature(model, setup.loss_fn, hess_batch, cfg.probe.hessian,
-                                                        spec.seed, lr, step))
+                                                        spec.seed, optimizer, step))
             except ImportError:
                 pass
 

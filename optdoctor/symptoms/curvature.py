@@ -17,6 +17,9 @@ from optdoctor.symptoms.registry import produces
 # momentum beta moves the limit to 2(1+beta) (Polyak 1964; Cohen et al. 2021, "edge of stability"),
 # Nesterov momentum to 2(1+beta)/(1+2beta).
 SGD_LIKE = ("sgd",)
+# lambda_min must exceed this fraction of lambda_max for lambda_max/lambda_min to be read as a
+# condition number (below it, Lanczos' estimate of a near-zero eigenvalue is noise)
+PD_FLOOR = 1e-9
 
 
 def stability_limit(optimizer: str, args: dict) -> float | None:
@@ -46,11 +49,13 @@ def _get(row: dict, key: str) -> float | None:
     ("hess.condition_spread", "lambda_max / (trace / n): how far the top eigenvalue stands above the average one, largest over the measurements", "ratio"),
     ("hess.lr_sharpness", "lr * lambda_max, largest over the measurements", "ratio"),
     ("hess.lr_sharpness.init", "lr * lambda_max before training", "ratio"),
-    ("hess.stability", "lr * lambda_max / the optimiser's stability limit (2(1+momentum) for SGD); > 1: steep directions diverge", "ratio"),
+    ("hess.stability", "lr * lambda_max / the optimiser's stability limit (2(1+momentum) for SGD; for Adam-type, lr * lambda_max(P^-1 H) / ((2+2 beta1)/(1-beta1))); > 1: steep directions diverge", "ratio"),
+    ("hess.condition_pd", "lambda_max / lambda_min when the Hessian is positive definite at the last measurement (absent when it is indefinite: then the ratio means nothing)", "ratio"),
 )
 def curvature(p: ProbeSet) -> dict:
     t = p.baseline
     rows = [r for r in t.hessian if r.get("lambda_max") is not None and np.isfinite(r.get("lambda_max", np.nan))]
+    rows = [r for r in rows if r["lambda_max"] > 0] or rows
     if not rows:
         return {}
     first, last = rows[0], rows[-1]
@@ -72,4 +77,11 @@ def curvature(p: ProbeSet) -> dict:
     limit = stability_limit(t.meta.get("optimizer", ""), t.meta.get("optimizer_args", {}))
     if limit:
         out["hess.stability"] = float(max(sharp)) / limit
+    else:  # Adam-type: lr * lambda_max(P^-1 H) against (2 + 2 beta1)/(1 - beta1) (Cohen et al. 2022)
+        pre = [lr * r["precond_lambda_max"] / r["precond_limit_factor"] for r in rows if r.get("precond_lambda_max") is not None]
+        if pre:
+            out["hess.stability"] = float(max(pre))
+    lmin, lmax = out["hess.lambda_min"], out["hess.lambda_max"]
+    if lmin is not None and lmax and lmax > 0 and lmin > PD_FLOOR * lmax:
+        out["hess.condition_pd"] = lmax / lmin
     return out
