@@ -56,11 +56,13 @@ class HessianConfig(_Strict):
         description="when to measure, as fractions of probe.steps (0 = before training, 1 = at the end)",
     )
     k: int = Field(5, ge=1, le=50, description="how many of the largest eigenvalues")
-    batch_size: int = Field(256, gt=0, description="size of the fixed evaluation batch")
+    batch_size: int = Field(128, gt=0, description="size of the fixed batch the Hessian is measured on")
     max_iter: int = Field(40, ge=4, le=200, description="Lanczos iterations at most")
     tol: float = Field(1e-4, gt=0, description="Lanczos stops when the Ritz values of interest move less than this, relative to lambda_max")
-    trace: bool = Field(True, description="estimate the trace (Hutch++)")
-    density: bool = Field(True, description="estimate the spectral density (SLQ)")
+    trace: bool = Field(True, description="estimate the trace (Hutchinson on what the Lanczos basis leaves over)")
+    trace_max_hvps: int = Field(40, ge=1, le=1000, description="Hessian-vector products at most for the trace (it stops earlier at a 5% standard error)")
+    density: bool = Field(True, description="estimate the spectral density (stochastic Lanczos quadrature)")
+    density_starts: int = Field(1, ge=1, le=20, description="Lanczos runs for the density; the first is the main run, so 1 costs nothing extra")
 
     @field_validator("at")
     @classmethod

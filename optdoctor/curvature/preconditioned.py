@@ -50,7 +50,7 @@ def preconditioner(model: nn.Module, optimizer: torch.optim.Optimizer, names: li
 
 
 def preconditioned_sharpness(model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor], batch: Any,
-                             optimizer: torch.optim.Optimizer, *, max_iter: int = 30, tol: float = 1e-3,
+                             optimizer: torch.optim.Optimizer, *, max_iter: int = 20, tol: float = 1e-3,
                              seed: int = 0) -> tuple[float, float] | None:
     """(lambda_max(P^-1 H), beta1), or None when not applicable (see ``preconditioner``)."""
     hvp, n = hvp_operator(model, loss_fn, batch)

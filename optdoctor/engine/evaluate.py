@@ -36,7 +36,7 @@ def render(template: str, env: dict[str, float]) -> str:
         name, spec = m.group(1), m.group(2) or ".3g"
         v = env.get(name)
         if v is None:
-            return "(not measured)"
+            return "n/a"
         try:
             return format(v, spec)
         except (ValueError, TypeError):

@@ -100,7 +100,8 @@ def _measure_curvature(model, loss_fn, batch, hcfg, seed: int, optimizer, step: 
     from optdoctor.curvature.preconditioned import adam_stability_factor, preconditioned_sharpness
 
     s = hessian_spectrum(model, loss_fn, batch, k=hcfg.k, trace=hcfg.trace, density=hcfg.density,
-                         max_iter=hcfg.max_iter, tol=hcfg.tol, seed=seed)
+                         max_iter=hcfg.max_iter, tol=hcfg.tol, seed=seed, trace_rtol=0.05,
+                         trace_max_hvps=hcfg.trace_max_hvps, density_starts=hcfg.density_starts)
     row = {k: float(v) for k, v in s.as_dict().items() if isinstance(v, (int, float))}
     row["step"] = float(step)
     row["hvps"] = float(s.hvps)
