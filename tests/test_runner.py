@@ -199,7 +199,7 @@ def test_baseline_trace_shapes_and_meta(tmp_path):
     assert trace.status == "completed" and trace.stopped_at is None
     assert trace.values("loss.train").shape == (30,) and trace.values("lr").shape == (30,)
     assert trace.values("grad.norm").shape == (30, 3) and trace.values("update.ratio").shape == (15, 3)  # every other step
-    assert trace.values("act.dead_frac").shape == (30, 2)  # every = max(1, 30 // 40)
+    assert trace.values("act.dead_frac").shape == (10, 2)  # every = max(1, 30 // 10) = 3 steps
     assert trace.steps("loss.val").tolist() == [0, 10, 20, 30]
     assert trace.meta["layers"] == ["0", "2", "4"] and trace.meta["act_layers"] == ["1", "3"]
     assert trace.meta["act_kinds"] == ["relu", "relu"] and trace.meta["n_classes"] == 4

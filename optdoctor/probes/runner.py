@@ -143,7 +143,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     instruments = [GradNorms(layers), UpdateRatios(layers)]
     act_inst = None
     if spec.full and acts:
-        act_inst = Activations(acts, every=max(1, spec.steps // 20))
+        act_inst = Activations(acts, every=max(1, spec.steps // 10), window=2)
         instruments.append(act_inst)
     for inst in instruments:
         inst.attach(model, rec, optimizer)
@@ -186,6 +186,8 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
                 pass
 
     model.train()
+    on_cpu = setup.device.type == "cpu"
+    hess_due = set(spec.hessian_steps) if spec.full and cfg.probe.hessian.enabled else set()
     perm = torch.randperm(n, generator=gen)
     pos = 0
     initial = None
@@ -196,7 +198,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
         for step in range(spec.steps):
             if pos + bs > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
-            idx = perm[pos:pos + bs].to(setup.device)
+            idx = perm[pos:pos + bs] if on_cpu else perm[pos:pos + bs].to(setup.device)
             pos += bs
             X, y = setup.train.take(idx)
             for inst in instruments:
@@ -238,7 +240,8 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
                 progress(spec.name, step + 1, spec.steps)
             if (step + 1) % val_every == 0 or step + 1 == spec.steps:
                 checkpoint(step + 1)
-            curvature(step + 1)
+            if step + 1 in hess_due:
+                curvature(step + 1)
     except KeyboardInterrupt:
         trace.status, trace.stopped_at = "interrupted", step
     finally:
