@@ -244,3 +244,26 @@ def test_unknown_factory_argument_is_a_config_error(tmp_path):
     p = tiny(tmp_path, text=TINY.format(model="optdoctor.models:mlp").replace("depth: 2", "dept: 2"))
     r = runner.invoke(app, ["diagnose", str(p)])
     assert r.exit_code == 2 and "model.args.dept: unknown argument 'dept'" in r.stderr and "did you mean 'depth'" in r.stderr
+
+
+def test_tensorboard_runs_per_probe_from_the_flag_and_the_config_key(tmp_path):
+    p = tiny(tmp_path)
+    r = runner.invoke(app, ["diagnose", str(p), "--format", "json", "--tensorboard", str(tmp_path / "tb")])
+    assert r.exit_code in (0, 1)
+    probes = set(json.loads(r.stdout)["probes"])
+    assert {d.name for d in (tmp_path / "tb").iterdir()} == probes
+    p2 = tiny(tmp_path, text=TINY.format(model="optdoctor.models:mlp").replace("probe:\n", "probe:\n  tensorboard: tb2\n"))
+    r = runner.invoke(app, ["diagnose", str(p2), "--format", "json"])
+    assert (tmp_path / "tb2" / "baseline").is_dir()
+
+
+def test_seeds_majority_and_spread(tmp_path):
+    text = TINY.format(model="optdoctor.models:mlp").replace("name: adam\n  lr: 1e-3", "name: sgd\n  lr: 1e4")
+    p = tiny(tmp_path, text=text.replace("probe:\n", "probe:\n  seeds: 3\n"))
+    d = json.loads(runner.invoke(app, ["diagnose", str(p), "--format", "json"]).stdout)
+    assert d["findings"]
+    for f in d["findings"]:
+        assert f["seeds"]["of"] == 3 and f["seeds"]["fired"] >= 2
+        for lo, hi in f["seeds"]["spread"].values():
+            assert lo <= hi
+    assert any(name.startswith("s2_") for name in d["probes"])

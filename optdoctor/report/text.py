@@ -195,9 +195,14 @@ def _probes(console: Console, diag) -> None:
     for col in ("probe", "lr", "steps", "status", "loss start → end"):
         table.add_column(col)
     for name, p in probe_summary(diag.probes).items():
+        meta = diag.probes.traces[name].meta
         loss = f"{fmt(p['loss_initial'])} → {fmt(p['loss_final'])}"
         status = p["status"] + (f" @ {p['stopped_at']}" if p["stopped_at"] is not None else "")
-        table.add_row(name, fmt(p["lr"]), str(p["steps"]), status, loss)
+        lr = fmt(p["lr"])
+        if "lr_min" in meta:  # the LR range test sweeps the rate
+            lr = f"{fmt(meta['lr_min'])}→{fmt(meta['lr_max'])}"
+            loss = "see lr.range_* symptoms"
+        table.add_row(name, lr, str(p["steps"]), status, loss)
     console.print(table)
 
 
@@ -221,5 +226,5 @@ def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 
     line = f"   {len(diag.outcomes)} rules, {fired} fired, {len(skipped)} not evaluated"
     if skipped:
         line += " (" + "; ".join(f"{o.rule}: {o.reason}" for o in skipped[:3]) + ("; ..." if len(skipped) > 3 else "") + ")"
-    console.print(Text(line, style="dim"))
+    console.print(Text(line, style="dim"), soft_wrap=True)
     return "\n".join(row.rstrip(" ") for row in buf.getvalue().split("\n"))
