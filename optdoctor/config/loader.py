@@ -28,11 +28,11 @@ Position = tuple[int, int]  # (line, col), 1-based
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 
 
-class _Loader(yaml.SafeLoader):
+class NumberLoader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-3`` as a float."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
 
 # Keys whose value is one of a few names: a typo there gets a did-you-mean too.
 _CHOICES: dict[str, tuple[str, ...]] = {"loss": BUILTIN_LOSSES}
@@ -42,7 +42,7 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     """Read, parse and validate a probe config; raise ``ConfigError`` with every problem."""
     shown = os.fspath(path)
     root = _compose(_read(shown), shown)
-    tree = _Tree(shown)
+    tree = PositionedTree(shown)
     data = tree.build(root)
     problems = list(tree.problems)
     try:
@@ -95,7 +95,7 @@ def _read(shown: str) -> str:
 
 def _compose(text: str, shown: str) -> MappingNode:
     try:
-        loader = _Loader(text)  # already rejects control characters
+        loader = NumberLoader(text)  # already rejects control characters
         try:
             root = loader.get_single_node()
         finally:
@@ -144,7 +144,7 @@ def _describe_node(node: Node) -> str:
     return f"a single value {node.value!r}"
 
 
-class _Tree:
+class PositionedTree:
     """Builds plain Python values from YAML nodes, recording where every key sits.
 
     Keys stay as written (``on:`` is the string "on", not True): config keys are names.
@@ -155,7 +155,7 @@ class _Tree:
         self.positions: dict[str, Position] = {}
         self.problems: list[Problem] = []
         self.root: Position = (1, 1)
-        self._constructor = _Loader("")  # only its scalar constructors are used
+        self._constructor = NumberLoader("")  # only its scalar constructors are used
         self._active: set[int] = set()  # nodes being built: an alias back into one loops forever
         self.broken: set[str] = set()  # key paths already reported, whose value is a stand-in None
 
@@ -252,7 +252,7 @@ _BOUNDS = {
 }
 
 
-def _validation_problems(err: ValidationError, tree: _Tree, shown: str) -> list[Problem]:
+def _validation_problems(err: ValidationError, tree: PositionedTree, shown: str) -> list[Problem]:
     errors = [e for e in err.errors(include_url=False) if _key(e["loc"]) not in tree.broken]
     problems = [_problem(e, tree, shown) for e in errors]
     # "optimzer:" also leaves "optimizer" missing; the did-you-mean already says that.
@@ -264,7 +264,7 @@ def _key(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _problem(error: dict[str, Any], tree: _Tree, shown: str) -> Problem:
+def _problem(error: dict[str, Any], tree: PositionedTree, shown: str) -> Problem:
     loc = tuple(str(part) for part in error["loc"])
     kind, value = error["type"], error.get("input")
     key = ".".join(loc)

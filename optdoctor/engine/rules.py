@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from optdoctor.config.loader import _Loader, _Tree, did_you_mean
+from optdoctor.config.loader import NumberLoader, PositionedTree, did_you_mean
 from optdoctor.engine.expr import Expr, ExprError, compile_expr
 from optdoctor.errors import Problem, RuleError
 from optdoctor.findings import CAUSES, SEVERITIES
@@ -160,7 +160,7 @@ def load_rule_file(path: str | Path) -> Rule:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise RuleError([Problem(f"cannot read the rule file: {e.strerror or e}", file=shown)]) from None
-    loader = _Loader(text)
+    loader = NumberLoader(text)
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as e:
@@ -171,7 +171,7 @@ def load_rule_file(path: str | Path) -> Rule:
         loader.dispose()
     if root is None or not isinstance(root, yaml.MappingNode):
         raise RuleError([Problem("a rule file must be a mapping (id:, name:, cause:, when:, ...)", file=shown, line=1, col=1)])
-    tree = _Tree(shown)
+    tree = PositionedTree(shown)
     data = tree.build(root)
     v = _Validator(shown, tree.positions, root)
     v.problems += tree.problems
