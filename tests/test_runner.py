@@ -442,3 +442,35 @@ def test_diverged_baseline_does_not_stop_the_variants(tmp_path):
     assert probes.baseline.status == "diverged"
     assert probes.traces["lr_x1e-07"].status == "completed"
     assert "continued" not in probes.traces  # a divergence is no plateau
+
+
+def test_a_model_without_double_backward_still_probes(tmp_path):
+    """Curvature the model cannot give is noted, not a crash (the probe and the other rules go on)."""
+    (tmp_path / "once.py").write_text(
+        "import torch\n"
+        "class Once(torch.autograd.Function):\n"
+        "    @staticmethod\n"
+        "    def forward(ctx, x):\n"
+        "        ctx.save_for_backward(x)\n"
+        "        return x.clamp_min(0)\n"
+        "    @staticmethod\n"
+        "    def backward(ctx, g):  # like ops with no double-backward formula\n"
+        "        if torch.is_grad_enabled():\n"
+        "            raise RuntimeError('double backward is not implemented for Once')\n"
+        "        (x,) = ctx.saved_tensors\n"
+        "        return g * (x > 0)\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b = torch.nn.Linear(20, 16), torch.nn.Linear(16, 4)\n"
+        "    def forward(self, x):\n"
+        "        return self.b(Once.apply(self.a(x)))\n"
+        "def net():\n"
+        "    return Net()\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {factory: once.py:net}\ndata: {factory: optdoctor.data:blobs, args: {n_train: 128}}\n"
+                   "optimizer: {name: sgd, lr: 0.1}\nprobe: {steps: 20}\n")
+    setup = prepare(load_config(cfg))
+    trace, _ = run_probe(setup, ProbeSpec(steps=20, hessian_steps=[0, 20]))
+    assert trace.status == "completed" and trace.hessian == []
+    assert len(trace.meta["hessian_errors"]) == 2

@@ -117,7 +117,7 @@ def _measure_curvature(model, loss_fn, batch, hcfg, seed: int, optimizer, step: 
 def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -> tuple[Trace, dict]:
     """Train ``spec.steps`` steps with instruments attached; returns the trace and the final
     weights. A non-finite or exploding loss stops the probe cleanly (status "diverged");
-    Ctrl-C stops it with status "interrupted" and re-raises after the trace is complete."""
+    Ctrl-C stops it with status "interrupted" and raises ProbeInterrupted carrying the trace."""
     cfg = setup.cfg
     model = setup.build_model(spec.seed)
     if spec.start_state is not None:
@@ -178,12 +178,13 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
                 rec.log("acc.val", step, va)
 
     def curvature(step: int) -> None:
-        if spec.full and cfg.probe.hessian.enabled and step in spec.hessian_steps:
-            try:
-                trace.hessian.append(_measure_curvature(model, setup.loss_fn, hess_batch, cfg.probe.hessian,
-                                                        spec.seed, optimizer, step))
-            except ImportError:
-                pass
+        """A Hessian measurement; one the model cannot give (an op without double backward, say)
+        is noted in the trace and the probe goes on: curvature rules are then not evaluated."""
+        try:
+            trace.hessian.append(_measure_curvature(model, setup.loss_fn, hess_batch, cfg.probe.hessian,
+                                                    spec.seed, optimizer, step))
+        except RuntimeError as e:
+            trace.meta.setdefault("hessian_errors", []).append(f"step {step}: {e}")
 
     model.train()
     on_cpu = setup.device.type == "cpu"
@@ -194,7 +195,8 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     step = 0
     try:
         checkpoint(0)
-        curvature(0)
+        if 0 in hess_due:
+            curvature(0)
         for step in range(spec.steps):
             if pos + bs > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
