@@ -109,7 +109,7 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, rule
     if status == "completed" and loaded.config.probe.verify.enabled:
         try:
             verify_findings(diag, rules, setup, progress)
-        except KeyboardInterrupt:
+        except (ProbeInterrupted, KeyboardInterrupt):  # keep the diagnosis and what was verified
             diag.status = "interrupted"
     diag.seconds = time.perf_counter() - t0
     return diag
