@@ -250,7 +250,7 @@ def _grad_norm_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
 
 def _grad_element_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     """``grad_dist/<layer>`` from a ``grad.hist`` series: (T, L, B) counts of log10|g| per bin,
-    bin edges ``meta["grad.hist_edges"]`` (B+1,). Not recorded by the probes yet (see docs)."""
+    bin edges ``meta["grad.hist_edges"]`` (B+1,), recorded by the probes' GradHistogram."""
     edges = trace.meta.get("grad.hist_edges")
     if not trace.has("grad.hist") or edges is None:
         return []

@@ -666,3 +666,31 @@ def test_truncated():
     assert t.meta["lr"] == 0.01  # a copy, not a view of the original's meta
     ps = ProbeSet({"baseline": t}, {"x": 1.0}).truncated(4)
     assert ps.baseline.values("loss.train").shape == (5,) and ps.data_stats == {"x": 1.0}
+
+
+def test_grad_histogram_equals_numpy_on_the_sampled_elements():
+    from optdoctor.probes.instruments import GradHistogram
+
+    case = CASES[0]
+    model = case.build()
+    data = batches(case, 2)
+    layers, _ = forward_ordered(model, data[0][0])
+    inst = GradHistogram(layers, every=1, sample=10, seed=3)
+    captured = []
+
+    def hook(step, phase):
+        if phase == "before_step":
+            captured.append([m.weight.grad.detach().clone() for _, m in layers])
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trace = train(model, [inst], data, opt, Recorder(), hook)
+    counts = trace.values("grad.hist")
+    edges = np.asarray(trace.meta["grad.hist_edges"])
+    assert counts.shape == (2, len(layers), len(edges) - 1)
+    for t in range(2):
+        for j, g in enumerate(captured[t]):
+            sample = g.reshape(-1)[inst._index[j]].abs().double().numpy()
+            logs = np.clip(np.log10(np.maximum(sample, 1e-30)), edges[0], edges[-1] - 1e-6)
+            want, _ = np.histogram(logs, bins=edges)
+            np.testing.assert_array_equal(counts[t, j], want)
+            assert counts[t, j].sum() == min(10, g.numel())

@@ -18,6 +18,7 @@ from optdoctor.config.factories import call_user
 from optdoctor.errors import ProbeError
 from optdoctor.probes.instruments import (
     Activations,
+    GradHistogram,
     GradNorms,
     LayerOrder,
     UpdateRatios,
@@ -145,6 +146,8 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     if spec.full and acts:
         act_inst = Activations(acts, every=max(1, spec.steps // 10), window=2)
         instruments.append(act_inst)
+    if spec.full:
+        instruments.append(GradHistogram(layers, every=max(1, spec.steps // 10), seed=spec.seed))
     for inst in instruments:
         inst.attach(model, rec, optimizer)
     order = LayerOrder(layers + [(n, m) for n, m, _ in acts])
@@ -213,6 +216,9 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
                 acts.sort(key=lambda t: rank[t[0]])
                 trace.meta["layers"] = [nm for nm, _ in layers]
                 trace.meta["layer_types"] = [type(m).__name__ for _, m in layers]
+                for inst in instruments:  # layers were sorted in place: index samples follow them
+                    if isinstance(inst, GradHistogram):
+                        inst.attach(model, rec, optimizer)
                 trace.meta["act_layers"] = [nm for nm, _, _ in acts]
                 trace.meta["act_kinds"] = [k for _, _, k in acts]
                 if act_inst is not None:
