@@ -407,7 +407,7 @@ def test_run_probes_runs_the_lr_variants(tmp_path):
         t = probes.traces[name]
         assert t.meta["lr"] == pytest.approx(0.05 * factor) and t.meta["lr_factor"] == factor
         assert len(t.values("loss.train")) == 12
-        assert not t.has("act.scale")  # variants measure loss, gradients and updates only
+        assert t.has("act.dead_frac") and not t.hessian  # variants: activations (OD406's counterfactual), no curvature
         assert t.values("loss.train")[0] == probes.baseline.values("loss.train")[0]  # same init, same first batch
     assert len(probes.baseline.values("loss.train")) == 30
     assert probes.data_stats == setup.data_stats and "feature_scale_spread" in probes.data_stats

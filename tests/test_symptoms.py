@@ -195,10 +195,13 @@ def test_activation_symptoms_absent_without_their_layers():
 # --------------------------------------------------------------------------- LR variants
 
 
-def lr_trace(factor: float, final: float, status: str = "completed") -> Trace:
+def lr_trace(factor: float, final: float, status: str = "completed", dead: float | None = None) -> Trace:
     v = np.linspace(2.0, final, 100)
     v[-10:] = final
-    return trace({"loss.train": v}, probe=f"lr_x{factor:g}", status=status, lr_factor=factor)
+    series = {"loss.train": v}
+    if dead is not None:  # one ReLU layer's never-active fraction, at two measured steps
+        series["act.dead_frac"] = (np.array([0, 99]), np.array([[0.0], [dead]]))
+    return trace(series, probe=f"lr_x{factor:g}", status=status, lr_factor=factor)
 
 
 def test_lr_variants():
@@ -377,11 +380,12 @@ def rich_probeset() -> ProbeSet:
         "acc.val": (np.arange(0, 44, 4), np.full(11, 0.7)), "acc.train": (np.arange(0, 44, 4), np.full(11, 0.9)),
     }).series)  # fmt: skip
     base.hessian = hess_rows()
+    base.series["weight.row_spread"] = (np.array([0]), np.array([[1.0, 0.5, 0.0, 0.9]]))  # one layer of identical rows
     base.meta.update(lr=0.1, optimizer="sgd", optimizer_args={"momentum": 0.9}, chance_loss=1.5)
     base.series["act.dead_frac"][1][:, 0] = 0.9  # some layer dies: act.dead_onset
     lrs = np.logspace(-5, 0, 50)
     lr_range = trace({"lr": lrs, "loss.train": 2.0 - 1.5 * np.exp(-((np.log10(lrs) + 2) ** 2))}, probe="lr_range", lr=0.1)
-    others = [lr_trace(0.1, 1.9), lr_trace(10.0, 0.5), final_at("continued", 0.9), final_at("perturbed", 0.5),
+    others = [lr_trace(0.1, 1.9, dead=0.2), lr_trace(10.0, 0.5), final_at("continued", 0.9), final_at("perturbed", 0.5),
               final_at("reseed_1", 0.8), lr_range]
     return probes(base, *others, data_stats={"feature_scale_spread": 10.0, "feature_mean_over_std": 2.0})
 
@@ -458,3 +462,9 @@ def test_adam_stability_uses_the_preconditioned_sharpness():
              "precond_lambda_max": 1.9e4, "precond_limit_factor": 38.0}]
     s = extract(probes(trace({"loss.train": flat(1.0)}, hessian=rows, lr=1e-3, optimizer="adam")))
     assert s["hess.stability"] == pytest.approx(1e-3 * 1.9e4 / 38.0)
+
+
+def test_counterfactual_dead_fraction_and_identical_rows():
+    s = extract(rich_probeset())
+    assert s["lr.down_dead_frac"] == pytest.approx(0.2)
+    assert s["weight.identical_rows_frac"] == pytest.approx(0.25)

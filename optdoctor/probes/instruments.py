@@ -104,6 +104,22 @@ class Instrument:
         """Derive the logged series from what was recorded (runs once, after the probe)."""
 
 
+def weight_row_spread(layers: list[tuple[str, nn.Module]]) -> torch.Tensor:
+    """Per layer, max |W_i - mean_i W_i| / max |W| over the output units i (rows): 0 when every
+    unit has the same incoming weights, as a constant or zero init gives (then the units can
+    only ever compute the same function); ~1 for a random init."""
+    out = []
+    with torch.no_grad():
+        for _, m in layers:
+            w = m.weight.detach().reshape(m.weight.shape[0], -1).float()
+            if w.shape[0] < 2:
+                out.append(torch.tensor(float("nan")))
+                continue
+            spread = (w - w.mean(dim=0, keepdim=True)).abs().max()
+            out.append((spread / w.abs().max().clamp_min(1e-30)).cpu())
+    return torch.stack(out) if out else torch.zeros(0)
+
+
 class GradNorms(Instrument):
     """L2 norm of each layer's weight gradient ("grad.norm", per layer; NaN for a layer that got
     no gradient at all, e.g. a module never called) and of the whole gradient

@@ -21,6 +21,7 @@ from optdoctor.probes.instruments import (
     GradHistogram,
     GradNorms,
     LayerOrder,
+    weight_row_spread,
     UpdateRatios,
     activation_kind,
     parametrised_layers,
@@ -52,7 +53,7 @@ class ProbeSpec:
     steps: int = 200
     seed: int = 0
     lr_factor: float = 1.0
-    full: bool = True  # all instruments (activations, curvature); else loss, gradients, updates
+    full: bool = True  # all instruments; else no curvature and no gradient histograms
     hessian_steps: list[int] = field(default_factory=list)
     start_state: dict | None = None  # continue from these weights instead of a fresh init
     perturb: float = 0.0  # isotropic weight perturbation, in units of 1/sqrt(fan_in)
@@ -143,7 +144,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     rec = Recorder()
     instruments = [GradNorms(layers), UpdateRatios(layers)]
     act_inst = None
-    if spec.full and acts:
+    if acts:  # every probe: the variants' dead fractions are counterfactual evidence (OD406)
         act_inst = Activations(acts, every=max(1, spec.steps // 10), window=2)
         instruments.append(act_inst)
     if spec.full:
@@ -216,6 +217,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
                 acts.sort(key=lambda t: rank[t[0]])
                 trace.meta["layers"] = [nm for nm, _ in layers]
                 trace.meta["layer_types"] = [type(m).__name__ for _, m in layers]
+                rec.log("weight.row_spread", 0, weight_row_spread(layers))
                 for inst in instruments:  # layers were sorted in place: index samples follow them
                     if isinstance(inst, GradHistogram):
                         inst.attach(model, rec, optimizer)

@@ -10,6 +10,10 @@ from optdoctor.symptoms._util import finite
 from optdoctor.symptoms.registry import produces
 
 
+# rows that differ by less than this fraction of the largest weight are the same unit
+IDENTICAL_ROWS = 1e-6
+
+
 def _row(t, name: str, i: int) -> np.ndarray:
     return t.values(name)[i]
 
@@ -31,14 +35,20 @@ def _nanmax(x: np.ndarray) -> float | None:
     ("act.scale.init_min", "smallest output std of any activation layer at step 0", "value"),
     ("act.unit_diversity.init", "smallest spread across a layer's units relative to its std at step 0 (~0: all units identical, symmetric init)", "ratio"),
     ("act.nonrelu_frac", "fraction of activation layers that are not ReLU-like", "fraction"),
+    ("weight.identical_rows_frac", "fraction of weight layers whose units (rows) all have the same incoming weights at step 0 (constant or zero init)", "fraction"),
 )
 def activation_stats(p: ProbeSet) -> dict:
     t = p.baseline
+    out = {}
+    if t.has("weight.row_spread"):
+        spread = finite(t.values("weight.row_spread")[0])
+        if len(spread):
+            out["weight.identical_rows_frac"] = float(np.mean(spread < IDENTICAL_ROWS))
     if not t.has("act.scale"):
-        return {}
+        return out
     kinds = t.meta.get("act_kinds", [])
     steps = t.steps("act.scale")
-    out = {"act.layers": float(len(kinds))}
+    out["act.layers"] = float(len(kinds))
     if kinds:
         out["act.nonrelu_frac"] = float(np.mean([k != "relu" for k in kinds]))
     dead = t.values("act.dead_frac")

@@ -37,6 +37,7 @@ def _gain(base_final: float, other_final: float, scale: float) -> float:
     ("lr.down_gain", "loss the smallest-LR variant removed beyond the baseline, relative to the initial loss (-1 if it diverged)", "fraction"),
     ("lr.down_diverged", "1 if the smallest-LR variant diverged", "flag"),
     ("lr.down_rel_drop", "(initial - final) / initial of the smallest-LR variant", "fraction"),
+    ("lr.down_dead_frac", "largest never-active fraction of a ReLU layer at the end of the smallest-LR variant", "fraction"),
 )
 def lr_variants(p: ProbeSet) -> dict:
     base = p.baseline
@@ -56,6 +57,10 @@ def lr_variants(p: ProbeSet) -> dict:
         out[f"lr.{key}_diverged"] = float(t.status == "diverged")
         if not up:
             out["lr.down_rel_drop"] = (init - of) / scale if np.isfinite(of) else float("-inf")
+            if t.has("act.dead_frac"):
+                last = t.values("act.dead_frac")[-1]
+                if np.isfinite(last).any():
+                    out["lr.down_dead_frac"] = float(np.nanmax(last))
     return out
 
 
