@@ -267,3 +267,10 @@ def test_seeds_majority_and_spread(tmp_path):
         for lo, hi in f["seeds"]["spread"].values():
             assert lo <= hi
     assert any(name.startswith("s2_") for name in d["probes"])
+
+
+def test_a_bad_value_for_a_builtin_factory_is_a_config_error(tmp_path):
+    p = tiny(tmp_path, text=TINY.format(model="optdoctor.models:mlp").replace("depth: 2", "depth: 2, act: silu"))
+    r = runner.invoke(app, ["diagnose", str(p)])
+    assert r.exit_code == 2, r.output
+    assert "model.args: act must be one of" in r.stderr and "got 'silu'" in r.stderr and r.stdout == ""

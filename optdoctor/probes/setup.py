@@ -16,7 +16,8 @@ from torch import nn
 from optdoctor.config.factories import call_user, resolve_callable
 from optdoctor.config.resolve import resolve_loss, resolve_optimizer, resolve_scheduler, validate_resolvable
 from optdoctor.config.schema import LoadedConfig
-from optdoctor.errors import ProbeError
+from optdoctor.config.loader import problem_at
+from optdoctor.errors import ConfigError, ProbeError
 
 EVAL_CAP = 1024  # samples used for train/val evaluation at checkpoints
 
@@ -63,11 +64,22 @@ class Setup:
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         what = f"model factory {self.cfg.model.factory}"
-        # partial: a factory argument may itself be called "what"
-        model = call_user(functools.partial(self.model_factory, **self.model_args), what=what)
+        model = call_factory(self.model_factory, self.model_args, what, "model.args", self.loaded)
         if not isinstance(model, nn.Module):
             raise ProbeError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
         return model.to(self.device)
+
+
+def call_factory(fn: Callable, args: dict, what: str, key: str, loaded: LoadedConfig) -> Any:
+    """A factory called with the config's args. optdoctor's own factories reject a bad argument
+    value with ValueError: that is a config error (exit 2, located at ``key``), not a crash of
+    the user's code (exit 3), which is what any exception of a user factory is."""
+    if getattr(fn, "__module__", "").startswith("optdoctor."):
+        try:
+            return fn(**args)
+        except ValueError as e:
+            raise ConfigError([problem_at(loaded, key, str(e))]) from None
+    return call_user(functools.partial(fn, **args), what=what)  # partial: an argument may be called "what"
 
 
 def _to_split(obj: Any, what: str, device: torch.device) -> Split:
@@ -180,7 +192,7 @@ def prepare(loaded: LoadedConfig) -> Setup:
 
     torch.manual_seed(cfg.seed)
     what = f"data factory {cfg.data.factory}"
-    data = call_user(functools.partial(data_factory, **cfg.data.args), what=what)
+    data = call_factory(data_factory, cfg.data.args, what, "data.args", loaded)
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ProbeError(f"{what} must return (train, val); got {type(data).__name__}")
     train = _to_split(data[0], what + " (train)", device)
