@@ -5,6 +5,7 @@ commands that need them, so ``optdoctor --help`` and ``optdoctor rules ...`` sta
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -199,7 +200,9 @@ def _emit(diag, outputs: list[tuple[str, Path | None]], fail_on: str) -> int:
 
     for fmt, path in outputs:
         if fmt == "text":
-            text = REPORTERS["text"](diag, fail_on, color=_color() and path is None)
+            tty = path is None and sys.stdout.isatty()
+            width = max(60, min(shutil.get_terminal_size().columns, 120)) if tty else 100
+            text = REPORTERS["text"](diag, fail_on, color=_color() and path is None, width=width)
         else:
             text = REPORTERS[fmt](diag, fail_on)
         if path is None:
