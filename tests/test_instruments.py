@@ -694,3 +694,61 @@ def test_grad_histogram_equals_numpy_on_the_sampled_elements():
             want, _ = np.histogram(logs, bins=edges)
             np.testing.assert_array_equal(counts[t, j], want)
             assert counts[t, j].sum() == min(10, g.numel())
+
+
+class Functional(nn.Module):
+    """Activations written as functions in forward: no module to hook."""
+
+    def __init__(self, act, pool=False):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8 if not pool else 4, 3)
+        self.bn = nn.BatchNorm1d(8)
+        self.act, self.pool = act, pool
+
+    def forward(self, x):
+        x = self.act(self.a(x))
+        x = self.act(self.b(x))
+        if self.pool:  # something between the activation and the next layer: nothing to infer there
+            x = F.max_pool1d(x.unsqueeze(1), 2).squeeze(1)
+        return self.c(x)
+
+
+@pytest.mark.parametrize("act,kind", [(F.relu, "relu"), (torch.tanh, "tanh"), (torch.sigmoid, "sigmoid"), (F.gelu, None)],
+                         ids=["relu", "tanh", "sigmoid", "gelu-not-inferred"])
+def test_functional_activations_are_inferred(act, kind):
+    from optdoctor.probes.instruments import infer_functional_activations
+
+    torch.manual_seed(0)
+    model = Functional(act)
+    found = infer_functional_activations(model, parametrised_layers(model), torch.randn(16, 6))
+    if kind is None:
+        assert found == []
+    else:
+        assert [(n, k) for n, _, k in found] == [("b:input", kind), ("c:input", kind)]
+        assert found[0][1] is model.b
+
+
+def test_inference_skips_a_layer_behind_pooling_and_leaves_the_model_as_it_was():
+    from optdoctor.probes.instruments import infer_functional_activations
+
+    torch.manual_seed(0)
+    model = Functional(F.relu, pool=True)
+    model.train()
+    x = torch.randn(16, 6)
+    rng = torch.get_rng_state()
+    found = infer_functional_activations(model, parametrised_layers(model), x)
+    assert [n for n, _, _ in found] == ["b:input"]  # c's input is pooled: not an elementwise relu of b's output
+    assert model.training and torch.equal(torch.get_rng_state(), rng)
+
+
+def test_inferred_relu_is_measured_on_the_next_layers_input():
+    from optdoctor.probes.instruments import infer_functional_activations
+
+    torch.manual_seed(0)
+    model = Functional(F.relu)
+    with torch.no_grad():
+        model.a.bias.fill_(-100.0)  # every unit after layer a is dead
+    found = infer_functional_activations(model, parametrised_layers(model), torch.randn(16, 6))
+    inst = Activations(found, every=1)
+    trace = _drive_acts(model, [torch.randn(16, 6)], inst, Recorder())
+    assert trace.values("act.dead_frac")[0, 0] == 1.0

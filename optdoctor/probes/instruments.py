@@ -259,6 +259,54 @@ def _units(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+INPUT_SUFFIX = ":input"  # an Activations entry measured on a layer's input (inferred activation)
+
+
+def infer_functional_activations(model: nn.Module, layers: list[tuple[str, nn.Module]], inputs) -> list[tuple[str, nn.Module, str]]:
+    """Activations applied in ``forward`` as functions (``F.relu(self.fc1(x))``) have no module to
+    hook. One forward pass in eval mode without gradients (no RNG drawn, no BatchNorm statistics
+    updated) pairs each layer's output z with the next layer's input a; where a == relu(z),
+    tanh(z) or sigmoid(z) elementwise, the next layer's input is measured as that activation.
+    Returns Activations entries ("<next layer>:input", next layer, kind)."""
+    calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (layer, its input, its output) in call order
+
+    def make(name):
+        def hook(_m, inp, out):
+            if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                calls.append((name, inp[0].detach(), out.detach()))
+
+        return hook
+
+    by_name = dict(layers)
+    handles = [m.register_forward_hook(make(n)) for n, m in layers]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    except Exception:  # a model that cannot run this way simply gets no inferred activations
+        calls.clear()
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    found, seen = [], set()
+    for (_, _, z), (name, a, _) in zip(calls, calls[1:]):
+        if name in seen or a.shape != z.shape or not z.is_floating_point():
+            continue
+        seen.add(name)
+        if (z < 0).any() and torch.equal(a, z.clamp_min(0)):
+            kind = "relu"
+        elif torch.allclose(a, torch.tanh(z), rtol=1e-5, atol=1e-6):
+            kind = "tanh"
+        elif torch.allclose(a, torch.sigmoid(z), rtol=1e-5, atol=1e-6):
+            kind = "sigmoid"
+        else:
+            continue
+        found.append((name + INPUT_SUFFIX, by_name[name], kind))
+    return found
+
+
 class Activations(Instrument):
     """Statistics of each activation module's output on scheduled steps:
 
@@ -293,6 +341,20 @@ class Activations(Instrument):
 
         return hook
 
+    def _make_input_hook(self, name: str, kind: str):
+        def pre_hook(_m, inp):  # the input of the layer after a functional activation
+            if name in self._stats or not inp or not isinstance(inp[0], torch.Tensor):
+                return
+            with torch.no_grad():
+                self._stats[name] = self._measure(name, kind, inp[0].detach().float())
+
+        return pre_hook
+
+    def _register(self, name: str, module: nn.Module, kind: str):
+        if name.endswith(INPUT_SUFFIX):
+            return module.register_forward_pre_hook(self._make_input_hook(name, kind))
+        return module.register_forward_hook(self._make_hook(name, kind))
+
     def _measure(self, name: str, kind: str, x: torch.Tensor) -> torch.Tensor:
         u = _units(x)
         nan = torch.full((), float("nan"), device=x.device)
@@ -322,7 +384,7 @@ class Activations(Instrument):
     def before_forward(self, step: int) -> None:
         if self.due(step) and not self._handles:
             self._stats.clear()
-            self._handles = [m.register_forward_hook(self._make_hook(n, kind)) for n, m, kind in self.modules]
+            self._handles = [self._register(n, m, kind) for n, m, kind in self.modules]
 
     def after_step(self, step: int) -> None:
         if not self._handles:

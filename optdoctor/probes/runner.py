@@ -21,6 +21,7 @@ from optdoctor.probes.instruments import (
     GradHistogram,
     GradNorms,
     LayerOrder,
+    infer_functional_activations,
     weight_row_spread,
     UpdateRatios,
     activation_kind,
@@ -141,6 +142,8 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
 
     layers = parametrised_layers(model)
     acts = [(n, m, k) for n, m in model.named_modules() if (k := activation_kind(m))]
+    if not acts and layers:  # activations written as functions in forward(): infer them
+        acts = infer_functional_activations(model, layers, setup.train.head(cfg.data.batch_size)[0])
     rec = Recorder()
     instruments = [GradNorms(layers), UpdateRatios(layers)]
     act_inst = None
