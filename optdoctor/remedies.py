@@ -127,7 +127,3 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
     except ValidationError as e:
         raise NotApplicable(f"the patched config is invalid: {e.errors()[0]['msg']}") from None
     return loaded.model_copy(update={"config": new})
-
-
-def describe(patch: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in patch.items())

@@ -14,10 +14,6 @@ from optdoctor.symptoms.registry import produces
 IDENTICAL_ROWS = 1e-6
 
 
-def _row(t, name: str, i: int) -> np.ndarray:
-    return t.values(name)[i]
-
-
 def _nanmax(x: np.ndarray) -> float | None:
     x = finite(x)
     return float(x.max()) if len(x) else None
