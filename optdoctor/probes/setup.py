@@ -3,7 +3,6 @@ data factory runs once; every probe reuses it), the loss, the optimizer class.""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import math
@@ -178,7 +177,9 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def prepare(loaded: LoadedConfig) -> Setup:
+def prepare(loaded: LoadedConfig, data_from: Setup | None = None) -> Setup:
+    """Resolve the config and load the data; ``data_from`` reuses another setup's data instead of
+    calling the data factory again (it may be the expensive part of a user's setup)."""
     cfg = loaded.config
     if cfg.probe.threads is not None:
         torch.set_num_threads(cfg.probe.threads)
@@ -190,6 +191,18 @@ def prepare(loaded: LoadedConfig) -> Setup:
     optimizer_cls = resolve_optimizer(cfg.optimizer, loaded)
     scheduler_cls = resolve_scheduler(cfg.schedule, loaded) if cfg.schedule else None
 
+    if data_from is not None:
+        train, val, stats = data_from.train, data_from.val, data_from.data_stats
+    else:
+        train, val, stats = _load_data(data_factory, loaded, device)
+    n_out, n_classes, chance = _targets_info(train.y, cfg.loss)
+    model_args = _fill_shapes(model_factory, cfg.model.args, train, n_out)
+    return Setup(loaded, model_factory, model_args, train, val, loss_fn, optimizer_cls, scheduler_cls,
+                 device, chance, n_classes, stats, data_factory)
+
+
+def _load_data(data_factory: Callable, loaded: LoadedConfig, device: torch.device):
+    cfg = loaded.config
     torch.manual_seed(cfg.seed)
     what = f"data factory {cfg.data.factory}"
     data = call_factory(data_factory, cfg.data.args, what, "data.args", loaded)
@@ -202,10 +215,7 @@ def prepare(loaded: LoadedConfig) -> Setup:
     stats = _data_stats(train)  # of the inputs as given, also when the probe standardises them
     if cfg.probe.standardize_inputs:
         train, val = _standardize(train, val)
-    n_out, n_classes, chance = _targets_info(train.y, cfg.loss)
-    model_args = _fill_shapes(model_factory, cfg.model.args, train, n_out)
-    return Setup(loaded, model_factory, model_args, train, val, loss_fn, optimizer_cls, scheduler_cls,
-                 device, chance, n_classes, stats, data_factory)
+    return train, val, stats
 
 
 def _standardize(train: Split, val: Split | None) -> tuple[Split, Split | None]:
@@ -225,16 +235,6 @@ def fraction_steps(fracs: list[float], steps: int) -> list[int]:
 
 
 def derive(setup: Setup, patched: LoadedConfig, patch: dict) -> Setup:
-    """The setup of a patched config, reusing the data when the patch leaves it alone (the data
-    factory may be the expensive part of a user's setup)."""
-    if any(k.startswith("data") or k == "probe.standardize_inputs" for k in patch):
-        return prepare(patched)
-    cfg = patched.config
-    validate_resolvable(patched)
-    model_factory = resolve_callable(cfg.model.factory, patched.base_dir, "model.factory", patched)
-    n_out, _, _ = _targets_info(setup.train.y, cfg.loss)
-    return dataclasses.replace(
-        setup, loaded=patched, model_factory=model_factory,
-        model_args=_fill_shapes(model_factory, cfg.model.args, setup.train, n_out),
-        loss_fn=resolve_loss(cfg.loss, patched), optimizer_cls=resolve_optimizer(cfg.optimizer, patched),
-        scheduler_cls=resolve_scheduler(cfg.schedule, patched) if cfg.schedule else None)
+    """The setup of a patched config, reusing the data when the patch leaves it alone."""
+    touches_data = any(k.startswith("data") or k == "probe.standardize_inputs" for k in patch)
+    return prepare(patched, data_from=None if touches_data else setup)

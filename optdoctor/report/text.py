@@ -74,7 +74,7 @@ def _verdict(diag, fail_on: str) -> Text:
     return t
 
 
-def _finding(console: Console, f, index: int) -> None:
+def _finding(console: Console, f) -> None:
     head = Text()
     head.append(f" {f.severity.upper()} ", style=STYLE[f.severity])
     head.append(f" {f.rule} {f.name}", style="bold")
@@ -216,8 +216,8 @@ def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 
                   soft_wrap=True)
     console.print(_verdict(diag, fail_on), soft_wrap=True)
     console.print()
-    for i, f in enumerate(diag.findings, 1):
-        _finding(console, f, i)
+    for f in diag.findings:
+        _finding(console, f)
     _pictures(console, diag)
     console.print()
     _probes(console, diag)

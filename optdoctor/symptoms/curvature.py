@@ -55,7 +55,6 @@ def _get(row: dict, key: str) -> float | None:
 def curvature(p: ProbeSet) -> dict:
     t = p.baseline
     rows = [r for r in t.hessian if r.get("lambda_max") is not None and np.isfinite(r.get("lambda_max", np.nan))]
-    rows = [r for r in rows if r["lambda_max"] > 0] or rows
     if not rows:
         return {}
     first, last = rows[0], rows[-1]
