@@ -476,3 +476,16 @@ def test_a_model_without_double_backward_still_probes(tmp_path):
     trace, _ = run_probe(setup, ProbeSpec(steps=20, hessian_steps=[0, 20]))
     assert trace.status == "completed" and trace.hessian == []
     assert len(trace.meta["hessian_errors"]) == 2
+
+
+def test_data_statistics_describe_the_inputs_the_model_trains_on(tmp_path):
+    """With probe.standardize_inputs (the ill-conditioning remedy) the spread symptom must see
+    the standardised inputs, or verifying that remedy could never show it fixed."""
+    cfg = tmp_path / "c.yaml"
+    body = ("model: {factory: optdoctor.models:mlp, args: {depth: 0}}\n"
+            "data: {factory: optdoctor.data:blobs, args: {feature_scales: 1000.0}}\n"
+            "optimizer: {name: sgd, lr: 0.1}\n")
+    cfg.write_text(body)
+    assert prepare(load_config(cfg)).data_stats["feature_scale_spread"] > 100
+    cfg.write_text(body + "probe: {standardize_inputs: true}\n")
+    assert prepare(load_config(cfg)).data_stats["feature_scale_spread"] == pytest.approx(1.0, rel=1e-3)

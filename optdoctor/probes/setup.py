@@ -212,10 +212,9 @@ def _load_data(data_factory: Callable, loaded: LoadedConfig, device: torch.devic
     val = _to_split(data[1], what + " (val)", device) if data[1] is not None else None
     if len(train) == 0:
         raise ProbeError(f"{what} returned an empty training set")
-    stats = _data_stats(train)  # of the inputs as given, also when the probe standardises them
     if cfg.probe.standardize_inputs:
         train, val = _standardize(train, val)
-    return train, val, stats
+    return train, val, _data_stats(train)  # of the inputs the model trains on
 
 
 def _standardize(train: Split, val: Split | None) -> tuple[Split, Split | None]:
