@@ -37,7 +37,7 @@ def probe(config: Path | None, traces: Path | None):
     if traces is not None:
         from optdoctor.diagnose import Diagnosis, evaluate_probes
         from optdoctor.engine.rules import load_rules
-        from optdoctor.probes.trace import ProbeSet
+        from optdoctor.trace import ProbeSet
 
         probes = ProbeSet.load(traces)
         findings, outcomes, symptoms = evaluate_probes(probes, load_rules())

@@ -227,7 +227,7 @@ def replay(
     from optdoctor.diagnose import Diagnosis, evaluate_probes
     from optdoctor.engine.evaluate import Selection
     from optdoctor.engine.rules import load_rules
-    from optdoctor.probes.trace import ProbeSet
+    from optdoctor.trace import ProbeSet
 
     try:
         if not (traces / "baseline.npz").exists():

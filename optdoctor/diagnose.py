@@ -13,7 +13,7 @@ from optdoctor.config.schema import LoadedConfig
 from optdoctor.engine.evaluate import Selection, evaluate
 from optdoctor.engine.rules import Rule, load_rules
 from optdoctor.findings import Finding, RuleOutcome
-from optdoctor.probes.trace import ProbeSet
+from optdoctor.trace import ProbeSet
 from optdoctor.symptoms import extract
 
 # When the baseline sits on a plateau, the saddle/minimum follow-up probes run. A plateau: the
@@ -167,7 +167,7 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                 patched = apply_patch(loaded, remedy.patch, factories)
                 setup = derive(base_setup, patched, remedy.patch)
                 name = f"verify_{rule.id}_{i + 1}"
-                trace, _ = run_probe(setup, ProbeSpec(name=name, steps=patched.config.probe.steps, seed=patched.config.seed), progress)
+                trace, _ = run_probe(setup, ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=patched.config.seed), progress)
             except NotApplicable as e:
                 v.applicable, v.reason = False, str(e)
                 results.append(v)
@@ -218,9 +218,11 @@ def _across_seeds(setup, probes: ProbeSet, findings, outcomes, symptoms, rules, 
         cfg.seed = loaded.config.seed + i
         seed_setup = dataclasses.replace(setup, loaded=loaded.model_copy(update={"config": cfg}))
         extra = run_probes(seed_setup, progress, followups=is_plateau)
-        for name, t in extra.traces.items():
-            probes.traces[f"s{i}_{name}"] = t
         per_seed.append(evaluate_probes(extra, rules, selection, loaded))
+        for name, t in extra.traces.items():
+            t.meta["seed_of"] = t.kind  # what this probe is within its own seed's set
+            t.meta["kind"] = "seed"
+            probes.traces[f"s{i}_{name}"] = t
     fired: dict[str, list[Finding]] = {}
     for fs, _, _ in per_seed:
         for f in fs:

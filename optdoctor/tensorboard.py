@@ -44,7 +44,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from optdoctor.probes.trace import Trace
+from optdoctor.trace import Trace
 
 # series name -> tag section. 1-D series become the tag itself; 2-D ones one tag per column,
 # named by meta["layers"] (parametrised layers) or meta["act_layers"] (activation modules).

@@ -30,7 +30,7 @@ from optdoctor.probes.instruments import (
     parametrised_layers,
 )
 from optdoctor.probes.recorder import Recorder
-from optdoctor.probes.trace import ProbeSet, Trace
+from optdoctor.trace import ProbeSet, Trace
 
 F = nn.functional
 

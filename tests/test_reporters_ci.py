@@ -20,7 +20,7 @@ from optdoctor.diagnose import Diagnosis
 from optdoctor.engine.evaluate import evaluate
 from optdoctor.engine.rules import load_rules
 from optdoctor.findings import Finding, RuleOutcome
-from optdoctor.probes.trace import ProbeSet, Trace
+from optdoctor.trace import ProbeSet, Trace
 from optdoctor.report import github, junit, sarif
 from optdoctor.report.base import REPORTERS
 

@@ -223,7 +223,7 @@ def test_forward_order_and_frozen_layers_in_the_trace(tmp_path):
 
 
 def test_an_unused_layer_does_not_hide_the_gradient_depth_symptoms(tmp_path):
-    from optdoctor.probes.trace import ProbeSet
+    from optdoctor.trace import ProbeSet
     from optdoctor.symptoms import extract
 
     setup = setup_for(tmp_path, model={"factory": "user.py:spare_head", "args": {}})

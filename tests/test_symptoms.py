@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from optdoctor.probes.trace import ProbeSet, Trace
+from optdoctor.trace import ProbeSet, Trace
 from optdoctor.symptoms import PRODUCERS, SYMPTOMS, extract
 from optdoctor.symptoms import registry
 from optdoctor.symptoms.curvature import stability_limit
@@ -442,7 +442,7 @@ def test_missing_inputs_mean_absent_symptoms_not_nan():
 
 
 def test_symptoms_do_not_import_torch():
-    code = ("import sys; from optdoctor.symptoms import extract; from optdoctor.probes.trace import ProbeSet, Trace; "
+    code = ("import sys; from optdoctor.symptoms import extract; from optdoctor.trace import ProbeSet, Trace; "
             "extract(ProbeSet({'baseline': Trace('baseline')})); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

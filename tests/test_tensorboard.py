@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from optdoctor.diagnose import Diagnosis
 from optdoctor.findings import Finding, RuleOutcome
-from optdoctor.probes.trace import ProbeSet, Trace
+from optdoctor.trace import ProbeSet, Trace
 from optdoctor.tensorboard import (
     flatten_config,
     scalar_points,

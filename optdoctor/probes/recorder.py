@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optdoctor.probes.trace import Trace
+from optdoctor.trace import Trace
 
 
 class Recorder:

@@ -29,7 +29,7 @@ from optdoctor.probes.instruments import (
 )
 from optdoctor.probes.recorder import Recorder
 from optdoctor.probes.setup import EVAL_CAP, Setup, fraction_steps
-from optdoctor.probes.trace import ProbeSet, Trace
+from optdoctor.trace import ProbeSet, Trace
 
 # A probe whose loss exceeds this multiple of its initial loss has diverged; going on only
 # burns time (the loss of a diverging SGD run grows geometrically).
@@ -51,6 +51,7 @@ Progress = Callable[[str, int, int], None]  # (probe name, step, steps)
 @dataclass
 class ProbeSpec:
     name: str = "baseline"
+    kind: str = "baseline"  # one of trace.KINDS: how symptoms find this probe
     steps: int = 200
     seed: int = 0
     lr_factor: float = 1.0
@@ -166,7 +167,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     loss_what = f"the loss ({cfg.loss})"
 
     trace = Trace(spec.name, meta={
-        "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
+        "kind": spec.kind, "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
         "optimizer": cfg.optimizer.name.lower(), "optimizer_args": dict(cfg.optimizer.args),
         "batch_size": bs, "n_train": n, "n_params": sum(p.numel() for p in model.parameters()),
         "chance_loss": setup.chance_loss, "n_classes": setup.n_classes, "loss": cfg.loss,
@@ -280,7 +281,7 @@ def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: 
     optimizer = setup.optimizer_cls(model.parameters(), lr=lr_min, **cfg.optimizer.args)
     gen = torch.Generator().manual_seed(cfg.seed)
     rec = Recorder()
-    trace = Trace("lr_range", meta={"steps": steps, "seed": cfg.seed, "lr": cfg.optimizer.lr, "lr_min": lr_min, "lr_max": lr_max,
+    trace = Trace("lr_range", meta={"kind": "lr_range", "steps": steps, "seed": cfg.seed, "lr": cfg.optimizer.lr, "lr_min": lr_min, "lr_max": lr_max,
                                     "optimizer": cfg.optimizer.name.lower()})
     n = len(setup.train)
     bs = min(cfg.data.batch_size, n)
@@ -321,7 +322,7 @@ def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: 
 def plan_variants(setup: Setup) -> list[ProbeSpec]:
     cfg = setup.cfg
     steps = cfg.probe.variants.steps or cfg.probe.steps
-    return [ProbeSpec(name=f"lr_x{f:g}", steps=steps, seed=cfg.seed, lr_factor=f, full=False)
+    return [ProbeSpec(name=f"lr_x{f:g}", kind="lr_variant", steps=steps, seed=cfg.seed, lr_factor=f, full=False)
             for f in cfg.probe.variants.lr_factors]
 
 
@@ -360,9 +361,9 @@ def run_probes(setup: Setup, progress: Progress | None = None,
         # From the plateau: go on unchanged (the control) and go on after a small random kick,
         # on the same batches. A saddle lets the kicked run escape; a minimum pulls it back.
         steps = cfg.probe.variants.steps or cfg.probe.steps
-        run(ProbeSpec(name="continued", steps=steps, seed=cfg.seed + 1, full=False, start_state=base_state))
-        run(ProbeSpec(name="perturbed", steps=steps, seed=cfg.seed + 1, full=False,
+        run(ProbeSpec(name="continued", kind="continued", steps=steps, seed=cfg.seed + 1, full=False, start_state=base_state))
+        run(ProbeSpec(name="perturbed", kind="perturbed", steps=steps, seed=cfg.seed + 1, full=False,
                       start_state=base_state, perturb=PERTURB_EPS))
         for i in range(1, RESEEDS + 1):  # does another start get much further? (a bad basin)
-            run(ProbeSpec(name=f"reseed_{i}", steps=cfg.probe.steps, seed=cfg.seed + i, full=False))
+            run(ProbeSpec(name=f"reseed_{i}", kind="reseed", steps=cfg.probe.steps, seed=cfg.seed + i, full=False))
     return probes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optdoctor.probes.trace import Trace
+from optdoctor.trace import Trace
 
 
 def finite(x: np.ndarray) -> np.ndarray:

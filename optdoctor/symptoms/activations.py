@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optdoctor.probes.trace import ProbeSet
+from optdoctor.trace import ProbeSet
 from optdoctor.symptoms._util import finite
 from optdoctor.symptoms.registry import produces
 

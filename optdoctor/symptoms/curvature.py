@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optdoctor.probes.trace import ProbeSet
+from optdoctor.trace import ProbeSet
 from optdoctor.symptoms.registry import produces
 
 # Gradient descent on a quadratic with curvature lam is stable iff lr*lam < 2; heavy-ball

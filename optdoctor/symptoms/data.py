@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optdoctor.probes.trace import ProbeSet
+from optdoctor.trace import ProbeSet
 from optdoctor.symptoms.registry import produces
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optdoctor.probes.trace import ProbeSet
+from optdoctor.trace import ProbeSet
 from optdoctor.symptoms._util import finite, geomean, head_tail
 from optdoctor.symptoms.registry import produces
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optdoctor.probes.trace import ProbeSet
+from optdoctor.trace import ProbeSet
 from optdoctor.symptoms._util import finite, head_tail, safe_div, smooth
 from optdoctor.symptoms.registry import produces
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from optdoctor.probes.trace import ProbeSet
+from optdoctor.trace import ProbeSet
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from optdoctor.probes.trace import ProbeSet
+from optdoctor.trace import ProbeSet
 from optdoctor.symptoms._util import final_loss
 from optdoctor.symptoms.registry import produces
 
 
 def _lr_variant(p: ProbeSet, up: bool):
-    cands = [(t.meta.get("lr_factor", 1.0), t) for n, t in p.traces.items() if n.startswith("lr_x")]
+    cands = [(t.meta.get("lr_factor", 1.0), t) for t in p.of_kind("lr_variant")]
     cands = [c for c in cands if (c[0] > 1) == up and c[0] != 1]
     if not cands:
         return None
@@ -73,13 +73,14 @@ def plateau_tests(p: ProbeSet) -> dict:
     base_final = final_loss(p.baseline)
     if not np.isfinite(base_final) or base_final <= 0:
         return out
-    if "perturbed" in p.traces and "continued" in p.traces:
-        cont, pert = final_loss(p.traces["continued"]), final_loss(p.traces["perturbed"])
+    cont_t, pert_t = p.one("continued"), p.one("perturbed")
+    if cont_t is not None and pert_t is not None:
+        cont, pert = final_loss(cont_t), final_loss(pert_t)
         if np.isfinite(cont) and np.isfinite(pert):
             out["plateau.escape"] = (cont - pert) / base_final
         elif np.isfinite(cont) != np.isfinite(pert):  # one of them diverged
             out["plateau.escape"] = 1.0 if np.isfinite(pert) else -1.0
-    reseeds = [final_loss(t) for n, t in p.traces.items() if n.startswith("reseed")]
+    reseeds = [final_loss(t) for t in p.of_kind("reseed")]
     reseeds = [r for r in reseeds if np.isfinite(r)]
     if reseeds:
         out["plateau.reseed_gain"] = (base_final - min(reseeds)) / base_final
@@ -95,7 +96,7 @@ def plateau_tests(p: ProbeSet) -> dict:
 def lr_range(p: ProbeSet) -> dict:
     """Smith (2017) / torch-lr-finder: exponentially smoothed loss against log(lr), skipping the
     first 10% and last 5% of points as torch-lr-finder does."""
-    t = p.traces.get("lr_range")
+    t = p.one("lr_range")
     if t is None or not (t.has("lr") and t.has("loss.train")):
         return {}
     lr, loss = t.values("lr"), t.values("loss.train")

@@ -18,6 +18,22 @@ from typing import Any
 
 import numpy as np
 
+# What a probe is, recorded in ``meta["kind"]``: symptoms select probes by kind, never by name.
+KINDS = ("baseline", "lr_variant", "continued", "perturbed", "reseed", "lr_range", "verify", "seed", "monitor")
+
+
+def kind_from_name(name: str) -> str:
+    """The kind of a trace saved before kinds were recorded (its name was the kind's mark)."""
+    if name.startswith("lr_x"):
+        return "lr_variant"
+    if name.startswith("reseed"):
+        return "reseed"
+    if name.startswith("verify_"):
+        return "verify"
+    if name[:1] == "s" and "_" in name and name[1:name.index("_")].isdigit():
+        return "seed"
+    return name if name in KINDS else "baseline"
+
 
 @dataclass
 class Trace:
@@ -28,6 +44,10 @@ class Trace:
     hessian: list[dict[str, float]] = field(default_factory=list)
     status: str = "completed"  # completed | diverged | interrupted
     stopped_at: int | None = None  # step at which a divergence/interrupt stopped the probe
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind") or kind_from_name(self.probe)
 
     def has(self, name: str) -> bool:
         return name in self.series and len(self.series[name][0]) > 0
@@ -85,6 +105,16 @@ class ProbeSet:
     @property
     def baseline(self) -> Trace:
         return self.traces["baseline"]
+
+    def of_kind(self, kind: str) -> list[Trace]:
+        """The probes of one kind (``KINDS``), in the order they ran."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown probe kind {kind!r}; kinds: {', '.join(KINDS)}")
+        return [t for t in self.traces.values() if t.kind == kind]
+
+    def one(self, kind: str) -> Trace | None:
+        found = self.of_kind(kind)
+        return found[0] if found else None
 
     def truncated(self, upto: int) -> "ProbeSet":
         return ProbeSet({k: t.truncated(upto) for k, t in self.traces.items()}, dict(self.data_stats))
