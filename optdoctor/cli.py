@@ -288,7 +288,7 @@ def rules_explain(rule_id: str = typer.Argument(..., help="rule id (OD101) or na
         pack = load_rules([str(p) for p in rules] or None)
         match = [r for r in pack if r.id == rule_id.upper() or r.name == rule_id]
         if not match:
-            from optdoctor.config.loader import did_you_mean
+            from optdoctor.errors import did_you_mean
 
             hint = did_you_mean(rule_id.upper(), [r.id for r in pack]) or did_you_mean(rule_id, [r.name for r in pack])
             raise UsageError(f"no rule {rule_id!r}" + (f"; did you mean {hint!r}?" if hint else "; see `optdoctor rules list`"))

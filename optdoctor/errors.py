@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -35,6 +37,17 @@ class Problem:
             hint = self.suggestion if self.suggestion.startswith(("did you", "use ", "try ")) else f"did you mean {self.suggestion!r}?"
             hint = f"; {hint}"
         return f"{where}{key}{self.message}{hint}"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The closest choice to a misspelt word, or None (for ``Problem.suggestion``)."""
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
+    """In file order (unlocated ones first)."""
+    return sorted(problems, key=lambda p: (p.line or 0, p.col or 0))
 
 
 class OptdoctorError(Exception):

@@ -25,8 +25,9 @@ Precedence: command line beats file beats rule defaults. Rule selection follows 
 - ``--extend-select`` and ``--ignore`` add to whatever selection stands.
 - An ignore always wins over a select within the merged selection (``select = ["OD1"]``,
   ``ignore = ["OD101"]`` runs OD1xx but OD101).
-- ``severity`` and ``params``: per rule (and per param), the command line's value beats the
-  file's, which beats the rule file's default.
+- ``severity``: the file's beats the rule file's default (there is no command-line flag).
+- ``params``: per rule and param, the command line's value beats the file's, which beats the
+  rule file's default.
 - ``fail-on``: ``--fail-on`` if given, else the file's, else ``error``.
 - ``rules``: ``--rules`` replaces the rule pack (shipped and file's); else the file's paths
   are added to the shipped pack.
@@ -41,19 +42,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from optdoctor.config.loader import did_you_mean
 from optdoctor.engine.evaluate import Selection
-from optdoctor.errors import Problem, UsageError
+from optdoctor.errors import Problem, UsageError, did_you_mean
 from optdoctor.findings import SEVERITIES
 
-SETTINGS_FILES = ("optdoctor.toml", "pyproject.toml")  # precedence within one folder
 KEYS = ("select", "extend-select", "ignore", "severity", "params", "fail-on", "rules")
 FAIL_ON = ("error", "warning", "info", "never")
 ParamOverride = tuple[str, str, float]
@@ -97,7 +96,7 @@ def _has_table(pyproject: Path) -> bool:
         data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
         return False
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         # someone else's broken pyproject is not our business, unless it meant to configure us
         return "optdoctor" in pyproject.read_text(encoding="utf-8", errors="replace")
     return isinstance(data.get("tool"), dict) and "optdoctor" in data["tool"]
@@ -139,6 +138,8 @@ def load_settings(path: str | Path) -> Settings:
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e)) or "invalid TOML"
         raise UsageError([Problem(f"invalid TOML: {msg}", file=shown, line=int(m.group(1)) if m else None,
                                   col=int(m.group(2)) if m else None)]) from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise UsageError([Problem("invalid TOML: nested too deeply", file=shown)]) from None
     s = Settings(file=shown, text=text)
     if path.name == "pyproject.toml":
         s.prefix = "tool.optdoctor."
@@ -322,8 +323,7 @@ def _dedupe(xs: Iterable[str]) -> list[str]:
 
 
 def merge_selection(settings: Settings | None = None, cli_select: Sequence[str] = (), cli_ignore: Sequence[str] = (),
-                    cli_params: Sequence[str | ParamOverride] = (), *, cli_extend_select: Sequence[str] = (),
-                    cli_severity: Mapping[str, str] | None = None) -> Selection:
+                    cli_params: Sequence[str | ParamOverride] = (), *, cli_extend_select: Sequence[str] = ()) -> Selection:
     """Command line > file > rule defaults, as the module docstring says. An empty
     ``Selection.select`` means every rule."""
     s = settings or Settings()
@@ -332,7 +332,7 @@ def merge_selection(settings: Settings | None = None, cli_select: Sequence[str] 
     else:
         select = (s.select + s.extend_select + list(cli_extend_select)) if s.select else []  # extending "all" is "all"
         ignore = s.ignore + list(cli_ignore)
-    severity = {**s.severity, **dict(cli_severity or {})}
+    severity = dict(s.severity)
     params = {rid: dict(p) for rid, p in s.params.items()}
     for rid, name, value in _overrides(cli_params):
         params.setdefault(rid, {})[name] = value
@@ -358,7 +358,7 @@ def rule_paths(settings: Settings | None, cli_rules: Sequence[str | Path] = ()) 
 # --- validation against the loaded rules ---------------------------------------------------
 def validate_against(rules, settings: Settings | None = None, *, cli_select: Sequence[str] = (),
                      cli_ignore: Sequence[str] = (), cli_extend_select: Sequence[str] = (),
-                     cli_params: Sequence[str | ParamOverride] = (), cli_severity: Mapping[str, str] | None = None) -> None:
+                     cli_params: Sequence[str | ParamOverride] = ()) -> None:
     """Every rule id, selector and param named in the file or on the command line must exist in
     the loaded pack; UsageError (exit 2) listing all that do not, with did-you-mean hints. The
     file is checked whole, also parts the command line overrides (a typo is a typo)."""
@@ -421,10 +421,6 @@ def validate_against(rules, settings: Settings | None = None, *, cli_select: Seq
             bad = selector_problem(p)
             if bad:
                 problems.append(Problem(bad[0], key=flag, suggestion=bad[1]))
-    for rid in cli_severity or {}:
-        bad = rule_problem(rid)
-        if bad:
-            problems.append(Problem(bad[0], key="--severity", suggestion=bad[1]))
     for rid, param, _ in _overrides(cli_params):
         bad = param_problem(rid, param)
         if bad:

@@ -245,10 +245,10 @@ def test_file_beats_rule_defaults():
 
 def test_command_line_beats_file():
     sel = merge_selection(FILE, ["OD102"], ["OD101"], ["OD101.ratio_max=1e-2", "OD102.growth_min=7"],
-                          cli_extend_select=["OD4"], cli_severity={"OD101": "error"})
+                          cli_extend_select=["OD4"])
     # --select starts over (ruff's layers): the file's select, extend-select and ignore are dropped
     assert sel.select == ["OD102", "OD4"] and sel.ignore == ["OD101"]
-    assert sel.severity == {"OD101": "error", "OD102": "info"}
+    assert sel.severity == {"OD101": "warning", "OD102": "info"}  # the file's: no flag overrides it
     assert sel.params == {"OD101": {"ratio_max": 1e-2}, "OD102": {"growth_min": 7.0}}
     assert resolve_fail_on(FILE, "never") == "never"
 
@@ -287,7 +287,7 @@ def test_validate_against_accepts_what_exists(rules, tmp_path):
         [params.OD101]
         ratio_max = 1e-4
     """))
-    validate_against(rules, s, cli_select=["OD"], cli_params=["OD102.growth_min=3"], cli_severity={"OD101": "info"})
+    validate_against(rules, s, cli_select=["OD"], cli_params=["OD102.growth_min=3"])
 
 
 def test_validate_against_unknown_ids_and_params(rules, tmp_path, monkeypatch):

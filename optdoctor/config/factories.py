@@ -22,9 +22,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
-from optdoctor.config.loader import did_you_mean, problem_at
+from optdoctor.config.loader import problem_at
 from optdoctor.config.schema import LoadedConfig
-from optdoctor.errors import ConfigError, OptdoctorError, Problem, ProbeError
+from optdoctor.errors import ConfigError, OptdoctorError, Problem, ProbeError, did_you_mean
 
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\Z")
 _OWN_DIRS = (

@@ -1,38 +1,21 @@
 """YAML probe config -> validated ``LoadedConfig`` (CONTRACT.md section 1).
 
 Every problem carries ``file:line:col`` and the key path, and all problems of a file are
-reported at once. No torch here: ``optdoctor schema`` and the ``rules`` commands import this.
+reported at once. The YAML itself is read by ``optdoctor.yamlio`` (with its size limits). No torch here: ``optdoctor schema`` and the ``rules`` commands import this.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import typing
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from optdoctor.config.schema import BUILTIN_LOSSES, LoadedConfig, ProbeConfig
-from optdoctor.errors import ConfigError, Problem
-
-Position = tuple[int, int]  # (line, col), 1-based
-
-# Floats with an exponent but no dot, or an unsigned exponent (1e-3, 3E5, 1.0e5): YAML 1.1,
-# which PyYAML implements, reads them as strings; YAML 1.2 and people read them as numbers.
-_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
-
-
-class NumberLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float."""
-
-
-NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+from optdoctor.errors import ConfigError, Problem, did_you_mean, sort_problems
+from optdoctor.yamlio import Position, PositionedTree, compose, describe_node, mark_of, read_text
 
 # Keys whose value is one of a few names: a typo there gets a did-you-mean too.
 _CHOICES: dict[str, tuple[str, ...]] = {"loss": BUILTIN_LOSSES}
@@ -41,7 +24,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {"loss": BUILTIN_LOSSES}
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     """Read, parse and validate a probe config; raise ``ConfigError`` with every problem."""
     shown = os.fspath(path)
-    root = _compose(_read(shown), shown)
+    root = _root(compose(read_text(shown, shown, "config file", ConfigError), shown, ConfigError), shown)
     tree = PositionedTree(shown)
     data = tree.build(root)
     problems = list(tree.problems)
@@ -55,15 +38,6 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
     return LoadedConfig(config=config, path=shown, base_dir=base_dir, positions=tree.positions)
 
 
-# --- helpers shared with factories.py and resolve.py ---------------------------------------
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """The closest choice to a misspelt word, or None."""
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
 def problem_at(loaded: LoadedConfig | None, key: str, message: str, suggestion: str | None = None) -> Problem:
     """A problem located at a key path of a loaded config (or at its closest present parent)."""
     if loaded is None:
@@ -72,160 +46,15 @@ def problem_at(loaded: LoadedConfig | None, key: str, message: str, suggestion: 
     return Problem(message, key=key, file=loaded.path, line=line, col=col, suggestion=suggestion)
 
 
-def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
-    return sorted(problems, key=lambda p: (p.line or 0, p.col or 0))
-
-
-# --- reading and parsing -------------------------------------------------------------------
-
-
-def _read(shown: str) -> str:
-    path = Path(shown)
-    if path.is_dir():
-        raise ConfigError([Problem("is a directory, expected a YAML config file", file=shown)])
-    try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: tolerate the BOM some editors write
-    except FileNotFoundError:
-        raise ConfigError([Problem("config file not found", file=shown)]) from None
-    except UnicodeDecodeError as err:
-        raise ConfigError([Problem(f"not UTF-8 text ({err.reason} at byte {err.start})", file=shown)]) from None
-    except OSError as err:
-        raise ConfigError([Problem(f"cannot read the config: {err.strerror}", file=shown)]) from None
-
-
-def _compose(text: str, shown: str) -> MappingNode:
-    try:
-        loader = NumberLoader(text)  # already rejects control characters
-        try:
-            root = loader.get_single_node()
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as err:
-        raise ConfigError([_yaml_problem(err, shown)]) from None
-    except yaml.reader.ReaderError as err:
-        line, col = _line_col(text, err.position)
-        message = f"invalid YAML: {err.reason} (found {chr(err.character)!r})"
-        raise ConfigError([Problem(message, file=shown, line=line, col=col)]) from None
+def _root(root: Node | None, shown: str) -> MappingNode:
     if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
         message = "the config is empty; expected sections model:, data:, optimizer:"
         raise ConfigError([Problem(message, file=shown, line=1, col=1)])
     if not isinstance(root, MappingNode):
-        line, col = _mark(root)
-        message = f"the config must be a mapping of sections (model:, data:, optimizer:, ...), got {_describe_node(root)}"
+        line, col = mark_of(root)
+        message = f"the config must be a mapping of sections (model:, data:, optimizer:, ...), got {describe_node(root)}"
         raise ConfigError([Problem(message, file=shown, line=line, col=col)])
     return root
-
-
-def _line_col(text: str, offset: int) -> Position:
-    line_start = text.rfind("\n", 0, offset) + 1
-    return text.count("\n", 0, offset) + 1, offset - line_start + 1
-
-
-def _yaml_problem(err: yaml.MarkedYAMLError, shown: str) -> Problem:
-    mark = err.problem_mark or err.context_mark
-    message = f"invalid YAML: {err.problem or err.context}"
-    if err.context and err.problem:
-        where = err.context_mark
-        at = f" at line {where.line + 1}" if where and mark and where.line != mark.line else ""
-        message += f" ({err.context}{at})"  # where an unclosed bracket or quote began
-    line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-    return Problem(message, file=shown, line=line, col=col)
-
-
-def _mark(node: Node) -> Position:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-def _describe_node(node: Node) -> str:
-    if isinstance(node, SequenceNode):
-        return "a list"
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    return f"a single value {node.value!r}"
-
-
-class PositionedTree:
-    """Builds plain Python values from YAML nodes, recording where every key sits.
-
-    Keys stay as written (``on:`` is the string "on", not True): config keys are names.
-    """
-
-    def __init__(self, shown: str):
-        self.shown = shown
-        self.positions: dict[str, Position] = {}
-        self.problems: list[Problem] = []
-        self.root: Position = (1, 1)
-        self._constructor = NumberLoader("")  # only its scalar constructors are used
-        self._active: set[int] = set()  # nodes being built: an alias back into one loops forever
-        self.broken: set[str] = set()  # key paths already reported, whose value is a stand-in None
-
-    def build(self, node: MappingNode) -> dict[str, Any]:
-        self.root = _mark(node)
-        return self._value(node, "")
-
-    def _value(self, node: Node, path: str) -> Any:
-        if id(node) in self._active:
-            self._add("recursive YAML alias", path, _mark(node))
-            self.broken.add(path)
-            return None
-        self._active.add(id(node))
-        try:
-            if isinstance(node, MappingNode):
-                return self._mapping(node, path)
-            if isinstance(node, SequenceNode):
-                return self._sequence(node, path)
-            return self._scalar(node, path)
-        finally:
-            self._active.discard(id(node))
-
-    def _mapping(self, node: MappingNode, path: str) -> dict[str, Any]:
-        merged = [value for key, value in node.value if key.tag == "tag:yaml.org,2002:merge"]
-        out = self._merge(merged, path)  # "<<: *defaults" first: explicit keys override it
-        first: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            if not isinstance(key_node, ScalarNode):
-                self._add(f"a key must be a plain name, got {_describe_node(key_node)}", path, _mark(key_node))
-                continue
-            key = key_node.value
-            child = f"{path}.{key}" if path else key
-            if key in first:
-                self._add(f"duplicate key {key!r} (first at line {first[key]})", child, _mark(key_node))
-            first[key] = key_node.start_mark.line + 1
-            self.positions[child] = _mark(key_node)
-            out[key] = self._value(value_node, child)
-        return out
-
-    def _merge(self, sources: list[Node], path: str) -> dict[str, Any]:
-        nodes = [n for source in sources for n in (source.value if isinstance(source, SequenceNode) else [source])]
-        out: dict[str, Any] = {}
-        for item in reversed(nodes):  # the first source wins, as in YAML
-            value = self._value(item, path)
-            if isinstance(value, dict):
-                out.update(value)
-            else:
-                self._add("'<<' must merge a mapping", path, _mark(item))
-        return out
-
-    def _sequence(self, node: SequenceNode, path: str) -> list[Any]:
-        items = []
-        for i, item in enumerate(node.value):
-            child = f"{path}.{i}"
-            self.positions[child] = _mark(item)
-            items.append(self._value(item, child))
-        return items
-
-    def _scalar(self, node: ScalarNode, path: str) -> Any:
-        try:
-            return self._constructor.construct_object(node)
-        except yaml.MarkedYAMLError as err:  # e.g. an unknown tag "!foo" or a bad !!int
-            self.problems.append(_yaml_problem(err, self.shown))
-            self.broken.add(path)
-            return None
-
-    def _add(self, message: str, key: str, where: Position) -> None:
-        self.problems.append(Problem(message, key=key, file=self.shown, line=where[0], col=where[1]))
 
 
 # --- pydantic errors -> Problems -----------------------------------------------------------

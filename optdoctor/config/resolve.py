@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch.optim import lr_scheduler
 
 from optdoctor.config.factories import check_kwargs, resolve_callable
-from optdoctor.config.loader import did_you_mean, problem_at, sort_problems
+from optdoctor.config.loader import problem_at
 from optdoctor.config.schema import BUILTIN_LOSSES, LoadedConfig, OptimizerConfig, ScheduleConfig
-from optdoctor.errors import ConfigError, Problem, ProbeError
+from optdoctor.errors import ConfigError, Problem, ProbeError, did_you_mean, sort_problems
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

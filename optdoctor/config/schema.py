@@ -7,7 +7,7 @@ minimal config of CONTRACT.md works as is.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -152,5 +152,3 @@ class LoadedConfig(BaseModel):
             key = key.rpartition(".")[0]
         return None
 
-
-Severity = Literal["info", "warning", "error"]

@@ -40,11 +40,11 @@ from typing import Any
 
 import yaml
 
-from optdoctor.config.loader import NumberLoader, PositionedTree, did_you_mean
 from optdoctor.engine.expr import Expr, ExprError, compile_expr
-from optdoctor.errors import Problem, RuleError
+from optdoctor.errors import Problem, RuleError, did_you_mean, sort_problems
 from optdoctor.findings import CAUSES, SEVERITIES
 from optdoctor.symptoms import SYMPTOMS
+from optdoctor.yamlio import PositionedTree, compose, read_text
 
 ID_RE = re.compile(r"^OD[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -156,19 +156,7 @@ def _shown(path: Path) -> str:
 def load_rule_file(path: str | Path) -> Rule:
     path = Path(path)
     shown = _shown(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise RuleError([Problem(f"cannot read the rule file: {e.strerror or e}", file=shown)]) from None
-    loader = NumberLoader(text)
-    try:
-        root = loader.get_single_node()
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise RuleError([Problem(f"invalid YAML: {getattr(e, 'problem', None) or e}", file=shown,
-                                 line=mark.line + 1 if mark else None, col=mark.column + 1 if mark else None)]) from None
-    finally:
-        loader.dispose()
+    root = compose(read_text(path, shown, "rule file", RuleError), shown, RuleError)
     if root is None or not isinstance(root, yaml.MappingNode):
         raise RuleError([Problem("a rule file must be a mapping (id:, name:, cause:, when:, ...)", file=shown, line=1, col=1)])
     tree = PositionedTree(shown)
@@ -177,7 +165,7 @@ def load_rule_file(path: str | Path) -> Rule:
     v.problems += tree.problems
     rule = v.rule(data)
     if v.problems:
-        raise RuleError(sorted(v.problems, key=lambda p: (p.line or 0, p.col or 0)))
+        raise RuleError(sort_problems(v.problems))
     return rule
 
 
