@@ -1,22 +1,61 @@
 """Command line. Parses flags, calls plain modules, maps OptdoctorError to exit codes
 (CONTRACT.md section 3). Nothing here imports torch: the heavy modules are imported inside the
-commands that need them, so ``optdoctor --help`` and ``optdoctor rules ...`` stay fast."""
+commands that need them, so ``optdoctor --help`` and ``optdoctor rules ...`` stay fast.
+
+Every command runs inside ``_Guarded.invoke``: an OptdoctorError that escapes a command exits
+with its code, and any other exception is a bug in optdoctor (exit 4, never 1: CI must tell a
+crash from findings)."""
 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import sys
+import traceback
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from optdoctor.errors import OptdoctorError, ProbeError, UsageError
 
+try:  # typer >= 0.24 vendors click
+    from typer._click.exceptions import Abort, ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import Abort, ClickException
+
+INTERNAL_ERROR = 4
+REPORT_REQUEST = "this is a bug in optdoctor; please report it with the traceback above"
+
+
+class _Guarded(TyperGroup):
+    """The one place where exceptions become exit codes, for every command and subcommand."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, Abort, ClickException, KeyboardInterrupt, SystemExit):  # click's own exits
+            raise
+        except OptdoctorError as e:
+            _fail(e)
+        except Exception:
+            _internal_error()
+
+
+def _internal_error() -> None:
+    traceback.print_exc(file=sys.stderr)
+    from optdoctor import __version__
+
+    _err(f"optdoctor: internal error (optdoctor {__version__}, Python {platform.python_version()}): {REPORT_REQUEST}")
+    raise typer.Exit(INTERNAL_ERROR)
+
+
 app = typer.Typer(
     name="optdoctor",
+    cls=_Guarded,
     help="Tells you why your PyTorch training fails and what to change.",
     no_args_is_help=True,
     add_completion=False,
@@ -53,7 +92,7 @@ def _fail(e: OptdoctorError) -> None:
         n = len(e.problems)
         _err(f"optdoctor: {n} problem{'s' * (n != 1)}; nothing was probed")
     elif isinstance(e, ProbeError):
-        _err(f"optdoctor: the probe could not run: {e.message}")
+        _err(f"optdoctor: the probe could not run: {e.message}" + (f"; try {e.hint}" if e.hint else ""))
         if e.detail:
             _err(e.detail)
     else:
@@ -137,14 +176,18 @@ def diagnose(
         raise typer.Exit(130)
     diag.extra["rules"] = rule_list
     tb_dir = tensorboard or _config_tensorboard(loaded)
-    if tb_dir is not None:
-        from optdoctor.tensorboard import write_diagnosis
+    try:
+        if tb_dir is not None:
+            from optdoctor.tensorboard import write_diagnosis
 
-        write_diagnosis(diag, tb_dir)
-        _err(f"optdoctor: TensorBoard logs in {tb_dir} (open with: tensorboard --logdir {tb_dir})")
-    if save_trace:
-        diag.probes.save(save_trace)
-    code = _emit(diag, outputs, fail)
+            write_diagnosis(diag, tb_dir)
+            _err(f"optdoctor: TensorBoard logs in {tb_dir} (open with: tensorboard --logdir {tb_dir})")
+        if save_trace:
+            diag.probes.save(save_trace)
+        code = _emit(diag, outputs, fail)
+    except OSError as e:  # a full disk, a read-only folder: the user's to fix, not a bug
+        _err(f"optdoctor: cannot write {e.filename or 'the output'}: {e.strerror or e}")
+        raise typer.Exit(2)
     if diag.status == "interrupted":
         _err("optdoctor: interrupted; the report covers what was measured so far")
         raise typer.Exit(130)

@@ -78,11 +78,34 @@ class RuleError(UsageError):
 
 class ProbeError(OptdoctorError):
     """The probe could not run (exit 3): the user's model/data/loss code raised, out of
-    memory, ...  ``detail`` holds the user's own traceback frames, already formatted."""
+    memory, ...  ``detail`` holds the user's own traceback frames, already formatted;
+    ``exhausted`` says the machine gave out (``exhaustion``), ``hint`` what to try then."""
 
     exit_code = 3
 
-    def __init__(self, message: str, detail: str = ""):
+    def __init__(self, message: str, detail: str = "", hint: str = "", exhausted: str | None = None):
         self.message = message
         self.detail = detail
+        self.hint = hint
+        self.exhausted = exhausted
         super().__init__(message)
+
+
+# What PyTorch and Python say when memory or the GPU gives out (torch is not imported here:
+# torch.OutOfMemoryError and torch.cuda.OutOfMemoryError are one class, matched by name).
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "Cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
+_CUDA_ERROR = ("CUDA error", "CUDNN_STATUS_", "CUBLAS_STATUS_", "NCCL error")
+
+
+def exhaustion(exc: BaseException) -> str | None:
+    """"ran out of memory" or "hit a CUDA error" when ``exc`` is the machine giving out rather
+    than a bug in anyone's code (the probe could not run: exit 3); else None."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "ran out of memory"
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        if any(m in text for m in _OUT_OF_MEMORY):
+            return "ran out of memory"
+        if any(m in text for m in _CUDA_ERROR):
+            return "hit a CUDA error"
+    return None

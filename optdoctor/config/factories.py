@@ -2,7 +2,9 @@
 
 A config that names a missing file or callable is a config error (exit 2, located at the key).
 User code that raises, at import or when called, is a probe error (exit 3) whose detail is the
-user's own traceback: optdoctor's frames are noise to someone debugging their model.
+user's own traceback: optdoctor's frames are noise to someone debugging their model. So is
+running out of memory or a CUDA error anywhere in a stage of probing (``stage``), in the
+user's code or in torch's: the machine gave out, and the message says what to try.
 No torch here.
 """
 
@@ -24,8 +26,9 @@ from typing import Any, NoReturn
 
 from optdoctor.config.loader import problem_at
 from optdoctor.config.schema import LoadedConfig
-from optdoctor.errors import ConfigError, OptdoctorError, Problem, ProbeError, did_you_mean
+from optdoctor.errors import ConfigError, OptdoctorError, Problem, ProbeError, did_you_mean, exhaustion
 
+_ENFORCE = re.compile(r"^\[enforce fail at [^\]]*\]\s*(?:err == 0\.\s*)?")
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\Z")
 _OWN_DIRS = (
     str(Path(__file__).resolve().parents[1]) + os.sep,  # the optdoctor package
@@ -52,14 +55,55 @@ def call_user(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -> A
     except (KeyboardInterrupt, SystemExit, OptdoctorError):  # built-ins may raise located errors
         raise
     except BaseException as exc:
-        raise ProbeError(f"{what} raised {type(exc).__name__}: {exc}", detail=user_traceback(exc)) from exc
+        raise crash(exc, what) from exc
 
 
-def user_traceback(exc: BaseException) -> str:
-    """The formatted traceback of ``exc`` (and its causes) without optdoctor's own frames."""
+def crash(exc: BaseException, what: str, hint: str = "") -> ProbeError:
+    """``exc``, raised while running ``what``, as a ProbeError (exit 3) with the user's frames.
+    Out of memory or a CUDA error: a one-line message (the frames kept are the user's own, not
+    torch's allocator's) and ``hint``, what to try, which a ``stage`` may fill in."""
+    kind = exhaustion(exc)
+    if kind is None:
+        return ProbeError(f"{what} raised {type(exc).__name__}: {exc}", detail=user_traceback(exc))
+    text = _ENFORCE.sub("", str(exc).strip())  # c10's "[enforce fail at alloc_cpu.cpp:127] err == 0. "
+    first = text.splitlines()[0] if text else type(exc).__name__
+    detail = user_traceback(exc, frames_only=True, drop=_torch_dirs())
+    return ProbeError(f"{what} {kind} ({first})", detail=detail, hint=hint, exhausted=kind)
+
+
+@contextlib.contextmanager
+def stage(what: str, hint: str) -> Iterator[None]:
+    """A stage of probing ("probe 'baseline'", "building the model"): running out of memory or a
+    CUDA error anywhere inside becomes a ProbeError that names the stage and says what to try
+    (``hint``, unless an inner stage said it already). Anything else passes through unchanged."""
+    try:
+        yield
+    except ProbeError as err:
+        if not err.exhausted:
+            raise
+        raise ProbeError(f"{what}: {err.message}", err.detail, err.hint or hint, err.exhausted) from err
+    except (KeyboardInterrupt, SystemExit, OptdoctorError):
+        raise
+    except BaseException as exc:
+        if exhaustion(exc) is None:
+            raise
+        raise crash(exc, what, hint) from exc
+
+
+def user_traceback(exc: BaseException, frames_only: bool = False, drop: tuple[str, ...] = ()) -> str:
+    """The formatted traceback of ``exc`` (and its causes) without optdoctor's own frames (nor
+    those under the folders ``drop``); ``frames_only``: only the frames, "" when none is left."""
     report = traceback.TracebackException.from_exception(exc)
-    _drop_own_frames(report)
+    _drop_own_frames(report, _OWN_DIRS + drop)
+    if frames_only:
+        return "".join(report.stack.format()).rstrip() if report.stack else ""
     return "".join(report.format()).rstrip()
+
+
+def _torch_dirs() -> tuple[str, ...]:
+    torch = sys.modules.get("torch")
+    file = getattr(torch, "__file__", None)
+    return (str(Path(file).resolve().parent) + os.sep,) if file else ()
 
 
 def check_kwargs(
@@ -200,14 +244,14 @@ def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _drop_own_frames(report: traceback.TracebackException) -> None:
-    report.stack = traceback.StackSummary.from_list([f for f in report.stack if not _is_own(f.filename)])
+def _drop_own_frames(report: traceback.TracebackException, dirs: tuple[str, ...]) -> None:
+    report.stack = traceback.StackSummary.from_list([f for f in report.stack if not _is_own(f.filename, dirs)])
     for linked in (report.__cause__, report.__context__):  # finite: TracebackException cuts cycles
         if linked is not None:
-            _drop_own_frames(linked)
+            _drop_own_frames(linked, dirs)
 
 
-def _is_own(filename: str) -> bool:
+def _is_own(filename: str, dirs: tuple[str, ...]) -> bool:
     if filename.startswith("<frozen importlib"):
         return True
-    return os.path.abspath(filename).startswith(_OWN_DIRS)
+    return os.path.abspath(filename).startswith(dirs)

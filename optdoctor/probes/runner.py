@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from optdoctor.config.factories import call_user
-from optdoctor.errors import ProbeError
+from optdoctor.config.factories import call_user, crash, stage
+from optdoctor.errors import ProbeError, exhaustion
 from optdoctor.probes.instruments import (
     Activations,
     GradHistogram,
@@ -165,6 +165,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     hess_batch = setup.train.head(cfg.probe.hessian.batch_size)
     fwd = f"the model's forward ({cfg.model.factory})"
     loss_what = f"the loss ({cfg.loss})"
+    bwd, opt_step = _backward_what(cfg), f"optimizer {cfg.optimizer.name}.step()"
 
     trace = Trace(spec.name, meta={
         "kind": spec.kind, "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
@@ -192,6 +193,10 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
             trace.hessian.append(_measure_curvature(model, setup.loss_fn, hess_batch, cfg.probe.hessian,
                                                     spec.seed, optimizer, step))
         except RuntimeError as e:
+            if exhaustion(e):
+                hint = (f"a smaller probe.hessian.batch_size (now {cfg.probe.hessian.batch_size}), "
+                        "or probe.hessian.enabled: false")
+                raise crash(e, f"the Hessian measurement at step {step}", hint) from e
             trace.meta.setdefault("hessian_errors", []).append(f"step {step}: {e}")
 
     model.train()
@@ -240,14 +245,14 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
                 trace.status, trace.stopped_at = "diverged", step
                 break
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            call_user(loss.backward, what=bwd)
             for inst in instruments:
                 inst.after_backward(step)
             if cfg.probe.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.probe.clip_grad_norm)
-            optimizer.step()
+            call_user(optimizer.step, what=opt_step)
             if scheduler is not None:
-                scheduler.step()
+                call_user(scheduler.step, what=f"scheduler {cfg.schedule.name}.step()")
             for inst in instruments:
                 inst.after_step(step)
             if progress:
@@ -310,13 +315,27 @@ def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: 
                 break
             best = min(best, lval)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            call_user(loss.backward, what=_backward_what(cfg))
+            call_user(optimizer.step, what=f"optimizer {cfg.optimizer.name}.step()")
             if progress:
                 progress("lr_range", step + 1, steps)
     finally:
         rec.finish(trace)
     return trace
+
+
+def _backward_what(cfg) -> str:
+    """Autograd runs the backward of the user's model and loss (an in-place op on a saved
+    tensor, an op without a gradient): their failure, not optdoctor's."""
+    return f"the backward pass of the model ({cfg.model.factory}) and loss ({cfg.loss})"
+
+
+def _memory_hint(setup: Setup) -> str:
+    cfg = setup.cfg
+    hint = f"a smaller data.batch_size (now {cfg.data.batch_size}) or a smaller model (model.args)"
+    if setup.device.type == "cuda":
+        hint += ", or probe.device: cpu (more memory, and CUDA reports errors late)"
+    return hint
 
 
 def plan_variants(setup: Setup) -> list[ProbeSpec]:
@@ -340,7 +359,8 @@ def run_probes(setup: Setup, progress: Progress | None = None,
 
     def run(spec: ProbeSpec) -> dict:
         try:
-            trace, state = run_probe(setup, spec, progress)
+            with stage(f"probe {spec.name!r}", _memory_hint(setup)):
+                trace, state = run_probe(setup, spec, progress)
         except ProbeInterrupted as e:
             probes.traces.update(e.probes.traces)
             raise ProbeInterrupted(probes) from None
@@ -354,7 +374,8 @@ def run_probes(setup: Setup, progress: Progress | None = None,
         run(spec)
     if cfg.probe.lr_range:
         try:
-            probes.traces["lr_range"] = run_lr_range(setup, min(LR_RANGE_STEPS, max(20, cfg.probe.steps)), progress=progress)
+            with stage("probe 'lr_range'", _memory_hint(setup)):
+                probes.traces["lr_range"] = run_lr_range(setup, min(LR_RANGE_STEPS, max(20, cfg.probe.steps)), progress=progress)
         except KeyboardInterrupt:
             raise ProbeInterrupted(probes) from None
     if followups is not None and cfg.probe.variants.perturb and followups(probes):

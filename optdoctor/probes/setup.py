@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from optdoctor.config.factories import call_user, resolve_callable
+from optdoctor.config.factories import call_user, resolve_callable, stage
 from optdoctor.config.resolve import resolve_loss, resolve_optimizer, resolve_scheduler, validate_resolvable
 from optdoctor.config.schema import LoadedConfig
 from optdoctor.config.loader import problem_at
@@ -63,10 +63,15 @@ class Setup:
     def build_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         what = f"model factory {self.cfg.model.factory}"
-        model = call_factory(self.model_factory, self.model_args, what, "model.args", self.loaded)
-        if not isinstance(model, nn.Module):
-            raise ProbeError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
-        return model.to(self.device)
+        with stage(f"building the model on {self.device}", "a smaller model (model.args)" + _cpu_hint(self.device)):
+            model = call_factory(self.model_factory, self.model_args, what, "model.args", self.loaded)
+            if not isinstance(model, nn.Module):
+                raise ProbeError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
+            return model.to(self.device)
+
+
+def _cpu_hint(device: torch.device) -> str:
+    return ", or probe.device: cpu (more memory, and CUDA reports errors late)" if device.type == "cuda" else ""
 
 
 def call_factory(fn: Callable, args: dict, what: str, key: str, loaded: LoadedConfig) -> Any:
@@ -194,7 +199,8 @@ def prepare(loaded: LoadedConfig, data_from: Setup | None = None) -> Setup:
     if data_from is not None:
         train, val, stats = data_from.train, data_from.val, data_from.data_stats
     else:
-        train, val, stats = _load_data(data_factory, loaded, device)
+        with stage(f"loading the data on {device}", "less data (data.args)" + _cpu_hint(device)):
+            train, val, stats = _load_data(data_factory, loaded, device)
     n_out, n_classes, chance = _targets_info(train.y, cfg.loss)
     model_args = _fill_shapes(model_factory, cfg.model.args, train, n_out)
     return Setup(loaded, model_factory, model_args, train, val, loss_fn, optimizer_cls, scheduler_cls,
