@@ -22,10 +22,10 @@ from typer.core import TyperGroup
 
 from optdoctor.errors import OptdoctorError, ProbeError, UsageError
 
-try:  # typer >= 0.24 vendors click
-    from typer._click.exceptions import Abort, ClickException
+try:  # recent typer vendors click: its bad-usage errors are typer._click's, not click's
+    from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
-    from click.exceptions import Abort, ClickException
+    from click.exceptions import ClickException
 
 INTERNAL_ERROR = 4
 REPORT_REQUEST = "this is a bug in optdoctor; please report it with the traceback above"
@@ -37,7 +37,7 @@ class _Guarded(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, Abort, ClickException, KeyboardInterrupt, SystemExit):  # click's own exits
+        except (typer.Exit, typer.Abort, ClickException, KeyboardInterrupt, SystemExit):  # click's own exits
             raise
         except OptdoctorError as e:
             _fail(e)
