@@ -93,7 +93,8 @@ class ProbeError(OptdoctorError):
 
 # What PyTorch and Python say when memory or the GPU gives out (torch is not imported here:
 # torch.OutOfMemoryError and torch.cuda.OutOfMemoryError are one class, matched by name).
-_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "Cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "Cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                  "Storage size calculation overflowed")  # a tensor of more than 2^63 bytes
 _CUDA_ERROR = ("CUDA error", "CUDNN_STATUS_", "CUBLAS_STATUS_", "NCCL error")
 
 

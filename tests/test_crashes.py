@@ -71,17 +71,40 @@ def stderr_lines(r) -> list[str]:
 
 
 def test_model_too_big_for_memory_is_exit_3_in_one_line(tmp_path):
-    """A built-in model whose first layer needs 80 TB: the allocation fails at once (no
-    swapping), and that is "the probe could not run", not a bug."""
+    """The observed crash: a built-in MLP of width 1e8. Its first layer alone (20 x 1e8
+    floats, 8 GB) would take a minute to initialise before the second (1e16 floats) fails; sized
+    on the meta device first, it fails at once, and that is "the probe could not run"."""
     t0 = time.perf_counter()
-    r = runner.invoke(app, ["diagnose", str(config(tmp_path, args="{depth: 1, width: 1000000000000}"))])
+    r = runner.invoke(app, ["diagnose", str(config(tmp_path, args="{width: 100000000}"))])
     assert time.perf_counter() - t0 < 30
     assert r.exit_code == 3, r.output
     lines = stderr_lines(r)
     assert len(lines) == 1, r.stderr
-    assert "probe 'baseline': building the model on cpu ran out of memory" in lines[0]
-    assert "can't allocate memory" in lines[0] and "try a smaller model (model.args)" in lines[0]
+    assert "probe 'baseline': building the model on cpu: its weights and gradients need 142 PiB" in lines[0]
+    assert lines[0].endswith("of memory is available; try a smaller model (model.args)")
     assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_allocation_failure_of_a_built_in_model_is_exit_3(tmp_path, monkeypatch):
+    """Without the size check (memory unknown), the allocator's own failure: 80 TB at once."""
+    import optdoctor.probes.setup as probe_setup
+
+    monkeypatch.setattr(probe_setup, "_available_memory", lambda device: None)
+    r = runner.invoke(app, ["diagnose", str(config(tmp_path, args="{depth: 1, width: 1000000000000}"))])
+    assert r.exit_code == 3, r.output
+    lines = stderr_lines(r)
+    assert len(lines) == 1, r.stderr
+    assert "probe 'baseline': building the model on cpu ran out of memory (DefaultCPUAllocator: can't allocate memory" in lines[0]
+    assert lines[0].endswith("; try a smaller model (model.args)") and "[enforce fail" not in lines[0]
+
+
+def test_data_too_big_for_memory_is_exit_3(tmp_path):
+    p = config(tmp_path)
+    p.write_text(p.read_text().replace("n_train: 128", "n_train: 1000000000000"))
+    r = runner.invoke(app, ["diagnose", str(p)])
+    assert r.exit_code == 3, r.output
+    assert "the probe could not run: loading the data on cpu ran out of memory" in r.stderr
+    assert "try less data (data.args)" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_user_model_out_of_memory_names_probe_frames_and_batch_size(tmp_path):

@@ -16,7 +16,7 @@ from optdoctor.config.factories import call_user, resolve_callable, stage
 from optdoctor.config.resolve import resolve_loss, resolve_optimizer, resolve_scheduler, validate_resolvable
 from optdoctor.config.schema import LoadedConfig
 from optdoctor.config.loader import problem_at
-from optdoctor.errors import ConfigError, ProbeError
+from optdoctor.errors import ConfigError, ProbeError, exhaustion
 
 EVAL_CAP = 1024  # samples used for train/val evaluation at checkpoints
 
@@ -55,12 +55,16 @@ class Setup:
     n_classes: int | None
     data_stats: dict[str, float] = field(default_factory=dict)
     data_factory: Callable | None = None
+    size_checked: bool = False
 
     @property
     def cfg(self):
         return self.loaded.config
 
     def build_model(self, seed: int) -> nn.Module:
+        if not self.size_checked:
+            check_model_fits(self.model_factory, self.model_args, self.device)
+            self.size_checked = True
         torch.manual_seed(seed)
         what = f"model factory {self.cfg.model.factory}"
         with stage(f"building the model on {self.device}", "a smaller model (model.args)" + _cpu_hint(self.device)):
@@ -68,6 +72,51 @@ class Setup:
             if not isinstance(model, nn.Module):
                 raise ProbeError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
             return model.to(self.device)
+
+
+def check_model_fits(factory: Callable, args: dict, device: torch.device) -> None:
+    """A built-in model is first built on the meta device (no memory, ~10 ms) to learn its size:
+    one whose weights and gradients cannot fit in the memory available fails now (exit 3),
+    instead of initialising gigabytes of first layers for a minute before the next layer fails,
+    or being killed by the kernel's OOM killer. User factories may load weights or check
+    devices, so they are left to fail on their own (``stage`` catches that)."""
+    if not getattr(factory, "__module__", "").startswith("optdoctor."):
+        return
+    try:
+        with torch.device("meta"):
+            model = factory(**args)
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+    except RuntimeError as err:
+        if exhaustion(err) is None:
+            return
+        size = None  # "Storage size calculation overflowed": more bytes than a 64-bit count holds
+    except Exception:  # a bad argument: the real call reports it, located in the config
+        return
+    free = _available_memory(device)
+    need = 2 * size if size is not None else None  # weights and their gradients: the least one step holds
+    if free is not None and (need is None or need > free):
+        hint = "a smaller model (model.args)" + _cpu_hint(device)
+        needs = f"need {_gib(need)}" if need is not None else "need more bytes than a 64-bit count holds"
+        raise ProbeError(f"building the model on {device}: its weights and gradients {needs}, "
+                         f"{_gib(free)} of memory is available", hint=hint, exhausted="ran out of memory")
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` now, or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:  # MemAvailable counts reclaimable caches, unlike MemFree
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n < 2**50 else f"{n / 2**50:,.0f} PiB"  # 2^63 bytes is 8192 PiB
 
 
 def _cpu_hint(device: torch.device) -> str:
