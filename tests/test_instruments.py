@@ -24,6 +24,7 @@ from optdoctor.probes.instruments import (
     TANH_SAT,
     Activations,
     Context,
+    GradCosine,
     GradHistogram,
     GradNorms,
     InstrumentSet,
@@ -744,3 +745,42 @@ def test_inferred_relu_is_measured_on_the_next_layers_input():
     inst = Activations(every=1)
     trace = _drive_acts(model, [torch.randn(16, 6)], inst, found)
     assert trace.values("act.dead_frac")[0, 0] == 1.0
+
+
+# --------------------------------------------------------------------------- gradient cosine
+
+
+def ref_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    x, y = a.detach().double().flatten().tolist(), b.detach().double().flatten().tolist()
+    return sum(p * q for p, q in zip(x, y)) / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+
+
+@cases
+def test_grad_cosine_equals_hand_loop(case):
+    model = case.build()
+    data = batches(case, 6)
+    layers, _ = forward_ordered(model, data[0][0])
+    grads: list[list[torch.Tensor]] = []
+
+    def hook(step, phase):
+        if phase == "before_step":
+            grads.append([m.weight.grad.detach().clone() for _, m in layers])
+
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    trace = train(model, [GradCosine(every=2)], data, opt, hook)
+    assert trace.steps("grad.cosine").tolist() == [1, 3, 5]  # pairs (0, 1), (2, 3), (4, 5)
+    want = [[ref_cos(grads[s - 1][j], grads[s][j]) for j in range(len(layers))] for s in (1, 3, 5)]
+    np.testing.assert_allclose(trace.values("grad.cosine"), want, rtol=1e-5, atol=1e-7)
+
+
+def test_grad_cosine_sees_a_zigzag():
+    """Gradient descent on f(w) = 5 w^2 with lr 0.3 overshoots: w -> -2w, the gradient flips."""
+    model = nn.Linear(1, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    iset = attach(model, [GradCosine(every=1)], opt, layers=parametrised_layers(model))
+    for _ in range(4):
+        opt.zero_grad()
+        (5 * model.weight.pow(2).sum()).backward()
+        opt.step()
+    iset.detach()
+    assert finish(iset).values("grad.cosine")[:, 0] == pytest.approx([-1.0, -1.0, -1.0])

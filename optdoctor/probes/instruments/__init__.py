@@ -19,6 +19,7 @@ from optdoctor.probes.instruments.base import At, Context, Every, Instrument, In
 from optdoctor.probes.instruments.curvature import Curvature
 from optdoctor.probes.instruments.data_stats import DataStats, data_stats
 from optdoctor.probes.instruments.evaluation import Evaluation
+from optdoctor.probes.instruments.grad_cosine import GradCosine
 from optdoctor.probes.instruments.grad_histogram import GradHistogram
 from optdoctor.probes.instruments.grad_norms import GradNorms
 from optdoctor.probes.instruments.layers import (
@@ -34,7 +35,7 @@ from optdoctor.probes.instruments.update_ratios import UpdateRatios
 from optdoctor.probes.instruments.weight_symmetry import WeightSymmetry, weight_row_spread
 
 __all__ = [
-    "Activations", "At", "Context", "Curvature", "DataStats", "Evaluation", "Every", "GradHistogram", "GradNorms",
+    "Activations", "At", "Context", "Curvature", "DataStats", "Evaluation", "Every", "GradCosine", "GradHistogram", "GradNorms",
     "INPUT_SUFFIX", "Instrument", "InstrumentSet", "SIGMOID_SAT", "Schedule", "Series", "TANH_SAT", "UpdateRatios",
     "WeightSymmetry", "activation_kind", "activation_modules", "data_stats", "default_instruments", "discover",
     "parametrised_layers", "weight_row_spread",
@@ -50,7 +51,8 @@ def default_instruments(steps: int, *, full: bool = True, seed: int = 0, has_act
     fractions are counterfactual evidence, OD406), init symmetry, and ``evaluation``
     (``Evaluation``'s keyword arguments) when given. ``full`` (the baseline) adds gradient
     histograms, input statistics and ``curvature`` (``Curvature``'s keyword arguments) when
-    given. Activation statistics and histograms are measured ~10 times per probe."""
+    given, and the cosine of successive gradients. Activation statistics, histograms and
+    gradient cosines are measured ~10 times per probe."""
     every = max(1, steps // 10)
     out: list[Instrument] = [GradNorms(), UpdateRatios(), WeightSymmetry()]
     if has_acts:
@@ -58,7 +60,7 @@ def default_instruments(steps: int, *, full: bool = True, seed: int = 0, has_act
     if evaluation is not None:
         out.append(Evaluation(**evaluation))
     if full:
-        out += [GradHistogram(every=every, seed=seed), DataStats()]
+        out += [GradHistogram(every=every, seed=seed), GradCosine(every=every), DataStats()]
         if curvature is not None:
             out.append(Curvature(**curvature))
     return out
