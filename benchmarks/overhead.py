@@ -9,9 +9,11 @@ round, the order rotating every round):
   order (the probe's ``torch.Generator`` permutation), same optimizer and steps; only forward,
   loss, zero_grad, backward, step and ``float(loss)``;
 - ``probe``: ``run_probe`` itself with ``full=True`` and no curvature: GradNorms, UpdateRatios,
-  Activations, LayerOrder and the loss/lr logging exactly as a diagnosis attaches them, plus
+  Activations, WeightSymmetry, GradHistogram, DataStats, the layer-order discovery pass and the
+  loss/lr logging exactly as a diagnosis attaches them, plus
   its two checkpoint evaluations (steps 0 and end; ``probe.val_every`` = steps);
-- ``lite``: ``run_probe`` with ``full=False`` (what the variant probes run: no Activations).
+- ``lite``: ``run_probe`` with ``full=False`` (what the variant probes run: no histograms, no
+  input statistics, no curvature).
 
 Prints the median seconds of each and the median over rounds of the per-round ratio
 probe/plain (and lite/plain). The issue's target: under 1.3x for the per-step instruments.
@@ -135,7 +137,7 @@ def profile(setup: Setup, steps: int, rounds: int = 3) -> str:
     prof.disable()
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
-    stats.sort_stats("cumulative").print_stats(r"probes[/\\](instruments|recorder|runner)\.py", 25)
+    stats.sort_stats("cumulative").print_stats(r"probes[/\\](instruments[/\\]\w+|recorder|runner)\.py", 25)
     stats.sort_stats("tottime").print_stats(18)
     return out.getvalue()
 

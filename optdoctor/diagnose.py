@@ -178,7 +178,7 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                 continue
             trace.meta["verifies"] = {"rule": rule.id, "remedy": v.remedy}
             diag.probes.traces[name] = trace
-            after_sym = extract(ProbeSet({"baseline": trace}, setup.data_stats))
+            after_sym = extract(ProbeSet({"baseline": trace}, trace.meta.get("data_stats", {})))
             v.after = after_sym.get(metric)
             if before is not None and v.after is not None:
                 v.gain = _gain(before, v.after, reference)

@@ -212,6 +212,7 @@ def test_unknown_output_format_is_a_usage_error(tmp_path):
     assert r.exit_code == 2 and "unknown format 'xml'" in r.stderr
 
 
+@pytest.mark.slow
 def test_check_runs_are_byte_identical(tmp_path):
     p = tiny(tmp_path)
     outs = []

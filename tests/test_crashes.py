@@ -125,12 +125,12 @@ def test_cuda_error_is_exit_3(tmp_path):
 
 
 def test_hessian_out_of_memory_suggests_its_batch(tmp_path, monkeypatch):
-    import optdoctor.probes.runner as probe_runner
+    from optdoctor.probes.instruments.curvature import Curvature
 
     def oom(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
 
-    monkeypatch.setattr(probe_runner, "_measure_curvature", oom)
+    monkeypatch.setattr(Curvature, "measure", oom)
     r = runner.invoke(app, ["diagnose", str(config(tmp_path, hessian=True))])
     assert r.exit_code == 3, r.output
     assert "probe 'baseline': the Hessian measurement at step 0 ran out of memory" in r.stderr
@@ -180,6 +180,21 @@ def test_internal_error_is_exit_4_with_traceback_and_report_request(target, args
     assert stderr_lines(r)[-1].startswith("optdoctor: internal error (optdoctor ")
     assert stderr_lines(r)[-1].endswith(REPORT_REQUEST)
     assert r.stdout == ""
+
+
+def test_bug_in_an_instrument_hook_is_exit_4_not_the_users_optimizer(tmp_path, monkeypatch):
+    """Instruments hook into optimizer.step(): a bug there is optdoctor's (exit 4), even though
+    the step itself runs as the user's code (exit 3 when it raises)."""
+    from optdoctor.data import check_int
+    from optdoctor.probes.instruments.update_ratios import UpdateRatios
+
+    def broken(self, step):
+        check_int("every", "two")  # raises ValueError inside optdoctor's own code
+
+    monkeypatch.setattr(UpdateRatios, "after_step", broken)
+    r = runner.invoke(app, ["diagnose", str(config(tmp_path))])
+    assert r.exit_code == 4, r.output
+    assert "optdoctor/data.py" in r.stderr and REPORT_REQUEST in r.stderr
 
 
 def test_internal_error_exit_4_from_the_installed_entry_point():

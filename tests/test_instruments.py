@@ -1,11 +1,11 @@
-"""The per-step instruments (optdoctor/probes/instruments.py) against slow, obviously correct
-twins: plain Python loops over ``.tolist()`` in float64, no code shared with the package.
+"""The instruments (optdoctor/probes/instruments/) against slow, obviously correct twins: plain
+Python loops over ``.tolist()`` in float64, no code shared with the package.
 
 Models are data (BackPACK style): each case builds a tiny model and names, by hand, its
 parametrised layers and activation modules in *forward* order, which is what every per-layer
-column must follow. The instruments are driven through the same protocol as the probe runner
-(``before_forward`` -> forward -> backward -> ``after_backward`` -> ``optimizer.step`` ->
-``after_step``), without the runner: they must work on any training loop.
+column must follow. The instruments ride on a plain training loop by hooks alone (a forward
+pre-hook on the model, step pre/post hooks on the optimizer), without the runner: they must
+work on any training loop.
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ from optdoctor.probes.instruments import (
     SIGMOID_SAT,
     TANH_SAT,
     Activations,
+    Context,
+    GradCosine,
+    GradHistogram,
     GradNorms,
-    LayerOrder,
+    InstrumentSet,
+    Series,
     UpdateRatios,
     activation_kind,
+    discover,
     parametrised_layers,
 )
 from optdoctor.probes.recorder import Recorder
@@ -141,49 +146,37 @@ def batches(case: Case, n: int, size: int = 16, seed: int = 0):
 
 
 def forward_ordered(model: nn.Module, x: torch.Tensor):
-    """Parametrised layers and activation modules sorted into forward order with LayerOrder,
-    exactly as a training loop that wants forward-ordered columns does."""
-    layers = parametrised_layers(model)
-    acts = [(n, m, k) for n, m in model.named_modules() if (k := activation_kind(m))]
-    order = LayerOrder(layers + [(n, m) for n, m, _ in acts])
-    with torch.no_grad():
-        model(x)
-    rank = {n: i for i, n in enumerate(order.done())}
-    layers.sort(key=lambda t: rank[t[0]])
-    acts.sort(key=lambda t: rank[t[0]])
-    return layers, acts
+    """Parametrised layers and activation modules in forward order, as a probe fixes them."""
+    return discover(model, x)
 
 
-def train(model, insts, data, optimizer, rec, hook=None):
-    """The instruments' protocol around a plain training loop. ``hook(step, phase)`` lets a
-    test take its own reference measurements between phases."""
-    for inst in insts:
-        inst.attach(model, rec, optimizer)
+def attach(model, insts, optimizer=None, x=None, layers=None, acts=None) -> InstrumentSet:
+    if layers is None:
+        layers, acts = discover(model, x)
+    return InstrumentSet(insts).attach(Context(model, optimizer, Recorder(), layers, acts or []))
+
+
+def train(model, insts, data, optimizer, hook=None):
+    """A plain training loop; the instruments see it through their hooks only. ``hook(step,
+    phase)`` lets a test take its own reference measurements around the optimizer step."""
+    iset = attach(model, insts, optimizer, data[0][0])
     for step, (x, y) in enumerate(data):
-        for inst in insts:
-            inst.before_forward(step)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for inst in insts:
-            inst.after_backward(step)
         if hook:
             hook(step, "before_step")
         optimizer.step()
         if hook:
             hook(step, "after_step")
-        for inst in insts:
-            inst.after_step(step)
-    for inst in insts:
-        inst.detach()
-    return finish(rec, insts)
+    iset.detach()
+    return finish(iset)
 
 
-def finish(rec, insts):
+def finish(iset):
     """What the runner does after a probe: the recorder hands over, each instrument derives."""
-    trace = rec.finish(Trace("t"))
-    for inst in insts:
-        inst.finish(trace)
+    trace = Trace("t")
+    iset.finish(trace)
     return trace
 
 
@@ -261,11 +254,10 @@ def test_layer_order_appends_uncalled_modules_in_registration_order():
             return self.out(self.inp(x))
 
     net = Net()
-    order = LayerOrder(parametrised_layers(net))
-    net(torch.randn(2, 3))
-    net(torch.randn(2, 3))  # a second call does not repeat names
-    assert order.done() == ["inp", "out", "spare_b", "spare_a"]
-    assert not net.inp._forward_hooks  # done() removes its hooks
+    layers, _ = discover(net, torch.randn(2, 3))
+    assert [n for n, _ in layers] == ["inp", "out", "spare_b", "spare_a"]
+    assert not net.inp._forward_hooks  # the discovery pass leaves no hook behind
+    assert [n for n, _ in discover(net)[0]] == ["spare_b", "out", "spare_a", "inp"]  # no input: registration order
 
 
 def test_parametrised_layers_and_activation_kinds():
@@ -297,7 +289,7 @@ def test_grad_norms_equal_hand_loop(case):
         expected_global.append(math.sqrt(sum(ref_norm(p.grad) ** 2 for p in model.parameters() if p.grad is not None)))
 
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    trace = train(model, [GradNorms(layers)], data, opt, Recorder(), hook)
+    trace = train(model, [GradNorms()], data, opt, hook)
     steps, per_layer = trace.series["grad.norm"]
     assert steps.tolist() == [0, 1, 2]
     assert per_layer.shape == (3, len(case.layers))
@@ -310,13 +302,12 @@ def test_grad_norms_frozen_parameters_are_not_in_the_global_norm():
     model = CASES[4].build()
     assert not model[2].weight.requires_grad
     x, y = batches(CASES[4], 1)[0]
-    rec = Recorder()
-    inst = GradNorms(parametrised_layers(model))
-    inst.attach(model, rec)
+    inst = GradNorms()
+    iset = attach(model, [inst], layers=parametrised_layers(model))
     F.cross_entropy(model(x), y).backward()
     inst.after_backward(0)
     trainable = [model[0].weight, model[0].bias, model[4].weight, model[4].bias]
-    got = finish(rec, [inst]).values("grad.global_norm")[0]
+    got = finish(iset).values("grad.global_norm")[0]
     assert got == pytest.approx(math.sqrt(sum(ref_norm(p.grad) ** 2 for p in trainable)), rel=1e-6)
 
 
@@ -331,12 +322,11 @@ def test_grad_norms_layer_without_gradient_is_nan_not_a_crash():
             return self.b(self.a(x))
 
     net = Net()
-    rec = Recorder()
-    inst = GradNorms(parametrised_layers(net))
-    inst.attach(net, rec)
+    inst = GradNorms()
+    iset = attach(net, [inst], layers=parametrised_layers(net))
     net(torch.randn(5, 3)).sum().backward()
     inst.after_backward(0)
-    norms = finish(rec, [inst]).values("grad.norm")[0].tolist()
+    norms = finish(iset).values("grad.norm")[0].tolist()
     assert math.isnan(norms[2]) and norms[0] > 0 and norms[1] > 0  # no gradient at all: NaN, not 0
 
 
@@ -344,7 +334,7 @@ def test_grad_norms_schedule():
     case = CASES[0]
     model = case.build()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trace = train(model, [GradNorms(parametrised_layers(model), every=2)], batches(case, 5), opt, Recorder())
+    trace = train(model, [GradNorms(every=2)], batches(case, 5), opt)
     assert trace.steps("grad.norm").tolist() == [0, 2, 4]
     assert trace.steps("grad.global_norm").tolist() == [0, 2, 4]
 
@@ -376,7 +366,7 @@ def test_update_ratios_equal_hand_computed(case, opt_name):
             expected_norm.append([ref_norm(b) for b in before])
 
     opt = OPTIMIZERS[opt_name]([p for p in model.parameters() if p.requires_grad])
-    trace = train(model, [UpdateRatios(layers, every=1)], data, opt, Recorder(), hook)
+    trace = train(model, [UpdateRatios(every=1)], data, opt, hook)
     assert trace.values("update.ratio").shape == (3, len(case.layers))
     np.testing.assert_allclose(trace.values("update.ratio"), expected_ratio, rtol=1e-4)
     np.testing.assert_allclose(trace.values("weight.norm"), expected_norm, rtol=1e-5)
@@ -388,7 +378,7 @@ def test_update_ratio_of_a_frozen_step_is_zero_and_weights_are_untouched():
     model = case.build()
     w0 = [m.weight.detach().clone() for _, m in parametrised_layers(model)]
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trace = train(model, [UpdateRatios(parametrised_layers(model))], batches(case, 2), opt, Recorder())
+    trace = train(model, [UpdateRatios()], batches(case, 2), opt)
     assert np.all(trace.values("update.ratio") == 0.0)
     assert all(torch.equal(a, m.weight) for a, (_, m) in zip(w0, parametrised_layers(model)))  # the instrument changes nothing
 
@@ -403,9 +393,13 @@ def test_activation_stats_equal_hand_loops(case, window):
     data = batches(case, 5)
     _, acts = forward_ordered(model, data[0][0])
     outs: dict[str, list[torch.Tensor]] = {n: [] for n, _, _ in acts}
-    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: outs[n].append(o.detach().clone())) for n, m, _ in acts]
+    def keep(module, _inp, out, name):  # training passes only: the layer-order discovery pass runs in eval mode
+        if module.training:
+            outs[name].append(out.detach().clone())
+
+    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: keep(_m, _i, o, n)) for n, m, _ in acts]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    trace = train(model, [Activations(acts, every=1, window=window)], data, opt, Recorder())
+    trace = train(model, [Activations(every=1, window=window)], data, opt)
     for h in handles:
         h.remove()
 
@@ -434,18 +428,20 @@ def test_killed_units_are_counted_dead():
     model = case.build()
     _, acts = forward_ordered(model, batches(case, 1)[0][0])
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trace = train(model, [Activations(acts, every=1)], batches(case, 4), opt, Recorder())
+    trace = train(model, [Activations(every=1)], batches(case, 4), opt)
     assert np.all(trace.values("act.dead_frac")[:, 0] >= 2 / 8)
 
 
-def _drive_acts(model, inputs, inst, rec):
-    inst.attach(model, rec)
+def _drive_acts(model, inputs, inst, acts):
+    """Training-mode forward passes (the model's pre-hook arms the instrument), each closed as
+    an optimizer step's post-hook would close it."""
+    iset = attach(model, [inst], layers=[], acts=acts)
     for step, x in enumerate(inputs):
-        inst.before_forward(step)
+        iset.step = step
         model(x)
         inst.after_step(step)
-    inst.detach()
-    return rec.finish(Trace("t"))
+    iset.detach()
+    return finish(iset)
 
 
 def test_dead_window_a_unit_active_in_a_recent_batch_is_not_dead():
@@ -458,8 +454,8 @@ def test_dead_window_a_unit_active_in_a_recent_batch_is_not_dead():
     model = nn.Sequential(lin, nn.ReLU())
     fires = torch.tensor([[-1.0, 1.0], [-2.0, 1.0], [0.5, 2.0]])  # unit 0 active on one sample only
     quiet = torch.tensor([[-1.0, 1.0], [-2.0, 1.0], [-0.5, 2.0]])
-    inst = Activations([("1", model[1], "relu")], every=1, window=3)
-    trace = _drive_acts(model, [fires, quiet, quiet, quiet, quiet, fires, quiet], inst, Recorder())
+    inst = Activations(every=1, window=3)
+    trace = _drive_acts(model, [fires, quiet, quiet, quiet, quiet, fires, quiet], inst, [("1", model[1], "relu")])
     assert trace.values("act.dead_frac")[:, 0].tolist() == [0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0]
 
 
@@ -470,9 +466,9 @@ def test_dead_window_counts_measured_batches_only():
         lin.bias.zero_()
     model = nn.Sequential(lin, nn.ReLU())
     on, off = torch.ones(4, 1), -torch.ones(4, 1)
-    inst = Activations([("1", model[1], "relu")], every=2, window=2)
+    inst = Activations(every=2, window=2)
     # measured: step 0 (on), 2 (off), 4 (off), 6 (off); steps 1, 3, 5 are not seen
-    trace = _drive_acts(model, [on, on, off, on, off, on, off], inst, Recorder())
+    trace = _drive_acts(model, [on, on, off, on, off, on, off], inst, [("1", model[1], "relu")])
     assert trace.steps("act.dead_frac").tolist() == [0, 2, 4, 6]
     assert trace.values("act.dead_frac")[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
 
@@ -492,7 +488,7 @@ def test_saturation_thresholds(act, kind, pre, n_sat):
     model = nn.Sequential(act())
     assert activation_kind(model[0]) == kind
     x = torch.tensor(pre).reshape(2, 3)
-    trace = _drive_acts(model, [x], Activations([("0", model[0], kind)], every=1), Recorder())
+    trace = _drive_acts(model, [x], Activations(every=1), [("0", model[0], kind)])
     assert trace.values("act.sat_frac")[0, 0] == pytest.approx(n_sat / len(pre))
 
 
@@ -511,7 +507,7 @@ def test_unit_diversity_constant_init_is_zero_random_init_about_one():
     rand = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
     got = {}
     for name, model in (("const", const), ("rand", rand)):
-        trace = _drive_acts(model, [x], Activations([("1", model[1], "tanh")], every=1), Recorder())
+        trace = _drive_acts(model, [x], Activations(every=1), [("1", model[1], "tanh")])
         got[name] = trace.values("act.unit_diversity")[0, 0]
     assert got["const"] == pytest.approx(0.0, abs=1e-6)
     assert 0.7 < got["rand"] < 1.3
@@ -520,16 +516,16 @@ def test_unit_diversity_constant_init_is_zero_random_init_about_one():
 def test_other_activations_get_scale_only_and_dead_layers_no_diversity():
     model = nn.Sequential(nn.GELU(), nn.ReLU())
     x = torch.randn(8, 4)
-    inst = Activations([("0", model[0], "other"), ("1", model[1], "relu")], every=1)
-    trace = _drive_acts(model, [x, -x.abs() - 1], inst, Recorder())
+    inst = Activations(every=1)
+    trace = _drive_acts(model, [x, -x.abs() - 1], inst, [("0", model[0], "other"), ("1", model[1], "relu")])
     gelu, relu = 0, 1
     assert math.isnan(trace.values("act.dead_frac")[0, gelu]) and math.isnan(trace.values("act.sat_frac")[0, gelu])
     assert trace.values("act.scale")[0, gelu] == pytest.approx(ref_std(F.gelu(x).flatten().tolist()), rel=1e-5)
     # second batch: relu(gelu(-|x|-1)) is all zeros -- dead units (window still holds batch 0),
     # zero scale; and an all-zero first batch has unit diversity undefined (NaN), not 0
     assert trace.values("act.scale")[1, relu] == 0.0
-    inst = Activations([("1", model[1], "relu")], every=1)
-    trace = _drive_acts(model, [-x.abs() - 1], inst, Recorder())
+    inst = Activations(every=1)
+    trace = _drive_acts(model, [-x.abs() - 1], inst, [("1", model[1], "relu")])
     assert math.isnan(trace.values("act.unit_diversity")[0, 0])
 
 
@@ -543,18 +539,22 @@ def test_activations_not_armed_outside_scheduled_steps_and_unseen_modules_are_na
             return self.b(x) if use_b else self.a(x)
 
     model = Branchy()
-    inst = Activations([("a", model.a, "relu"), ("b", model.b, "tanh")], every=3)
-    rec = Recorder()
-    inst.attach(model, rec)
+    inst = Activations(every=3)
+    iset = attach(model, [inst], layers=[], acts=[("a", model.a, "relu"), ("b", model.b, "tanh")])
     for step in range(4):
-        inst.before_forward(step)
+        iset.step = step
         model(torch.randn(4, 2))
-        model(torch.randn(4, 2))  # an evaluation between steps must not be recorded either...
+        model(torch.randn(4, 2))  # a second training forward in the step (accumulation): first call counts
+        model.eval()
+        model(torch.randn(4, 2), use_b=True)  # an evaluation (eval mode) must not be recorded...
+        model.train()
+        assert not model.b._forward_hooks or step % 3 == 0
         inst.after_step(step)
-    model(torch.randn(4, 2), use_b=True)  # ... nor a forward after the last step
-    inst.detach()
-    assert not model.a._forward_hooks  # detach removes the hooks
-    trace = rec.finish(Trace("t"))
+        assert not model.a._forward_hooks  # hooks live for a measured step only
+    iset.detach()
+    assert not model.a._forward_hooks and not model._forward_pre_hooks  # detach removes every hook
+    model(torch.randn(4, 2), use_b=True)  # ... nor a forward after detaching
+    trace = finish(iset)
     assert trace.steps("act.scale").tolist() == [0, 3]
     assert np.all(np.isnan(trace.values("act.scale")[:, 1]))  # b never ran on a measured step
     assert np.all(np.isfinite(trace.values("act.scale")[:, 0]))
@@ -571,8 +571,8 @@ def test_shared_activation_module_used_at_two_widths():
             return self.c(self.act(self.b(self.act(self.a(x)))))
 
     model = Shared()
-    inst = Activations([("act", model.act, "relu")], every=1)
-    trace = _drive_acts(model, [torch.randn(5, 4) for _ in range(3)], inst, Recorder())
+    inst = Activations(every=1)
+    trace = _drive_acts(model, [torch.randn(5, 4) for _ in range(3)], inst, [("act", model.act, "relu")])
     assert trace.values("act.dead_frac").shape == (3, 1)
     assert np.all(np.isfinite(trace.values("act.dead_frac")))
 
@@ -582,6 +582,7 @@ def test_shared_activation_module_used_at_two_widths():
 
 def test_recorder_shapes():
     rec = Recorder()
+    rec.declare([Series("loss.train"), Series("grad.norm", "layer"), Series("update.ratio", "layer")])
     for step in range(4):
         rec.log("loss.train", step, 1.0 / (step + 1))  # float -> (T,)
         rec.log("grad.global_norm", step, torch.tensor(2.0 * step))  # 0-d tensor -> (T,)
@@ -669,13 +670,11 @@ def test_truncated():
 
 
 def test_grad_histogram_equals_numpy_on_the_sampled_elements():
-    from optdoctor.probes.instruments import GradHistogram
-
     case = CASES[0]
     model = case.build()
     data = batches(case, 2)
     layers, _ = forward_ordered(model, data[0][0])
-    inst = GradHistogram(layers, every=1, sample=10, seed=3)
+    inst = GradHistogram(every=1, sample=10, seed=3)
     captured = []
 
     def hook(step, phase):
@@ -683,7 +682,7 @@ def test_grad_histogram_equals_numpy_on_the_sampled_elements():
             captured.append([m.weight.grad.detach().clone() for _, m in layers])
 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trace = train(model, [inst], data, opt, Recorder(), hook)
+    trace = train(model, [inst], data, opt, hook)
     counts = trace.values("grad.hist")
     edges = np.asarray(trace.meta["grad.hist_edges"])
     assert counts.shape == (2, len(layers), len(edges) - 1)
@@ -716,11 +715,9 @@ class Functional(nn.Module):
 @pytest.mark.parametrize("act,kind", [(F.relu, "relu"), (torch.tanh, "tanh"), (torch.sigmoid, "sigmoid"), (F.gelu, None)],
                          ids=["relu", "tanh", "sigmoid", "gelu-not-inferred"])
 def test_functional_activations_are_inferred(act, kind):
-    from optdoctor.probes.instruments import infer_functional_activations
-
     torch.manual_seed(0)
     model = Functional(act)
-    found = infer_functional_activations(model, parametrised_layers(model), torch.randn(16, 6))
+    _, found = discover(model, torch.randn(16, 6))
     if kind is None:
         assert found == []
     else:
@@ -729,26 +726,61 @@ def test_functional_activations_are_inferred(act, kind):
 
 
 def test_inference_skips_a_layer_behind_pooling_and_leaves_the_model_as_it_was():
-    from optdoctor.probes.instruments import infer_functional_activations
-
     torch.manual_seed(0)
     model = Functional(F.relu, pool=True)
     model.train()
     x = torch.randn(16, 6)
     rng = torch.get_rng_state()
-    found = infer_functional_activations(model, parametrised_layers(model), x)
+    _, found = discover(model, x)
     assert [n for n, _, _ in found] == ["b:input"]  # c's input is pooled: not an elementwise relu of b's output
     assert model.training and torch.equal(torch.get_rng_state(), rng)
 
 
 def test_inferred_relu_is_measured_on_the_next_layers_input():
-    from optdoctor.probes.instruments import infer_functional_activations
-
     torch.manual_seed(0)
     model = Functional(F.relu)
     with torch.no_grad():
         model.a.bias.fill_(-100.0)  # every unit after layer a is dead
-    found = infer_functional_activations(model, parametrised_layers(model), torch.randn(16, 6))
-    inst = Activations(found, every=1)
-    trace = _drive_acts(model, [torch.randn(16, 6)], inst, Recorder())
+    _, found = discover(model, torch.randn(16, 6))
+    inst = Activations(every=1)
+    trace = _drive_acts(model, [torch.randn(16, 6)], inst, found)
     assert trace.values("act.dead_frac")[0, 0] == 1.0
+
+
+# --------------------------------------------------------------------------- gradient cosine
+
+
+def ref_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    x, y = a.detach().double().flatten().tolist(), b.detach().double().flatten().tolist()
+    return sum(p * q for p, q in zip(x, y)) / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+
+
+@cases
+def test_grad_cosine_equals_hand_loop(case):
+    model = case.build()
+    data = batches(case, 6)
+    layers, _ = forward_ordered(model, data[0][0])
+    grads: list[list[torch.Tensor]] = []
+
+    def hook(step, phase):
+        if phase == "before_step":
+            grads.append([m.weight.grad.detach().clone() for _, m in layers])
+
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    trace = train(model, [GradCosine(every=2)], data, opt, hook)
+    assert trace.steps("grad.cosine").tolist() == [1, 3, 5]  # pairs (0, 1), (2, 3), (4, 5)
+    want = [[ref_cos(grads[s - 1][j], grads[s][j]) for j in range(len(layers))] for s in (1, 3, 5)]
+    np.testing.assert_allclose(trace.values("grad.cosine"), want, rtol=1e-5, atol=1e-7)
+
+
+def test_grad_cosine_sees_a_zigzag():
+    """Gradient descent on f(w) = 5 w^2 with lr 0.3 overshoots: w -> -2w, the gradient flips."""
+    model = nn.Linear(1, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    iset = attach(model, [GradCosine(every=1)], opt, layers=parametrised_layers(model))
+    for _ in range(4):
+        opt.zero_grad()
+        (5 * model.weight.pow(2).sum()).backward()
+        opt.step()
+    iset.detach()
+    assert finish(iset).values("grad.cosine")[:, 0] == pytest.approx([-1.0, -1.0, -1.0])

@@ -108,6 +108,7 @@ def verify(name):
     return json.loads(r.stdout)["findings"]
 
 
+@pytest.mark.slow
 def test_verify_confirms_and_ranks_remedies():
     f = verify("vanishing-gradients.yaml")[0]
     assert f["cause"] == "vanishing_gradients" and f["confirmed"] is True and f["confidence"] > 0.9
@@ -119,6 +120,7 @@ def test_verify_confirms_and_ranks_remedies():
     assert any(not v["helped"] for v in f["verification"])  # and it says which did not help
 
 
+@pytest.mark.slow
 def test_verify_says_when_the_obvious_remedy_does_not_fix_it():
     f = verify("overfitting.yaml")[0]
     assert f["cause"] == "overfitting" and f["confirmed"] is not True

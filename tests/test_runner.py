@@ -276,7 +276,7 @@ def test_ctrl_c_in_a_variant_keeps_every_trace_so_far(tmp_path):
     assert probes.baseline.status == "completed" and len(probes.baseline.values("loss.train")) == 30
     variant = probes.traces["lr_x0.1"]
     assert (variant.status, variant.stopped_at, len(variant.values("loss.train"))) == ("interrupted", 4, 4)
-    assert probes.data_stats == setup.data_stats
+    assert probes.data_stats == probes.baseline.meta["data_stats"]
 
 
 def test_user_code_raising_is_a_probe_error_showing_the_users_line(tmp_path):
@@ -412,7 +412,8 @@ def test_run_probes_runs_the_lr_variants(tmp_path):
         assert t.has("act.dead_frac") and not t.hessian  # variants: activations (OD406's counterfactual), no curvature
         assert t.values("loss.train")[0] == probes.baseline.values("loss.train")[0]  # same init, same first batch
     assert len(probes.baseline.values("loss.train")) == 30
-    assert probes.data_stats == setup.data_stats and "feature_scale_spread" in probes.data_stats
+    assert probes.data_stats == probes.baseline.meta["data_stats"] and "feature_scale_spread" in probes.data_stats
+    assert "data_stats" not in probes.traces["lr_x10"].meta  # measured once, in the baseline
 
 
 PLATEAU = {"optimizer": {"lr": 1e-9}, "data": {"batch_size": 128}, "probe": {"steps": 20}}  # full batch: exactly flat
@@ -485,7 +486,11 @@ def test_data_statistics_describe_the_inputs_the_model_trains_on(tmp_path):
     body = ("model: {factory: optdoctor.models:mlp, args: {depth: 0}}\n"
             "data: {factory: optdoctor.data:blobs, args: {feature_scales: 1000.0}}\n"
             "optimizer: {name: sgd, lr: 0.1}\n")
+    def spread() -> float:
+        trace, _ = run_probe(prepare(load_config(cfg)), ProbeSpec(steps=3))
+        return trace.meta["data_stats"]["feature_scale_spread"]
+
     cfg.write_text(body)
-    assert prepare(load_config(cfg)).data_stats["feature_scale_spread"] > 100
+    assert spread() > 100
     cfg.write_text(body + "probe: {standardize_inputs: true}\n")
-    assert prepare(load_config(cfg)).data_stats["feature_scale_spread"] == pytest.approx(1.0, rel=1e-3)
+    assert spread() == pytest.approx(1.0, rel=0.2)  # a 192-sample subset of standardised features

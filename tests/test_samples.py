@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from optdoctor.cli import app
 
+pytestmark = pytest.mark.slow  # every test here runs whole diagnoses through the CLI
+
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
 MANIFEST = yaml.safe_load((SAMPLES / "manifest.yaml").read_text())
 runner = CliRunner()

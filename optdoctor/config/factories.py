@@ -100,6 +100,16 @@ def user_traceback(exc: BaseException, frames_only: bool = False, drop: tuple[st
     return "".join(report.format()).rstrip()
 
 
+def raised_in_optdoctor(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is optdoctor's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return _is_own(tb.tb_frame.f_code.co_filename, _OWN_DIRS)
+
+
 def _torch_dirs() -> tuple[str, ...]:
     torch = sys.modules.get("torch")
     file = getattr(torch, "__file__", None)

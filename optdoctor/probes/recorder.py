@@ -3,12 +3,17 @@
 Instruments log detached tensors; they are moved to the CPU once, in ``finish`` (on a GPU a
 per-step ``.item()`` would synchronise every step). The recorder knows nothing about probes:
 the same object serves a user's own training loop.
+
+Shapes follow the series' declarations (``instruments.base.Series``): a per-layer series stays
+(T, L) even with one layer; a per-step one is (T,). An undeclared series of one element per
+step is (T,). The declarations travel with the trace (``meta["series"]``), so that whoever
+reads it (TensorBoard, a replay) knows each series' columns without a list kept elsewhere.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -19,6 +24,14 @@ from optdoctor.trace import Trace
 class Recorder:
     def __init__(self) -> None:
         self._rows: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+        self._declared: dict[str, Any] = {}  # name -> Series
+
+    def declare(self, series: Iterable[Any]) -> None:
+        for s in series:
+            old = self._declared.get(s.name)
+            if old is not None and old != s:
+                raise ValueError(f"series {s.name!r} declared twice, differently")
+            self._declared[s.name] = s
 
     def log(self, name: str, step: int, value: Any) -> None:
         """``value``: a float, a 0-d or 1-d tensor (per layer), or a sequence of floats."""
@@ -39,8 +52,15 @@ class Recorder:
             else:
                 arr = np.asarray(vals, dtype=np.float64)
             arr = arr.astype(np.float64)
-            if arr.ndim == 2 and arr.shape[1] == 1 and not name.startswith(("grad.norm", "grad._", "update.", "weight.", "act.")):
+            decl = self._declared.get(name)
+            per = decl.per if decl is not None else "step"
+            if arr.ndim == 2 and arr.shape[1] == 1 and per == "step":
                 arr = arr[:, 0]
             trace.series[name] = (steps, arr)
         self._rows.clear()
         return trace
+
+    def describe(self, trace: Trace) -> None:
+        """Record the declarations of the series ``trace`` holds in ``meta["series"]``."""
+        trace.meta["series"] = {n: s.as_meta() for n, s in sorted(self._declared.items())
+                                if s.per != "raw" and n in trace.series}

@@ -14,20 +14,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from optdoctor.config.factories import call_user, crash, stage
-from optdoctor.errors import ProbeError, exhaustion
-from optdoctor.probes.instruments import (
-    Activations,
-    GradHistogram,
-    GradNorms,
-    LayerOrder,
-    infer_functional_activations,
-    weight_row_spread,
-    UpdateRatios,
-    activation_kind,
-    parametrised_layers,
-)
+from optdoctor.config.factories import call_user, crash, raised_in_optdoctor, stage
+from optdoctor.errors import OptdoctorError, ProbeError
+from optdoctor.probes.instruments import Context, InstrumentSet, default_instruments, discover
 from optdoctor.probes.recorder import Recorder
+from optdoctor.probes.instruments.base import Series
 from optdoctor.probes.setup import EVAL_CAP, Setup, fraction_steps
 from optdoctor.trace import ProbeSet, Trace
 
@@ -45,6 +36,12 @@ LR_RANGE_STEPS = 100
 # from a model that cannot do better anyway.
 RESEEDS = 3
 
+# What the training loop itself records (the instruments declare theirs).
+LOOP_SERIES = (
+    Series("loss.train", "step", "training loss of the step's batch", tag="loss/train"),
+    Series("lr", "step", "learning rate of the step (first parameter group)", tag="lr"),
+)
+
 Progress = Callable[[str, int, int], None]  # (probe name, step, steps)
 
 
@@ -55,7 +52,7 @@ class ProbeSpec:
     steps: int = 200
     seed: int = 0
     lr_factor: float = 1.0
-    full: bool = True  # all instruments; else no curvature and no gradient histograms
+    full: bool = True  # all instruments; else no curvature, histograms or input statistics
     hessian_steps: list[int] = field(default_factory=list)
     start_state: dict | None = None  # continue from these weights instead of a fresh init
     perturb: float = 0.0  # isotropic weight perturbation, in units of 1/sqrt(fan_in)
@@ -81,52 +78,80 @@ def _perturb_(model: nn.Module, eps: float, gen: torch.Generator) -> None:
                 p.add_(noise.to(p.device))
 
 
-def _evaluate(model: nn.Module, loss_fn, batch, n_classes: int | None) -> tuple[float, float | None]:
-    X, y = batch
-    was = model.training
-    model.eval()
+def forward(model: nn.Module, X):
+    """The model called on a batch's inputs: a tuple is several positional inputs."""
+    return model(*X) if isinstance(X, tuple) else model(X)
+
+
+def batches(setup: Setup, seed: int):
+    """Training batches without end: a seeded permutation of the training split, reshuffled at
+    each epoch; the last incomplete batch of an epoch is dropped (every step sees ``bs`` samples)."""
+    n = len(setup.train)
+    bs = min(setup.cfg.data.batch_size, n)
+    gen = torch.Generator().manual_seed(seed)
+    on_cpu = setup.device.type == "cpu"
+    perm, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos:pos + bs] if on_cpu else perm[pos:pos + bs].to(setup.device)
+        pos += bs
+        yield setup.train.take(idx)
+
+
+class _Step:
+    """One training step's user-code calls, each reported as the user's error when it raises."""
+
+    def __init__(self, setup: Setup, model: nn.Module, optimizer=None, scheduler=None):
+        cfg = setup.cfg
+        self.model, self.loss_fn = model, setup.loss_fn
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.fwd = f"the model's forward ({cfg.model.factory})"
+        self.loss_what = f"the loss ({cfg.loss})"
+        # Autograd runs the backward of the user's model and loss (an in-place op on a saved
+        # tensor, an op without a gradient); the optimizer is the config's torch.optim class.
+        self.bwd = f"the backward pass of the model ({cfg.model.factory}) and loss ({cfg.loss})"
+        self.opt = f"optimizer {cfg.optimizer.name}.step()"
+        self.sched = f"scheduler {cfg.schedule.name}.step()" if cfg.schedule else ""
+
+    def forward(self, m: nn.Module, X):
+        return call_user(forward, m, X, what=self.fwd)
+
+    def loss(self, X, y):
+        out = self.forward(self.model, X)
+        return call_user(self.loss_fn, out, y, what=self.loss_what)
+
+    def update(self, loss) -> None:
+        """Backward, optimizer step, scheduler step."""
+        _torch_call(loss.backward, self.bwd)
+        _torch_call(self.optimizer.step, self.opt)  # instruments: gradients before it, updates and states after it
+        if self.scheduler is not None:
+            _torch_call(self.scheduler.step, self.sched)
+
+
+def _torch_call(fn: Callable[[], object], what: str) -> None:
+    """``fn()``, which runs torch code on the user's behalf and optdoctor's instrument hooks: an
+    exception raised inside optdoctor's own code is a bug (it propagates: exit 4), anything else
+    the probe could not run (exit 3)."""
     try:
-        with torch.no_grad():
-            out = model(*X) if isinstance(X, tuple) else model(X)
-            loss = float(loss_fn(out, y))
-            acc = None
-            if n_classes and out.dim() == 2 and out.shape[1] == n_classes:
-                acc = float((out.argmax(dim=1) == y).float().mean())
-    finally:
-        model.train(was)
-    return loss, acc
+        fn()
+    except (KeyboardInterrupt, SystemExit, OptdoctorError):
+        raise
+    except Exception as exc:
+        if raised_in_optdoctor(exc):
+            raise
+        raise crash(exc, what) from exc
 
 
-def _measure_curvature(model, loss_fn, batch, hcfg, seed: int, optimizer, step: int) -> dict[str, float]:
-    """One Hessian measurement (curvature/), plus Adam's preconditioned sharpness when the
-    optimiser has second-moment estimates (not at step 0)."""
-    from optdoctor.curvature import hessian_spectrum
-    from optdoctor.curvature.preconditioned import adam_stability_factor, preconditioned_sharpness
-
-    s = hessian_spectrum(model, loss_fn, batch, k=hcfg.k, trace=hcfg.trace, density=hcfg.density,
-                         max_iter=hcfg.max_iter, tol=hcfg.tol, seed=seed, trace_rtol=0.05,
-                         trace_max_hvps=hcfg.trace_max_hvps, density_starts=hcfg.density_starts)
-    row = {k: float(v) for k, v in s.as_dict().items() if isinstance(v, (int, float))}
-    row["step"] = float(step)
-    row["hvps"] = float(s.hvps)
-    if s.density is not None:
-        row["density"] = {"nodes": [float(x) for x in s.density.nodes], "weights": [float(x) for x in s.density.weights]}
-    pre = preconditioned_sharpness(model, loss_fn, batch, optimizer, seed=seed) if step > 0 else None
-    if pre is not None:
-        row["precond_lambda_max"], beta1 = pre
-        row["precond_limit_factor"] = adam_stability_factor(beta1)
-    return row
+def _diverged(lval: float, initial: float) -> bool:
+    return not math.isfinite(lval) or (math.isfinite(initial) and abs(lval) > DIVERGENCE_FACTOR * max(abs(initial), 1e-3))
 
 
-def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -> tuple[Trace, dict]:
-    """Train ``spec.steps`` steps with instruments attached; returns the trace and the final
-    weights. A non-finite or exploding loss stops the probe cleanly (status "diverged");
-    Ctrl-C stops it with status "interrupted" and raises ProbeInterrupted carrying the trace."""
+def _build(setup: Setup, spec: ProbeSpec):
     cfg = setup.cfg
     model = setup.build_model(spec.seed)
     if spec.start_state is not None:
         model.load_state_dict(spec.start_state)
-    gen = torch.Generator().manual_seed(spec.seed)  # batch order
     if spec.perturb:  # its own generator: a perturbed probe sees the same batches as its control
         _perturb_(model, spec.perturb, torch.Generator().manual_seed(spec.seed + 7919))
     lr = cfg.optimizer.lr * spec.lr_factor
@@ -140,136 +165,77 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
             scheduler = setup.scheduler_cls(optimizer, **cfg.schedule.args)
         except (TypeError, ValueError) as e:
             raise ProbeError(f"scheduler {cfg.schedule.name} rejected its arguments: {e}") from e
+    return model, optimizer, scheduler, lr
 
-    layers = parametrised_layers(model)
-    acts = [(n, m, k) for n, m in model.named_modules() if (k := activation_kind(m))]
-    if not acts and layers:  # activations written as functions in forward(): infer them
-        acts = infer_functional_activations(model, layers, setup.train.head(cfg.data.batch_size)[0])
-    rec = Recorder()
-    instruments = [GradNorms(layers), UpdateRatios(layers)]
-    act_inst = None
-    if acts:  # every probe: the variants' dead fractions are counterfactual evidence (OD406)
-        act_inst = Activations(acts, every=max(1, spec.steps // 10), window=2)
-        instruments.append(act_inst)
-    if spec.full:
-        instruments.append(GradHistogram(layers, every=max(1, spec.steps // 10), seed=spec.seed))
-    for inst in instruments:
-        inst.attach(model, rec, optimizer)
-    order = LayerOrder(layers + [(n, m) for n, m, _ in acts])
 
-    n = len(setup.train)
-    bs = min(cfg.data.batch_size, n)
+def _instruments(setup: Setup, spec: ProbeSpec, step_fn: _Step) -> list:
+    cfg = setup.cfg
     val_every = cfg.probe.val_every or max(1, spec.steps // 20)
-    eval_train = setup.train.head(EVAL_CAP)
-    eval_val = setup.val.head(EVAL_CAP) if setup.val is not None and len(setup.val) else None
-    hess_batch = setup.train.head(cfg.probe.hessian.batch_size)
-    fwd = f"the model's forward ({cfg.model.factory})"
-    loss_what = f"the loss ({cfg.loss})"
-    bwd, opt_step = _backward_what(cfg), f"optimizer {cfg.optimizer.name}.step()"
+    checkpoints = sorted(set(range(0, spec.steps + 1, val_every)) | {spec.steps})
+    val = setup.val.head(EVAL_CAP) if setup.val is not None and len(setup.val) else None
+    evaluation = dict(at=checkpoints, forward=step_fn.forward, loss_fn=setup.loss_fn,
+                      train=setup.train.head(EVAL_CAP), val=val, n_classes=setup.n_classes)
+    curvature = None
+    if spec.full and cfg.probe.hessian.enabled and spec.hessian_steps:
+        curvature = dict(at=spec.hessian_steps, loss_fn=setup.loss_fn, hcfg=cfg.probe.hessian, seed=spec.seed,
+                         batch=setup.train.head(cfg.probe.hessian.batch_size))
+    return default_instruments(spec.steps, full=spec.full, seed=spec.seed, evaluation=evaluation, curvature=curvature)
 
-    trace = Trace(spec.name, meta={
+
+def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -> tuple[Trace, dict]:
+    """Train ``spec.steps`` steps with instruments attached; returns the trace and the final
+    weights. A non-finite or exploding loss stops the probe cleanly (status "diverged");
+    Ctrl-C stops it with status "interrupted" and raises ProbeInterrupted carrying the trace.
+
+    Build the model and optimizer; fix the layer order with one forward pass; attach the
+    instruments (hooks on the model and the optimizer); run a plain training loop; detach."""
+    cfg = setup.cfg
+    model, optimizer, scheduler, lr = _build(setup, spec)
+    step_fn = _Step(setup, model, optimizer, scheduler)
+    n = len(setup.train)
+    rec = Recorder()
+    rec.declare(LOOP_SERIES)
+    layers, acts = discover(model, setup.train.head(min(cfg.data.batch_size, n))[0])
+    ctx = Context(model, optimizer, rec, layers, acts, meta={
         "kind": spec.kind, "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
         "optimizer": cfg.optimizer.name.lower(), "optimizer_args": dict(cfg.optimizer.args),
-        "batch_size": bs, "n_train": n, "n_params": sum(p.numel() for p in model.parameters()),
+        "batch_size": min(cfg.data.batch_size, n), "n_train": n, "n_params": sum(p.numel() for p in model.parameters()),
         "chance_loss": setup.chance_loss, "n_classes": setup.n_classes, "loss": cfg.loss,
         "perturb": spec.perturb, "continued": spec.start_state is not None,
     })
-
-    def checkpoint(step: int) -> None:
-        tl, ta = call_user(_evaluate, model, setup.loss_fn, eval_train, setup.n_classes, what=fwd)
-        rec.log("loss.train_eval", step, tl)
-        if ta is not None:
-            rec.log("acc.train", step, ta)
-        if eval_val is not None:
-            vl, va = call_user(_evaluate, model, setup.loss_fn, eval_val, setup.n_classes, what=fwd)
-            rec.log("loss.val", step, vl)
-            if va is not None:
-                rec.log("acc.val", step, va)
-
-    def curvature(step: int) -> None:
-        """A Hessian measurement; one the model cannot give (an op without double backward, say)
-        is noted in the trace and the probe goes on: curvature rules are then not evaluated."""
-        try:
-            trace.hessian.append(_measure_curvature(model, setup.loss_fn, hess_batch, cfg.probe.hessian,
-                                                    spec.seed, optimizer, step))
-        except RuntimeError as e:
-            if exhaustion(e):
-                hint = (f"a smaller probe.hessian.batch_size (now {cfg.probe.hessian.batch_size}), "
-                        "or probe.hessian.enabled: false")
-                raise crash(e, f"the Hessian measurement at step {step}", hint) from e
-            trace.meta.setdefault("hessian_errors", []).append(f"step {step}: {e}")
-
-    model.train()
-    on_cpu = setup.device.type == "cpu"
-    hess_due = set(spec.hessian_steps) if spec.full and cfg.probe.hessian.enabled else set()
-    perm = torch.randperm(n, generator=gen)
-    pos = 0
-    initial = None
+    trace = Trace(spec.name)
+    instruments = InstrumentSet(_instruments(setup, spec, step_fn))
+    clip = None
     step = 0
+    model.train()
     try:
-        checkpoint(0)
-        if 0 in hess_due:
-            curvature(0)
+        instruments.attach(ctx)  # measures the initial state (evaluation, curvature) too
+        if cfg.probe.clip_grad_norm:  # after the instruments' hook: they see the unclipped gradient
+            clip = optimizer.register_step_pre_hook(
+                lambda *_: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.probe.clip_grad_norm))
+        data = batches(setup, spec.seed)
+        initial = None
         for step in range(spec.steps):
-            if pos + bs > n:
-                perm, pos = torch.randperm(n, generator=gen), 0
-            idx = perm[pos:pos + bs] if on_cpu else perm[pos:pos + bs].to(setup.device)
-            pos += bs
-            X, y = setup.train.take(idx)
-            for inst in instruments:
-                inst.before_forward(step)
-            out = call_user(model, *X, what=fwd) if isinstance(X, tuple) else call_user(model, X, what=fwd)
-            if step == 0:
-                names = order.done()
-                rank = {nm: i for i, nm in enumerate(names)}
-                layers.sort(key=lambda t: rank[t[0]])
-                acts.sort(key=lambda t: rank[t[0]])
-                trace.meta["layers"] = [nm for nm, _ in layers]
-                trace.meta["layer_types"] = [type(m).__name__ for _, m in layers]
-                rec.log("weight.row_spread", 0, weight_row_spread(layers))
-                for inst in instruments:  # layers were sorted in place: index samples follow them
-                    if isinstance(inst, GradHistogram):
-                        inst.attach(model, rec, optimizer)
-                trace.meta["act_layers"] = [nm for nm, _, _ in acts]
-                trace.meta["act_kinds"] = [k for _, _, k in acts]
-                if act_inst is not None:
-                    act_inst.order = trace.meta["act_layers"]
-            loss = call_user(setup.loss_fn, out, y, what=loss_what)
+            X, y = next(data)
+            loss = step_fn.loss(X, y)
             lval = float(loss.detach())
             rec.log("loss.train", step, lval)
             rec.log("lr", step, optimizer.param_groups[0]["lr"])
-            if initial is None:
-                initial = lval
-            if not math.isfinite(lval) or (math.isfinite(initial)
-                                           and abs(lval) > DIVERGENCE_FACTOR * max(abs(initial), 1e-3)):
+            initial = lval if initial is None else initial
+            if _diverged(lval, initial):
                 trace.status, trace.stopped_at = "diverged", step
                 break
             optimizer.zero_grad(set_to_none=True)
-            call_user(loss.backward, what=bwd)
-            for inst in instruments:
-                inst.after_backward(step)
-            if cfg.probe.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.probe.clip_grad_norm)
-            call_user(optimizer.step, what=opt_step)
-            if scheduler is not None:
-                call_user(scheduler.step, what=f"scheduler {cfg.schedule.name}.step()")
-            for inst in instruments:
-                inst.after_step(step)
+            step_fn.update(loss)
             if progress:
                 progress(spec.name, step + 1, spec.steps)
-            if (step + 1) % val_every == 0 or step + 1 == spec.steps:
-                checkpoint(step + 1)
-            if step + 1 in hess_due:
-                curvature(step + 1)
     except KeyboardInterrupt:
         trace.status, trace.stopped_at = "interrupted", step
     finally:
-        order.done()
-        for inst in instruments:
-            inst.detach()
-        rec.finish(trace)
-        for inst in instruments:
-            inst.finish(trace)
+        if clip is not None:
+            clip.remove()
+        instruments.detach()
+        instruments.finish(trace)
     if trace.status == "interrupted":
         raise ProbeInterrupted(ProbeSet({spec.name: trace}))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -284,28 +250,22 @@ def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: 
     cfg = setup.cfg
     model = setup.build_model(cfg.seed)
     optimizer = setup.optimizer_cls(model.parameters(), lr=lr_min, **cfg.optimizer.args)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    step_fn = _Step(setup, model, optimizer)
     rec = Recorder()
-    trace = Trace("lr_range", meta={"kind": "lr_range", "steps": steps, "seed": cfg.seed, "lr": cfg.optimizer.lr, "lr_min": lr_min, "lr_max": lr_max,
-                                    "optimizer": cfg.optimizer.name.lower()})
-    n = len(setup.train)
-    bs = min(cfg.data.batch_size, n)
-    fwd = f"the model's forward ({cfg.model.factory})"
+    rec.declare(LOOP_SERIES)
+    trace = Trace("lr_range", meta={"kind": "lr_range", "steps": steps, "seed": cfg.seed, "lr": cfg.optimizer.lr,
+                                    "lr_min": lr_min, "lr_max": lr_max, "optimizer": cfg.optimizer.name.lower()})
     growth = (lr_max / lr_min) ** (1.0 / max(1, steps - 1))
     best = math.inf
-    perm, pos = torch.randperm(n, generator=gen), 0
+    data = batches(setup, cfg.seed)
     model.train()
     try:
         for step in range(steps):
             lr = lr_min * growth**step
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            if pos + bs > n:
-                perm, pos = torch.randperm(n, generator=gen), 0
-            X, y = setup.train.take(perm[pos:pos + bs].to(setup.device))
-            pos += bs
-            out = call_user(model, *X, what=fwd) if isinstance(X, tuple) else call_user(model, X, what=fwd)
-            loss = call_user(setup.loss_fn, out, y, what=f"the loss ({cfg.loss})")
+            X, y = next(data)
+            loss = step_fn.loss(X, y)
             lval = float(loss.detach())
             rec.log("lr", step, lr)
             rec.log("loss.train", step, lval)
@@ -315,24 +275,17 @@ def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: 
                 break
             best = min(best, lval)
             optimizer.zero_grad(set_to_none=True)
-            call_user(loss.backward, what=_backward_what(cfg))
-            call_user(optimizer.step, what=f"optimizer {cfg.optimizer.name}.step()")
+            step_fn.update(loss)
             if progress:
                 progress("lr_range", step + 1, steps)
     finally:
         rec.finish(trace)
+        rec.describe(trace)
     return trace
 
 
-def _backward_what(cfg) -> str:
-    """Autograd runs the backward of the user's model and loss (an in-place op on a saved
-    tensor, an op without a gradient): their failure, not optdoctor's."""
-    return f"the backward pass of the model ({cfg.model.factory}) and loss ({cfg.loss})"
-
-
 def _memory_hint(setup: Setup) -> str:
-    cfg = setup.cfg
-    hint = f"a smaller data.batch_size (now {cfg.data.batch_size}) or a smaller model (model.args)"
+    hint = f"a smaller data.batch_size (now {setup.cfg.data.batch_size}) or a smaller model (model.args)"
     if setup.device.type == "cuda":
         hint += ", or probe.device: cpu (more memory, and CUDA reports errors late)"
     return hint
@@ -353,7 +306,7 @@ def run_probes(setup: Setup, progress: Progress | None = None,
 
     On Ctrl-C raises ProbeInterrupted carrying every trace measured so far."""
     cfg = setup.cfg
-    probes = ProbeSet(data_stats=dict(setup.data_stats))
+    probes = ProbeSet()
     hess_steps = fraction_steps(cfg.probe.hessian.at, cfg.probe.steps) if cfg.probe.hessian.enabled else []
     base_spec = ProbeSpec(steps=cfg.probe.steps, seed=cfg.seed, hessian_steps=hess_steps)
 
@@ -370,6 +323,7 @@ def run_probes(setup: Setup, progress: Progress | None = None,
         return state
 
     base_state = run(base_spec)
+    probes.data_stats = dict(probes.baseline.meta.get("data_stats", {}))
     for spec in plan_variants(setup):
         run(spec)
     if cfg.probe.lr_range:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -53,7 +53,6 @@ class Setup:
     device: torch.device
     chance_loss: float | None  # loss of the best constant predictor (class prior entropy, var(y))
     n_classes: int | None
-    data_stats: dict[str, float] = field(default_factory=dict)
     data_factory: Callable | None = None
     size_checked: bool = False
 
@@ -199,29 +198,6 @@ def _targets_info(y: torch.Tensor, loss: str) -> tuple[int | None, int | None, f
     return out, None, None
 
 
-def _data_stats(train: Split) -> dict[str, float]:
-    """Properties of the inputs that make optimisation ill-conditioned: features on wildly
-    different scales (the Hessian of a linear layer's loss scales with E[x x^T])."""
-    X = train.X[0] if isinstance(train.X, tuple) else train.X
-    if not X.is_floating_point():
-        return {}
-    X = X.reshape(len(X), -1).double()
-    if X.shape[1] < 2:
-        return {}
-    std = X.std(dim=0)
-    live = std > 0
-    if live.sum() < 2:
-        return {}
-    s = std[live]
-    mean_over_std = (X.mean(dim=0)[live].abs() / s).max()
-    return {
-        "feature_scale_spread": float(s.max() / s.min()),
-        "feature_mean_over_std": float(mean_over_std),
-        "feature_rms_max": float(X.pow(2).mean(dim=0).sqrt().max()),
-        "n_features": float(X.shape[1]),
-    }
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -246,14 +222,14 @@ def prepare(loaded: LoadedConfig, data_from: Setup | None = None) -> Setup:
     scheduler_cls = resolve_scheduler(cfg.schedule, loaded) if cfg.schedule else None
 
     if data_from is not None:
-        train, val, stats = data_from.train, data_from.val, data_from.data_stats
+        train, val = data_from.train, data_from.val
     else:
         with stage(f"loading the data on {device}", "less data (data.args)" + _cpu_hint(device)):
-            train, val, stats = _load_data(data_factory, loaded, device)
+            train, val = _load_data(data_factory, loaded, device)
     n_out, n_classes, chance = _targets_info(train.y, cfg.loss)
     model_args = _fill_shapes(model_factory, cfg.model.args, train, n_out)
     return Setup(loaded, model_factory, model_args, train, val, loss_fn, optimizer_cls, scheduler_cls,
-                 device, chance, n_classes, stats, data_factory)
+                 device, chance, n_classes, data_factory)
 
 
 def _load_data(data_factory: Callable, loaded: LoadedConfig, device: torch.device):
@@ -269,7 +245,7 @@ def _load_data(data_factory: Callable, loaded: LoadedConfig, device: torch.devic
         raise ProbeError(f"{what} returned an empty training set")
     if cfg.probe.standardize_inputs:
         train, val = _standardize(train, val)
-    return train, val, _data_stats(train)  # of the inputs the model trains on
+    return train, val
 
 
 def _standardize(train: Split, val: Split | None) -> tuple[Split, Split | None]:

@@ -1,0 +1,53 @@
+"""Relative size of each layer's update."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from optdoctor.probes.instruments.base import Every, Instrument, Series
+
+
+class UpdateRatios(Instrument):
+    """||W_after - W_before|| / ||W_before|| per layer ("update.ratio") and ||W|| ("weight.norm").
+    Karpathy's rule of thumb: ~1e-3 is healthy; >>1e-2 is a too-high LR, <<1e-5 a too-low one.
+    Measured every other step by default (the symptoms use medians over steps); the ratio is
+    taken once, in ``finish``."""
+
+    series = (
+        Series("update._delta_norm", "raw"),
+        Series("weight.norm", "layer", "L2 norm of each layer's weight before the step", tag="weight_norm"),
+        Series("update.ratio", "layer", "||dW|| / ||W|| of each layer's step", tag="update_ratio", log10="update_ratio_log10"),
+    )
+    needs = frozenset({"grads", "update"})
+
+    def __init__(self, every: int = 2):
+        self.schedule = Every(every)
+        self._buf: list[torch.Tensor] | None = None
+        self._armed = False
+
+    def after_backward(self, step: int) -> None:
+        layers = self.ctx.layers
+        self._armed = self.due(step) and bool(layers)
+        if not self._armed:
+            return
+        weights = [m.weight.detach() for _, m in layers]
+        if self._buf is None:
+            self._buf = [torch.empty_like(w) for w in weights]
+        torch._foreach_copy_(self._buf, weights)
+
+    def after_step(self, step: int) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        before_norm = torch.stack(torch._foreach_norm(self._buf))
+        torch._foreach_sub_(self._buf, [m.weight.detach() for _, m in self.ctx.layers])
+        self.recorder.log("weight.norm", step, before_norm)
+        self.recorder.log("update._delta_norm", step, torch.stack(torch._foreach_norm(self._buf)))
+
+    def finish(self, trace) -> None:
+        if "update._delta_norm" not in trace.series:
+            return
+        steps, delta = trace.series.pop("update._delta_norm")
+        _, before = trace.series["weight.norm"]
+        trace.series["update.ratio"] = (steps, delta / np.maximum(before, 1e-30))
