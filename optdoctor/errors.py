@@ -103,7 +103,7 @@ def exhaustion(exc: BaseException) -> str | None:
     than a bug in anyone's code (the probe could not run: exit 3); else None."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "ran out of memory"
-    if isinstance(exc, RuntimeError):
+    if isinstance(exc, RuntimeError) or type(exc).__name__ == "AcceleratorError":  # a device-side assert (torch 2.11)
         text = str(exc)
         if any(m in text for m in _OUT_OF_MEMORY):
             return "ran out of memory"

@@ -69,6 +69,40 @@ def stderr_lines(r) -> list[str]:
 
 # --- exit 3: the probe could not run --------------------------------------------------------
 
+# Messages as PyTorch 2.11 raised them on an H200 and on this CPU (checked on the device).
+OUT_OF_MEMORY = [
+    "CUDA out of memory. Tried to allocate 800.00 GiB. GPU 0 has a total capacity of 139.80 GiB of which 139.29 GiB is free.",
+    "Storage size calculation overflowed with sizes=[1000000000000, 1000000000000]",
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "80000000000000 bytes. Error code 12 (Cannot allocate memory)",
+]
+
+
+@pytest.mark.parametrize("exc,kind", [
+    *[(RuntimeError(m), "ran out of memory") for m in OUT_OF_MEMORY],
+    (MemoryError(), "ran out of memory"),
+    (RuntimeError("CUDA error: device-side assert triggered"), "hit a CUDA error"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (64x20 and 2x3)"), None),
+    (ValueError("the word out of memory in a user's message"), None),
+    (KeyError("x"), None),
+])
+def test_exhaustion_tells_the_machine_giving_out_from_bugs(exc, kind):
+    from optdoctor.errors import exhaustion
+
+    assert exhaustion(exc) == kind
+
+
+def test_exhaustion_knows_torch_classes():
+    import torch
+
+    from optdoctor.errors import exhaustion
+
+    assert exhaustion(torch.OutOfMemoryError("CUDA out of memory.")) == "ran out of memory"
+    assert torch.cuda.OutOfMemoryError is torch.OutOfMemoryError
+    if hasattr(torch, "AcceleratorError"):  # what a device-side assert raised on the device (torch 2.11)
+        assert exhaustion(torch.AcceleratorError("CUDA error: device-side assert triggered")) == "hit a CUDA error"
+
+
 
 def test_model_too_big_for_memory_is_exit_3_in_one_line(tmp_path):
     """The observed crash: a built-in MLP of width 1e8. Its first layer alone (20 x 1e8
