@@ -217,3 +217,20 @@ def test_a_diagnosis_built_by_hand_renders_in_every_format():
     diag = Diagnosis("x", "x.yaml", [finding("OD404", x=1.0)], [], {"x": 1.0}, probes, summary=summarize(probes))
     for name, render in REPORTERS.items():
         assert render(diag, "error"), name
+
+
+def test_verify_compares_the_symptom_the_rule_names(flat, tmp_path):
+    from optdoctor.engine.rules import shipped_rules_dir
+
+    cfg, _, _ = flat
+    for p in shipped_rules_dir().glob("*.yaml"):
+        text = p.read_text()
+        if p.name.startswith("OD404"):
+            text = text.replace("\nparams:", "\nverify: loss.rel_drop\nparams:", 1)
+        (tmp_path / p.name).write_text(text)
+    r = runner.invoke(app, ["diagnose", str(cfg), "--check", "--verify", "--format", "json", "--rules", str(tmp_path),
+                            "--param", "OD202.flat_max=-1", "--param", "OD203.flat_max=-1"])
+    (f,) = [f for f in json.loads(r.stdout)["findings"] if f["rule"] == "OD404"]
+    tried = [v for v in f["verification"] if v["applicable"]]
+    assert tried and {v["metric"] for v in f["verification"]} == {"loss.rel_drop"}
+    assert tried[0]["before"] == pytest.approx(json.loads(r.stdout)["symptoms"]["loss.rel_drop"], rel=1e-5)

@@ -18,7 +18,6 @@ apply to, a value beyond float32) are left out rather than written: several Tens
 plugins choke on NaN and an inf flattens every chart's axis.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -108,7 +107,9 @@ HIST_DECADE_BINS = 4  # bins per decade of log10 gradient norm
 DENSITY_BINS = 64
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-def _finite(x: float) -> bool:
+
+def finite_value(x: float) -> bool:
+    """Writable as a TensorBoard scalar: finite, and finite in float32 too."""
     return math.isfinite(x) and abs(x) <= _FLOAT32_MAX
 
 
@@ -190,7 +191,7 @@ def _histogram(values: np.ndarray | None, edges: np.ndarray, counts: np.ndarray 
                           bucket_limit=[float(e) for e in edges[1:]], bucket=[float(c) for c in counts])
 
 
-def _grad_norm_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
+def grad_norm_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     """Across-layer histogram of log10 per-layer gradient norm, at up to HIST_CHECKPOINTS steps.
 
     The probes record one norm per layer, not the gradients' elements, so this shows how the
@@ -217,7 +218,7 @@ def _grad_norm_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     return out
 
 
-def _grad_element_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
+def grad_element_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     """``grad_dist/<layer>`` from a ``grad.hist`` series: (T, L, B) counts of log10|g| per bin,
     bin edges ``meta["grad.hist_edges"]`` (B+1,), recorded by the probes' GradHistogram."""
     edges = trace.meta.get("grad.hist_edges")
@@ -236,7 +237,7 @@ def _grad_element_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     return out
 
 
-def _density_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
+def density_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     """``hessian/density`` from a measurement's ``density``: {"nodes", "weights"} (SLQ Ritz
     values and quadrature weights) or {"grid", "values"} (the broadened curve). Counts are
     scaled to eigenvalues (weights x n_params) when the parameter count is known."""

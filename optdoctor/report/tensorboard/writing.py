@@ -14,10 +14,10 @@ import numpy as np
 from optdoctor.report.tensorboard.markdown import diagnosis_markdown, probe_markdown
 from optdoctor.report.tensorboard.tags import (
     LAYOUT,
-    _density_histograms,
-    _finite,
-    _grad_element_histograms,
-    _grad_norm_histograms,
+    density_histograms,
+    finite_value,
+    grad_element_histograms,
+    grad_norm_histograms,
     scalar_points,
 )
 from optdoctor.trace import Trace
@@ -35,8 +35,6 @@ KEY_SYMPTOMS = (
 # Trace/diagnosis status -> hparams session status (its enum has no "aborted": an interrupted
 # probe's outcome is unknown).
 _STATUS = {"completed": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
-
-
 
 
 def flatten_config(obj: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -166,7 +164,7 @@ def _write_run(trace: Trace, folder: Path, extra: list[tuple[int, Any]] = ()) ->
     run = _Run(folder)
     points = scalar_points(trace)
     run.scalars(points)
-    for step, tag, hist in _grad_norm_histograms(trace) + _grad_element_histograms(trace) + _density_histograms(trace):
+    for step, tag, hist in grad_norm_histograms(trace) + grad_element_histograms(trace) + density_histograms(trace):
         run.add(step, Summary.Value(tag=tag, histo=hist))
     run.add(0, _text_value("probe", probe_markdown(trace)))
     for step, value in extra:
@@ -192,7 +190,7 @@ def diagnosis_metrics(diag) -> dict[str, float]:
     out = {}
     for k in names:
         v = diag.symptoms.get(k)
-        if isinstance(v, (int, float)) and _finite(float(v)):
+        if isinstance(v, (int, float)) and finite_value(float(v)):
             out[f"symptom/{k}"] = float(v)
     return out
 
