@@ -47,7 +47,7 @@ class Verification:
     patch: dict[str, Any]
     applicable: bool = True
     reason: str = ""  # why it could not be applied or measured
-    metric: str = "loss.final"  # what is compared (val.final for overfitting)
+    metric: str = "loss.final"  # what is compared: the rule's verify: symptom
     before: float | None = None
     after: float | None = None
     gain: float | None = None  # (before - after) / |before|; the ranking key
@@ -55,6 +55,7 @@ class Verification:
     improved: bool = False  # the compared loss fell clearly, but the rule still fires
     still_fires: bool | None = None  # None: the rule could not be evaluated on the verification probe
     symptoms: dict[str, list[float]] = field(default_factory=dict)  # name -> [before, after]
+    probe: str | None = None  # the verification probe (its TensorBoard run), if one ran
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}

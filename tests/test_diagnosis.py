@@ -234,3 +234,15 @@ def test_verify_compares_the_symptom_the_rule_names(flat, tmp_path):
     tried = [v for v in f["verification"] if v["applicable"]]
     assert tried and {v["metric"] for v in f["verification"]} == {"loss.rel_drop"}
     assert tried[0]["before"] == pytest.approx(json.loads(r.stdout)["symptoms"]["loss.rel_drop"], rel=1e-5)
+
+
+def test_replay_judges_the_tried_remedies_again_from_their_saved_probes(flat, tmp_path):
+    cfg, _, _ = flat
+    r = runner.invoke(app, ["diagnose", str(cfg), "--check", "--verify", "--format", "json", "--save-trace", str(tmp_path / "tr"),
+                            "--param", "OD202.flat_max=-1", "--param", "OD203.flat_max=-1"])
+    report = json.loads(r.stdout)
+    (f,) = report["findings"]
+    assert f["verification"] and all(v["probe"] in report["probes"] for v in f["verification"] if v["applicable"])
+    replayed = runner.invoke(app, ["replay", str(tmp_path / "tr"), "--format", "json",
+                                   "--param", "OD202.flat_max=-1", "--param", "OD203.flat_max=-1"])
+    assert json.loads(replayed.stdout) == report

@@ -6,6 +6,7 @@ Imports torch (through probes/) only when ``run_diagnosis`` is called.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ from optdoctor.symptoms import extract
 from optdoctor.trace import ProbeSet
 
 CONFIG_FILE = "config.json"  # beside saved traces: the config as diagnosed (replay's name, locations, settings)
+VERIFY_FILE = "verification.json"  # ... and the remedies --verify tried (which probe tried which)
 
 
 def checkpoint_steps(probes: ProbeSet) -> list[int]:
@@ -101,10 +103,15 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, *, r
 
 
 def save_traces(diag: Diagnosis, folder: str | Path) -> None:
-    """The probes' traces, and the config as diagnosed, for ``replay``."""
+    """The probes' traces, the config as diagnosed and the remedies tried, for ``replay``."""
+    from optdoctor.diagnose.verify import attempts
+
     diag.probes.save(folder)
     if diag.loaded is not None:
         (Path(folder) / CONFIG_FILE).write_text(diag.loaded.model_dump_json(indent=1), encoding="utf-8")
+    tried = attempts(diag)
+    if tried:
+        (Path(folder) / VERIFY_FILE).write_text(json.dumps(tried, indent=1, sort_keys=True), encoding="utf-8")
 
 
 def saved_config(folder: str | Path) -> LoadedConfig | None:
@@ -123,8 +130,9 @@ def saved_config(folder: str | Path) -> LoadedConfig | None:
 def replay_diagnosis(folder: str | Path, rules: list[Rule], selection: Selection | None = None,
                      loaded: LoadedConfig | None = None) -> Diagnosis:
     """The Diagnosis of saved traces, without probing: the same steps as ``run_diagnosis``
-    after its probes ran (multi-seed voting included; remedies are not tried again)."""
+    after its probes ran (multi-seed voting; remedies judged again from their saved probes)."""
     from optdoctor.diagnose.seeds import seed_sets, vote
+    from optdoctor.diagnose.verify import reverify
 
     probes = ProbeSet.load(folder)
     findings, outcomes, symptoms = evaluate_probes(probes, rules, selection, loaded)
@@ -134,5 +142,8 @@ def replay_diagnosis(folder: str | Path, rules: list[Rule], selection: Selection
         findings, outcomes = vote(per_seed, outcomes)
     name, path = (loaded.name, loaded.path) if loaded is not None else (Path(folder).name, str(folder))
     diag = Diagnosis(name, path, findings, outcomes, symptoms, probes, loaded=loaded)
-    diag.summary = summarize(probes, findings)
+    tried = Path(folder) / VERIFY_FILE
+    if tried.exists():
+        reverify(diag, rules, json.loads(tried.read_text(encoding="utf-8")))
+    diag.summary = summarize(probes, diag.findings)
     return diag

@@ -1,6 +1,7 @@
 """Remedies that prove themselves (``--verify``): each patched remedy of the top findings is
 tried in a probe of its own (same seed, same budget) and judged by the symptom its rule names
-(``verify:``, default ``loss.final``)."""
+(``verify:``, default ``loss.final``). ``reverify`` judges them again from saved probes
+(``optdoctor replay``)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,7 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
         rule = by_id[f.rule]
         metric = rule.verify
         before = diag.symptoms.get(metric)
-        refs = [diag.symptoms[k] for k in ("loss.initial", "loss.chance") if k in diag.symptoms]
-        reference = min(refs) if refs else None
+        reference = _reference(diag.symptoms)
         results = []
         for i, remedy in enumerate([r for r in rule.remedies if r.patch][: vcfg.max_remedies]):
             v = Verification(remedy=f.remedies[rule.remedies.index(remedy)], patch=dict(remedy.patch), metric=metric, before=before)
@@ -71,12 +71,54 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                 results.append(v)
                 continue
             trace.meta["verifies"] = {"rule": rule.id, "remedy": v.remedy}
+            trace.meta["data_stats"] = dict(setup.data_stats)  # a patch may change the data
+            v.probe = name
             diag.probes.traces[name] = trace
-            judge(v, f, rule, diag.symptoms, extract(ProbeSet({"baseline": trace}, setup.data_stats)), reference)
+            judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), reference)
             results.append(v)
         if results:
             conclude(f, results)
     diag.findings.sort(key=Finding.sort_key)
+
+
+def attempts(diag: Diagnosis) -> dict[str, list[dict]]:
+    """What was tried per rule, without what was measured: saved beside the traces."""
+    keep = ("remedy", "patch", "applicable", "reason", "probe")
+    return {f.rule: [{k: v[k] for k in keep} for v in f.verification] for f in diag.findings if f.verification}
+
+
+def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -> None:
+    """``verify_findings`` again, from saved verification probes (``attempts``) instead of new
+    ones: the same judgement, for the findings that fire now."""
+    from optdoctor.remedies import Verification
+
+    by_id = {r.id: r for r in rules}
+    for f in diag.findings:
+        if f.rule not in tried or f.rule not in by_id:
+            continue
+        rule = by_id[f.rule]
+        results = []
+        for a in tried[f.rule]:
+            v = Verification(remedy=a["remedy"], patch=dict(a["patch"]), applicable=a["applicable"], reason=a["reason"],
+                             metric=rule.verify, before=diag.symptoms.get(rule.verify), probe=a.get("probe"))
+            trace = diag.probes.traces.get(v.probe) if v.probe else None
+            if v.applicable and trace is None:
+                v.applicable, v.reason = False, "its verification probe was not saved"
+            if v.applicable:
+                judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), _reference(diag.symptoms))
+            results.append(v)
+        if results:
+            conclude(f, results)
+    diag.findings.sort(key=Finding.sort_key)
+
+
+def _after(trace, probes: ProbeSet) -> dict[str, float]:
+    return extract(ProbeSet({"baseline": trace}, dict(trace.meta.get("data_stats", probes.data_stats))))
+
+
+def _reference(symptoms: dict[str, float]) -> float | None:
+    refs = [symptoms[k] for k in ("loss.initial", "loss.chance") if k in symptoms]
+    return min(refs) if refs else None
 
 
 def judge(v, f: Finding, rule: Rule, before: dict[str, float], after: dict[str, float], reference: float | None) -> None:
