@@ -17,7 +17,7 @@ arguments rarely fit). A patch of ``model.args.X`` or ``data.args.X`` applies on
 factory takes ``X``: for the user's own factories that do not, the remedy stays text and the
 report says which config line (or which code) to change.
 
-``apply_patch`` is pure (no torch): the verification probes live in ``diagnose.py``.
+``apply_patch`` is pure (no torch): the verification probes live in ``diagnose/verify.py``.
 """
 
 from __future__ import annotations
