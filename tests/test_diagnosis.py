@@ -246,3 +246,15 @@ def test_replay_judges_the_tried_remedies_again_from_their_saved_probes(flat, tm
     replayed = runner.invoke(app, ["replay", str(tmp_path / "tr"), "--format", "json",
                                    "--param", "OD202.flat_max=-1", "--param", "OD203.flat_max=-1"])
     assert json.loads(replayed.stdout) == report
+
+
+def test_saving_traces_replaces_an_earlier_runs_tried_remedies(tmp_path):
+    from optdoctor.diagnose import save_traces
+
+    probes = ProbeSet({"baseline": trace("baseline", "baseline", [2.0, 1.0])})
+    f = finding("OD404", x=1.0)
+    f.verification = [{"remedy": "r", "patch": {"optimizer.lr": "x10"}, "applicable": False, "reason": "no", "probe": None}]
+    save_traces(Diagnosis("x", "x.yaml", [f], [], {}, probes), tmp_path)
+    assert json.loads((tmp_path / "verification.json").read_text())["OD404"][0]["reason"] == "no"
+    save_traces(Diagnosis("x", "x.yaml", [finding("OD404")], [], {}, probes), tmp_path)
+    assert not (tmp_path / "verification.json").exists() and (tmp_path / "baseline.npz").exists()

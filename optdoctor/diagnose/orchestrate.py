@@ -112,6 +112,8 @@ def save_traces(diag: Diagnosis, folder: str | Path) -> None:
     tried = attempts(diag)
     if tried:
         (Path(folder) / VERIFY_FILE).write_text(json.dumps(tried, indent=1, sort_keys=True), encoding="utf-8")
+    else:  # not a previous run's
+        (Path(folder) / VERIFY_FILE).unlink(missing_ok=True)
 
 
 def saved_config(folder: str | Path) -> LoadedConfig | None:
