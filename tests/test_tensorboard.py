@@ -1,4 +1,4 @@
-"""TensorBoard logs (optdoctor/tensorboard.py), read back the way TensorBoard reads them:
+"""TensorBoard logs (optdoctor/report/tensorboard/), read back the way TensorBoard reads them:
 with its EventAccumulator, and through the HTTP data API of a real ``tensorboard`` server."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from optdoctor.diagnose import Diagnosis
+from optdoctor.diagnose import Diagnosis, summarize
 from optdoctor.findings import Finding, RuleOutcome
 from optdoctor.trace import ProbeSet, Trace
-from optdoctor.tensorboard import (
+from optdoctor.report.tensorboard import (
     flatten_config,
     scalar_points,
     write_diagnosis,
@@ -87,7 +87,8 @@ def diagnosis(probes: ProbeSet, findings=None, status="completed", loaded=None) 
                 "hess.lambda_min_rel": float("nan"), "loss.spike": float("inf")}
     outcomes = [RuleOutcome(f.rule, f.name, f.cause, "fired") for f in findings]
     outcomes.append(RuleOutcome("OD305", "dead-relu", "dead_relu", "not_evaluated", "missing symptoms: act.dead_frac.max"))
-    return Diagnosis("sample", "sample.yaml", findings, outcomes, symptoms, probes, status, 1.5, loaded)
+    return Diagnosis("sample", "sample.yaml", findings, outcomes, symptoms, probes, status, 1.5, loaded,
+                     summary=summarize(probes, findings))
 
 
 def accumulate(folder: Path) -> EventAccumulator:
@@ -254,7 +255,7 @@ def test_one_run_per_probe_and_the_diagnosis_on_the_baseline(tmp_path):
         assert f.summary.replace("|", r"\|") in text and f.cause in text and f.severity in text
         for r in f.remedies:
             assert r in text
-    assert "| `grad.depth_ratio` | 1e-06 |" in text  # the evidence table
+    assert "| `grad.depth_ratio` | 1.00e-06 |" in text  # the evidence table, numbers as in the text report
     assert "OD305 dead-relu: not evaluated" in text
     assert "| lr_x10 | 0.1 | 30 | diverged |" in text
 
@@ -311,7 +312,7 @@ def test_an_interrupted_diagnosis_is_written_with_an_unknown_session_status(tmp_
 
 
 def test_a_run_that_fails_to_write_does_not_stop_the_others(tmp_path, monkeypatch):
-    import optdoctor.tensorboard as tb
+    import optdoctor.report.tensorboard.writing as tb
 
     real = tb.scalar_points
 
@@ -424,3 +425,21 @@ def test_the_tensorboard_server_serves_the_runs_and_tags(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_the_markdown_and_the_text_report_show_the_same_probe_table(tmp_path):
+    """One final-loss definition (the smoothed one the symptoms use), not the last step's."""
+    from optdoctor.report import REPORTERS
+    from optdoctor.report.numbers import fmt
+    from optdoctor.report.tensorboard import diagnosis_markdown
+    from optdoctor.symptoms._util import final_loss
+
+    probes = ProbeSet({name: synthetic_trace(name) for name in ("baseline", "lr_x0.1")})
+    probes.traces["lr_x0.1"].series["loss.train"][1][-1] = 7.0  # a last-step spike: smoothed final != last
+    diag = diagnosis(probes)
+    md, text = diagnosis_markdown(diag), REPORTERS["text"](diag)
+    for name, t in probes.traces.items():
+        span = f"{fmt(float(t.values('loss.train')[0]))} → {fmt(final_loss(t))}"
+        assert re.search(rf"\| {re.escape(name)} \|.*\| {re.escape(span)} \|", md), md
+        assert re.search(rf"{re.escape(name)} .*{re.escape(span)}", text), text
+    assert "→ 7" not in md and "→ 7" not in text
