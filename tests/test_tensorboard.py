@@ -36,6 +36,16 @@ LAYERS = ["embed", "blocks.0.fc", "blocks.1.fc", "head"]
 ACTS = ["act0", "act1"]
 
 
+def declarations() -> dict:
+    """``meta["series"]`` as the runner writes it: the loop's and every instrument's declarations."""
+    from optdoctor.probes.instruments import default_instruments
+    from optdoctor.probes.runner import LOOP_SERIES
+
+    evaluation = dict(at=[0], forward=None, loss_fn=None, train=None)
+    insts = default_instruments(10, evaluation=evaluation)
+    return {s.name: s.as_meta() for s in list(LOOP_SERIES) + [s for i in insts for s in i.series] if s.per != "raw"}
+
+
 def synthetic_trace(probe: str = "baseline", steps: int = 30, status: str = "completed") -> Trace:
     """A trace shaped like the runner's, with values whose every entry is distinct."""
     rng = np.random.default_rng(0)
@@ -46,7 +56,8 @@ def synthetic_trace(probe: str = "baseline", steps: int = 30, status: str = "com
     dead = rng.random((len(ak), len(ACTS)))
     dead[:, 1] = np.nan  # a tanh layer: dead fraction does not apply
     t = Trace(probe, meta={"lr": 0.1, "steps": steps, "layers": LAYERS, "act_layers": ACTS,
-                           "act_kinds": ["relu", "tanh"], "n_params": 1000, "optimizer": "sgd"}, status=status)
+                           "act_kinds": ["relu", "tanh"], "n_params": 1000, "optimizer": "sgd",
+                           "series": declarations()}, status=status)
     t.series = {
         "loss.train": (s, 2.0 - 0.01 * s + rng.random(steps) * 1e-3),
         "loss.train_eval": (ck, 2.0 - 0.01 * ck),
@@ -202,7 +213,7 @@ def test_a_diverged_probe_is_written_without_a_single_non_finite_value(tmp_path)
 
 
 def test_odd_traces_are_written_without_raising(tmp_path):
-    t = Trace("odd", meta={"layers": ["a"]}, status="diverged", stopped_at=0)
+    t = Trace("odd", meta={"layers": ["a"], "series": declarations()}, status="diverged", stopped_at=0)
     t.series = {
         "grad.norm": (np.arange(3), np.zeros((3, 1))),  # log10(0): no log10 tag, no histogram
         "update.ratio": (np.arange(3), np.array([np.nan, np.inf, -np.inf])),  # 1-D where 2-D is usual
@@ -215,6 +226,10 @@ def test_odd_traces_are_written_without_raising(tmp_path):
     ea = accumulate(write_probe(t, tmp_path))
     assert sorted(ea.Tags()["scalars"]) == ["grad_norm/a", "weight_norm/0", "weight_norm/1", "weight_norm/2"]
     assert ea.Tags()["histograms"] == []
+    del t.meta["series"]  # a trace without declarations (saved by hand): nothing is lost, tags are generic
+    ea = accumulate(write_probe(t, tmp_path / "plain"))
+    assert sorted(ea.Tags()["scalars"]) == ["other/grad/norm/a", "other/weight/norm/0", "other/weight/norm/1",
+                                            "other/weight/norm/2"]
 
 
 def test_rewriting_a_run_replaces_its_event_file(tmp_path):

@@ -4,7 +4,7 @@ Tags (``section/name``; per-layer columns by the layer's module name, in forward
 
     loss/train  loss/train_eval  loss/val  accuracy/train  accuracy/val  lr
     grad_norm/<layer>  grad_norm/global  grad_norm_log10/<layer>
-    update_ratio/<layer>  update_ratio_log10/<layer>  weight_norm/<layer>
+    update_ratio/<layer>  update_ratio_log10/<layer>  weight_norm/<layer>  grad_cosine/<layer>
     activation/{dead_frac,saturated_frac,scale,unit_diversity}/<layer>
     hessian/{lambda_max,lambda_min,lambda_min_rel,trace,negative_mass,effective_condition,...}
     hessian/top_k/<i>  (i = 1 is lambda_max)
@@ -29,28 +29,10 @@ import numpy as np
 
 from optdoctor.trace import Trace
 
-# series name -> tag section. 1-D series become the tag itself; 2-D ones one tag per column,
-# named by meta["layers"] (parametrised layers) or meta["act_layers"] (activation modules).
-SCALAR_TAGS: dict[str, str] = {
-    "loss.train": "loss/train",
-    "loss.train_eval": "loss/train_eval",
-    "loss.val": "loss/val",
-    "acc.train": "accuracy/train",
-    "acc.val": "accuracy/val",
-    "lr": "lr",
-    "grad.global_norm": "grad_norm/global",
-    "grad.norm": "grad_norm",
-    "update.ratio": "update_ratio",
-    "weight.norm": "weight_norm",
-    "act.dead_frac": "activation/dead_frac",
-    "act.sat_frac": "activation/saturated_frac",
-    "act.scale": "activation/scale",
-    "act.unit_diversity": "activation/unit_diversity",
-}
-# Per-layer families that span orders of magnitude (vanishing gradients: 1e-7 at the input,
-# 0.3 at the output) are also written as log10, since a custom-scalars chart has no
-# log-axis setting of its own: on a linear axis only the top layer's curve would be visible.
-LOG10_TAGS: dict[str, str] = {"grad.norm": "grad_norm_log10", "update.ratio": "update_ratio_log10"}
+# Each series' tag comes from its declaration, carried by the trace (``meta["series"]``: the
+# instrument that recorded it says its tag, its columns and whether it is also written as log10,
+# since a custom-scalars chart has no log-axis setting: quantities spanning decades across layers
+# would show only the top layer's curve). An undeclared series is written as ``other/<name>``.
 # Hessian measurement keys (one dict per measurement in Trace.hessian) -> tag.
 HESSIAN_TAGS: dict[str, str] = {
     "lambda_max": "hessian/lambda_max",
@@ -87,6 +69,7 @@ LAYOUT = (
         ("gradient norm per layer", r"grad_norm/(?!global$)"),
         ("log10 update ratio |dW|/|W| per layer", r"update_ratio_log10/"),
         ("update ratio |dW|/|W| per layer", r"update_ratio/"),
+        ("cosine of successive gradients per layer (-1: zig-zag)", r"grad_cosine/"),
     )),
     ("activations (per layer)", (
         ("dead fraction per layer", r"activation/dead_frac/"),
@@ -119,17 +102,21 @@ def _step(row: dict) -> int | None:
     return int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None
 
 
-def _column_names(trace: Trace, name: str, width: int) -> list[str]:
-    key = "act_layers" if name.startswith("act.") else "layers"
-    names = list(trace.meta.get(key) or [])
-    return names if len(names) == width else [str(i) for i in range(width)]
+def _column_names(trace: Trace, key: str | None, width: int) -> list[str]:
+    """Column names of a 2-D series: the metadata list its declaration names, else the one of
+    the right width (layers before activations), else indices."""
+    for k in ([key] if key else ["layers", "act_layers"]):
+        names = list(trace.meta.get(k) or [])
+        if len(names) == width:
+            return names
+    return [str(i) for i in range(width)]
 
 
 def scalar_points(trace: Trace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every scalar tag of a probe's run with its (steps, values), finite values only.
 
-    Series missing from ``SCALAR_TAGS`` are written too, as ``other/<name>``, so that nothing
-    a probe measured is lost from the logs."""
+    Tags follow the series' declarations (``meta["series"]``); undeclared series are written
+    too, as ``other/<name>``, so that nothing a probe measured is lost from the logs."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def put(tag: str, steps: np.ndarray, values: np.ndarray) -> None:
@@ -139,18 +126,21 @@ def scalar_points(trace: Trace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if keep.any():
             out[tag] = (np.asarray(steps, dtype=np.int64)[keep], values[keep])
 
+    declared = trace.meta.get("series") or {}
     for name, (steps, values) in sorted(trace.series.items()):
         if len(steps) == 0 or values.ndim > 2:
             continue
-        section = SCALAR_TAGS.get(name, "other/" + name.replace(".", "/"))
+        decl = declared.get(name) or {}
+        section = decl.get("tag") or "other/" + name.replace(".", "/")
         if values.ndim == 1:
             put(section, steps, values)
             continue
-        for j, col in enumerate(_column_names(trace, name, values.shape[1])):
+        log10 = decl.get("log10")
+        for j, col in enumerate(_column_names(trace, decl.get("columns"), values.shape[1])):
             put(f"{section}/{col}", steps, values[:, j])
-            if name in LOG10_TAGS:
+            if log10:
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    put(f"{LOG10_TAGS[name]}/{col}", steps, np.log10(values[:, j]))
+                    put(f"{log10}/{col}", steps, np.log10(values[:, j]))
 
     by_key: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for row in trace.hessian:
@@ -229,7 +219,7 @@ def grad_element_histograms(trace: Trace) -> list[tuple[int, str, Any]]:
     if counts.ndim != 3 or counts.shape[2] != len(edges) - 1:
         return []
     out = []
-    for j, col in enumerate(_column_names(trace, "grad.hist", counts.shape[1])):
+    for j, col in enumerate(_column_names(trace, "layers", counts.shape[1])):
         for i, step in enumerate(steps):
             c = np.nan_to_num(counts[i, j], nan=0.0, posinf=0.0, neginf=0.0)
             if c.sum() > 0:
