@@ -815,8 +815,7 @@ def test_data_stats_equal_hand_loop_on_the_first_samples_seen():
     means = [sum(c) / len(c) for c in cols]
     assert got["feature_scale_spread"] == pytest.approx(max(stds) / min(stds), rel=1e-9)
     assert got["feature_mean_over_std"] == pytest.approx(max(abs(m) / s for m, s in zip(means, stds)), rel=1e-9)
-    assert got["feature_rms_max"] == pytest.approx(max(math.sqrt(sum(v * v for v in c) / len(c)) for c in cols), rel=1e-9)
-    assert got["n_features"] == 3
+    assert sorted(got) == ["feature_mean_over_std", "feature_scale_spread"]
 
 
 def test_data_stats_say_nothing_for_token_ids():

@@ -20,7 +20,7 @@ class DataStats(Instrument):
     passes (exactly what the model gets: standardised when the setup standardises) until
     ``cap`` samples were seen, and summarises them in ``meta["data_stats"]``:
     ``feature_scale_spread`` (largest / smallest per-feature std among non-constant features),
-    ``feature_mean_over_std`` (largest |mean| / std), ``feature_rms_max``, ``n_features``.
+    ``feature_mean_over_std`` (largest |mean| / std).
     Nothing for integer inputs (token ids) or fewer than two varying features."""
 
     needs = frozenset()  # its own forward pre-hook, removed once ``cap`` samples were seen
@@ -70,6 +70,4 @@ def data_stats(X: torch.Tensor) -> dict[str, float]:
     return {
         "feature_scale_spread": float(s.max() / s.min()),
         "feature_mean_over_std": float((X.mean(dim=0)[live].abs() / s).max()),
-        "feature_rms_max": float(X.pow(2).mean(dim=0).sqrt().max()),
-        "n_features": float(X.shape[1]),
     }
