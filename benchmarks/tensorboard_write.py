@@ -1,4 +1,4 @@
-"""How long writing a diagnosis' TensorBoard logs takes (optdoctor/tensorboard.py).
+"""How long writing a diagnosis' TensorBoard logs takes (optdoctor/report/tensorboard/).
 
     python benchmarks/tensorboard_write.py [--repeats 7] [--config C.yaml | --traces DIR] [--compare]
 
@@ -35,13 +35,10 @@ probe: {steps: 200}
 def probe(config: Path | None, traces: Path | None):
     """(Diagnosis, probing seconds or None)."""
     if traces is not None:
-        from optdoctor.diagnose import Diagnosis, evaluate_probes
+        from optdoctor.diagnose import replay_diagnosis, saved_config
         from optdoctor.engine.rules import load_rules
-        from optdoctor.trace import ProbeSet
 
-        probes = ProbeSet.load(traces)
-        findings, outcomes, symptoms = evaluate_probes(probes, load_rules())
-        return Diagnosis(traces.name, str(traces), findings, outcomes, symptoms, probes), None
+        return replay_diagnosis(traces, load_rules(), loaded=saved_config(traces)), None
     from optdoctor.config import load_config
     from optdoctor.diagnose import run_diagnosis
 
@@ -66,7 +63,7 @@ def median_seconds(fn, repeats: int) -> float:
 
 def per_value_rows(trace):
     """(tag, step, value) of every finite scalar optdoctor writes for this trace."""
-    from optdoctor.tensorboard import scalar_points
+    from optdoctor.report.tensorboard import scalar_points
 
     for tag, (steps, values) in scalar_points(trace).items():
         yield from zip([tag] * len(steps), steps.tolist(), values.tolist())
@@ -96,7 +93,7 @@ def tensorboard_per_value(diag, out: Path) -> None:
 
 
 def packed_scalars_only(diag, out: Path) -> None:
-    from optdoctor.tensorboard import _Run, scalar_points
+    from optdoctor.report.tensorboard.writing import _Run, scalar_points
 
     for name, trace in diag.probes.traces.items():
         run = _Run(out / name)
@@ -118,7 +115,7 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="also time SummaryWriter and one Event per value")
     args = parser.parse_args()
 
-    from optdoctor.tensorboard import scalar_points, write_diagnosis
+    from optdoctor.report.tensorboard import scalar_points, write_diagnosis
 
     diag, probe_s = probe(args.config, args.traces)
     n_values = sum(len(s) for t in diag.probes.traces.values() for s, _ in scalar_points(t).values())

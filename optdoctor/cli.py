@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from optdoctor.errors import OptdoctorError, ProbeError, UsageError
+from optdoctor.report import REPORTERS
 
 try:  # recent typer vendors click: its bad-usage errors are typer._click's, not click's
     from typer._click.exceptions import ClickException
@@ -66,12 +67,7 @@ rules_app = typer.Typer(help="List, explain, validate and test rules.", no_args_
 app.add_typer(rules_app, name="rules")
 
 
-class Format(str, Enum):
-    text = "text"
-    json = "json"
-    sarif = "sarif"
-    junit = "junit"
-    github = "github"
+Format = Enum("Format", {name: name for name in sorted(REPORTERS)}, type=str)  # --format: every registered reporter
 
 
 class FailOn(str, Enum):
@@ -130,7 +126,7 @@ def _progress():
 @app.command()
 def diagnose(
     config: Path = typer.Argument(..., help="probe config (YAML); it imports your model/data code"),
-    format: Format = typer.Option(Format.text, "--format", "-f", help="report format on stdout (or in a plain --output FILE)"),
+    format: Format = typer.Option(Format("text"), "--format", "-f", help="report format on stdout (or in a plain --output FILE)"),
     output: List[str] = typer.Option([], "--output", "-o", metavar="[FORMAT=]FILE",
                                      help="write a report to FILE (--format's format) or FORMAT=FILE; repeat for several formats from one run"),
     fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", help="exit 1 when a finding is at or above this severity [default: error, or the settings file's]"),
@@ -148,25 +144,20 @@ def diagnose(
     save_trace: Optional[Path] = typer.Option(None, "--save-trace", help="save the probes' traces in this folder (re-diagnose with `optdoctor replay`)"),
 ) -> None:
     """Run short probe trainings of CONFIG and diagnose what goes wrong."""
-    from optdoctor import settings as st
     from optdoctor.config import load_config
-    from optdoctor.engine.rules import load_rules
+    from optdoctor.settings import resolve_rules
 
     try:
         outputs = _parse_outputs(output, format.value)
         loaded = load_config(config)
-        file_settings = st.discover_settings(Path(loaded.base_dir))
-        rule_list = load_rules(st.rule_paths(file_settings, [str(r) for r in rules]))
-        st.validate_against(rule_list, file_settings, cli_select=select, cli_ignore=ignore,
-                            cli_extend_select=extend_select, cli_params=param)
-        selection = st.merge_selection(file_settings, select, ignore, param, cli_extend_select=extend_select)
-        fail = st.resolve_fail_on(file_settings, fail_on.value if fail_on else None)
+        chosen = resolve_rules(loaded.base_dir, cli_rules=rules, cli_select=select, cli_extend_select=extend_select,
+                               cli_ignore=ignore, cli_params=param, cli_fail_on=fail_on.value if fail_on else None)
         loaded = _override(loaded, steps=steps, seed=seed, check=check, max_steps=max_steps, verify=verify)
         from optdoctor.diagnose import run_diagnosis
 
         progress, done = (None, lambda: None) if check else _progress()
         try:
-            diag = run_diagnosis(loaded, selection, rules=rule_list, progress=progress)
+            diag = run_diagnosis(loaded, chosen.selection, rules=chosen.rules, progress=progress)
         finally:
             done()
     except OptdoctorError as e:
@@ -174,17 +165,13 @@ def diagnose(
     except KeyboardInterrupt:
         _err("optdoctor: interrupted before anything was measured")
         raise typer.Exit(130)
-    diag.extra["rules"] = rule_list
-    tb_dir = tensorboard or _config_tensorboard(loaded)
+    diag.extra["rules"] = chosen.rules
     try:
-        if tb_dir is not None:
-            from optdoctor.tensorboard import write_diagnosis
-
-            write_diagnosis(diag, tb_dir)
-            _err(f"optdoctor: TensorBoard logs in {tb_dir} (open with: tensorboard --logdir {tb_dir})")
         if save_trace:
-            diag.probes.save(save_trace)
-        code = _emit(diag, outputs, fail)
+            from optdoctor.diagnose import save_traces
+
+            save_traces(diag, save_trace)
+        code = _emit(diag, outputs, chosen.fail_on, tensorboard or _config_tensorboard(loaded))
     except OSError as e:  # a full disk, a read-only folder: the user's to fix, not a bug
         _err(f"optdoctor: cannot write {e.filename or 'the output'}: {e.strerror or e}")
         raise typer.Exit(2)
@@ -221,7 +208,7 @@ def _override(loaded, *, steps: int | None, seed: int | None, check: bool, max_s
 def _parse_outputs(specs: list[str], default_format: str) -> list[tuple[str, Path | None]]:
     """[(format, file or None for stdout)]: stdout carries --format unless a plain --output FILE
     takes it."""
-    formats = {f.value for f in Format}
+    formats = set(REPORTERS)
     outs: list[tuple[str, Path | None]] = []
     plain = False
     for spec in specs:
@@ -238,9 +225,15 @@ def _parse_outputs(specs: list[str], default_format: str) -> list[tuple[str, Pat
     return outs
 
 
-def _emit(diag, outputs: list[tuple[str, Path | None]], fail_on: str) -> int:
-    from optdoctor.report import REPORTERS, exit_code
+def _emit(diag, outputs: list[tuple[str, Path | None]], fail_on: str, tensorboard: Path | None = None) -> int:
+    """Every output of a diagnosis: the reports (stdout or files) and the TensorBoard logs."""
+    from optdoctor.report import exit_code
 
+    if tensorboard is not None:
+        from optdoctor.report.tensorboard import write_diagnosis
+
+        write_diagnosis(diag, tensorboard)
+        _err(f"optdoctor: TensorBoard logs in {tensorboard} (open with: tensorboard --logdir {tensorboard})")
     for fmt, path in outputs:
         if fmt == "text":
             tty = path is None and sys.stdout.isatty()
@@ -260,29 +253,31 @@ def _emit(diag, outputs: list[tuple[str, Path | None]], fail_on: str) -> int:
 @app.command()
 def replay(
     traces: Path = typer.Argument(..., help="folder written by `diagnose --save-trace`"),
-    format: Format = typer.Option(Format.text, "--format", "-f"),
-    fail_on: FailOn = typer.Option(FailOn.error, "--fail-on"),
-    select: List[str] = typer.Option([], "--select"),
-    ignore: List[str] = typer.Option([], "--ignore"),
-    rules: List[Path] = typer.Option([], "--rules"),
+    format: Format = typer.Option(Format("text"), "--format", "-f"),
+    fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", help="exit 1 when a finding is at or above this severity [default: error, or the settings file's]"),
+    select: List[str] = typer.Option([], "--select", help="only these rule ids, id prefixes (OD1) or names; replaces the settings file's selection"),
+    extend_select: List[str] = typer.Option([], "--extend-select", help="add these to the selection"),
+    ignore: List[str] = typer.Option([], "--ignore", help="skip these rule ids, id prefixes or names"),
+    param: List[str] = typer.Option([], "--param", metavar="ID.PARAM=VALUE", help="override a rule parameter, e.g. OD101.ratio_max=1e-3"),
+    rules: List[Path] = typer.Option([], "--rules", help="rule files or folders to use instead of the shipped pack"),
 ) -> None:
-    """Re-diagnose saved traces without probing again (e.g. after editing rules)."""
-    from optdoctor.diagnose import Diagnosis, evaluate_probes
-    from optdoctor.engine.evaluate import Selection
-    from optdoctor.engine.rules import load_rules
-    from optdoctor.trace import ProbeSet
+    """Re-diagnose saved traces without probing again (e.g. after editing rules), with the
+    settings file of the config they came from and the same flags as `diagnose`."""
+    from optdoctor.diagnose import replay_diagnosis, saved_config
+    from optdoctor.settings import resolve_rules
 
     try:
         if not (traces / "baseline.npz").exists():
             raise UsageError(f"{traces}: no baseline.npz here; expected a folder written by `optdoctor diagnose --save-trace`")
-        probes = ProbeSet.load(traces)
-        rule_list = load_rules([str(r) for r in rules] or None)
-        findings, outcomes, symptoms = evaluate_probes(probes, rule_list, Selection(select=select, ignore=ignore))
+        loaded = saved_config(traces)
+        start = loaded.base_dir if loaded is not None and Path(loaded.base_dir).is_dir() else traces
+        chosen = resolve_rules(start, cli_rules=rules, cli_select=select, cli_extend_select=extend_select,
+                               cli_ignore=ignore, cli_params=param, cli_fail_on=fail_on.value if fail_on else None)
+        diag = replay_diagnosis(traces, chosen.rules, chosen.selection, loaded)
     except OptdoctorError as e:
         _fail(e)
-    diag = Diagnosis(traces.name, str(traces), findings, outcomes, symptoms, probes)
-    diag.extra["rules"] = rule_list
-    raise typer.Exit(_emit(diag, [(format.value, None)], fail_on.value))
+    diag.extra["rules"] = chosen.rules
+    raise typer.Exit(_emit(diag, [(format.value, None)], chosen.fail_on))
 
 
 @app.command()

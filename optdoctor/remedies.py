@@ -17,7 +17,7 @@ arguments rarely fit). A patch of ``model.args.X`` or ``data.args.X`` applies on
 factory takes ``X``: for the user's own factories that do not, the remedy stays text and the
 report says which config line (or which code) to change.
 
-``apply_patch`` is pure (no torch): the verification probes live in ``diagnose.py``.
+``apply_patch`` is pure (no torch): the verification probes live in ``diagnose/verify.py``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Verification:
     patch: dict[str, Any]
     applicable: bool = True
     reason: str = ""  # why it could not be applied or measured
-    metric: str = "loss.final"  # what is compared (val.final for overfitting)
+    metric: str = "loss.final"  # what is compared: the rule's verify: symptom
     before: float | None = None
     after: float | None = None
     gain: float | None = None  # (before - after) / |before|; the ranking key
@@ -55,6 +55,7 @@ class Verification:
     improved: bool = False  # the compared loss fell clearly, but the rule still fires
     still_fires: bool | None = None  # None: the rule could not be evaluated on the verification probe
     symptoms: dict[str, list[float]] = field(default_factory=dict)  # name -> [before, after]
+    probe: str | None = None  # the verification probe (its TensorBoard run), if one ran
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}

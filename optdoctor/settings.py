@@ -427,3 +427,29 @@ def validate_against(rules, settings: Settings | None = None, *, cli_select: Seq
             problems.append(Problem(bad[0], key=f"--param {rid}.{param}", suggestion=bad[1]))
     if problems:
         raise UsageError(list(dict.fromkeys(problems)))
+
+
+# --- the one place a command turns settings + flags into the rules it evaluates ------------
+@dataclass
+class ResolvedRules:
+    rules: list  # [engine.rules.Rule], loaded and validated
+    selection: Selection
+    fail_on: str
+    settings: Settings
+
+
+def resolve_rules(start: str | Path, *, cli_rules: Sequence[str | Path] = (), cli_select: Sequence[str] = (),
+                  cli_extend_select: Sequence[str] = (), cli_ignore: Sequence[str] = (),
+                  cli_params: Sequence[str | ParamOverride] = (), cli_fail_on: str | None = None) -> ResolvedRules:
+    """The settings file that applies to ``start`` (the config's folder) merged with the
+    command line, as the module docstring says: which rule pack, which rules, their params and
+    severities, and ``--fail-on``. ``diagnose`` and ``replay`` both go through here.
+    UsageError/RuleError (exit 2) for anything that names no rule or param."""
+    from optdoctor.engine.rules import load_rules
+
+    settings = discover_settings(start)
+    rules = load_rules(rule_paths(settings, cli_rules))
+    validate_against(rules, settings, cli_select=cli_select, cli_ignore=cli_ignore,
+                     cli_extend_select=cli_extend_select, cli_params=cli_params)
+    selection = merge_selection(settings, cli_select, cli_ignore, cli_params, cli_extend_select=cli_extend_select)
+    return ResolvedRules(rules, selection, resolve_fail_on(settings, cli_fail_on), settings)

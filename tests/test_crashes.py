@@ -203,7 +203,7 @@ def _boom(*args, **kwargs):
     ("optdoctor.engine.rules.load_rules", ["rules", "validate"]),
     ("optdoctor.engine.docs.explain", ["rules", "explain", "OD101"]),
     ("optdoctor.config.schema.ProbeConfig.model_json_schema", ["schema"]),
-    ("optdoctor.diagnose.evaluate_probes", ["diagnose", "{config}"]),
+    ("optdoctor.diagnose.orchestrate.evaluate_probes", ["diagnose", "{config}"]),
 ], ids=["rules-list", "rules-validate", "rules-explain", "schema", "diagnose"])
 def test_internal_error_is_exit_4_with_traceback_and_report_request(target, args, tmp_path, monkeypatch):
     monkeypatch.setattr(target, _boom)

@@ -24,6 +24,7 @@ from optdoctor.probes.instruments import (
     TANH_SAT,
     Activations,
     Context,
+    DataStats,
     GradCosine,
     GradHistogram,
     GradNorms,
@@ -433,13 +434,13 @@ def test_killed_units_are_counted_dead():
 
 
 def _drive_acts(model, inputs, inst, acts):
-    """Training-mode forward passes (the model's pre-hook arms the instrument), each closed as
-    an optimizer step's post-hook would close it."""
+    """Training-mode forward passes, each closed and the next one armed as an optimizer step's
+    post-hook would do (attaching armed the first)."""
     iset = attach(model, [inst], layers=[], acts=acts)
     for step, x in enumerate(inputs):
-        iset.step = step
         model(x)
         inst.after_step(step)
+        inst.before_forward(step + 1)
     iset.detach()
     return finish(iset)
 
@@ -542,7 +543,8 @@ def test_activations_not_armed_outside_scheduled_steps_and_unseen_modules_are_na
     inst = Activations(every=3)
     iset = attach(model, [inst], layers=[], acts=[("a", model.a, "relu"), ("b", model.b, "tanh")])
     for step in range(4):
-        iset.step = step
+        if step:
+            inst.before_forward(step)  # what the optimizer's post-hook does after each step
         model(torch.randn(4, 2))
         model(torch.randn(4, 2))  # a second training forward in the step (accumulation): first call counts
         model.eval()
@@ -552,7 +554,7 @@ def test_activations_not_armed_outside_scheduled_steps_and_unseen_modules_are_na
         inst.after_step(step)
         assert not model.a._forward_hooks  # hooks live for a measured step only
     iset.detach()
-    assert not model.a._forward_hooks and not model._forward_pre_hooks  # detach removes every hook
+    assert not model.a._forward_hooks and not model.b._forward_hooks  # detach removes every hook
     model(torch.randn(4, 2), use_b=True)  # ... nor a forward after detaching
     trace = finish(iset)
     assert trace.steps("act.scale").tolist() == [0, 3]
@@ -784,3 +786,43 @@ def test_grad_cosine_sees_a_zigzag():
         opt.step()
     iset.detach()
     assert finish(iset).values("grad.cosine")[:, 0] == pytest.approx([-1.0, -1.0, -1.0])
+
+
+# --------------------------------------------------------------------------- input statistics
+
+
+def test_data_stats_equal_hand_loop_on_the_first_samples_seen():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2))
+    scales = torch.tensor([1.0, 30.0, 0.5])
+    xs = [torch.randn(8, 3) * scales + 2.0 for _ in range(5)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    inst = DataStats(cap=20)  # 2.5 batches of 8: the third batch is cut at 4 samples
+    iset = attach(model, [inst], opt, layers=parametrised_layers(model))
+    for x in xs:
+        model.eval()
+        model(x * 1e6)  # an evaluation pass: not what the model trains on
+        model.train()
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+    assert not model._forward_pre_hooks  # the hook left once the cap was reached
+    iset.detach()
+    got = finish(iset).meta["data_stats"]
+    rows = [r for x in xs for r in x.double().tolist()][:20]
+    cols = list(zip(*rows))
+    stds = [ref_std(list(c)) for c in cols]
+    means = [sum(c) / len(c) for c in cols]
+    assert got["feature_scale_spread"] == pytest.approx(max(stds) / min(stds), rel=1e-9)
+    assert got["feature_mean_over_std"] == pytest.approx(max(abs(m) / s for m, s in zip(means, stds)), rel=1e-9)
+    assert sorted(got) == ["feature_mean_over_std", "feature_scale_spread"]
+
+
+def test_data_stats_say_nothing_for_token_ids():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    iset = attach(model, [DataStats()], opt, layers=parametrised_layers(model))
+    model(torch.randint(0, 10, (8, 3))).sum().backward()
+    opt.step()
+    iset.detach()
+    assert finish(iset).meta["data_stats"] == {}

@@ -192,3 +192,26 @@ def test_ranking_severity_confidence_onset():
 def test_nan_symptom_never_fires(tmp_path):
     r = load_rule_file(write(tmp_path, RULE))
     assert holds(r, {"loss.rel_drop": math.nan}) is False
+
+
+# --- verify: and gate: ----------------------------------------------------------------------
+def test_verify_names_the_symptom_that_judges_a_remedy(tmp_path):
+    assert load_rule_file(write(tmp_path, RULE)).verify == "loss.final"  # the default
+    assert {r.id: r.verify for r in PACK}["OD501"] == "val.final"  # overfitting: judged on validation
+    assert load_rule_file(write(tmp_path, RULE + "verify: val.final\n")).verify == "val.final"
+    msgs = problems(write(tmp_path, RULE + "verify: val.fnal\n"))
+    assert any(":18:9: verify:" in m and "unknown symptom 'val.fnal'" in m and "did you mean 'val.final'" in m for m in msgs), msgs
+
+
+def test_a_gate_is_checked_like_a_condition_and_may_use_its_own_params(tmp_path):
+    gated = RULE.replace('params:\n', 'gate: loss.late_rel_drop < params.flat_max\nparams:\n  flat_max: {default: 0.02, doc: "y"}\n')
+    r = load_rule_file(write(tmp_path, gated))
+    assert r.gate_open({"loss.late_rel_drop": 0.01}) and not r.gate_open({"loss.late_rel_drop": 0.03})
+    assert r.gate_open({"loss.late_rel_drop": 0.03}, {"flat_max": 0.05})  # overridden like the condition's
+    assert not r.gate_open({})  # a missing symptom keeps the gate shut
+    assert load_rule_file(write(tmp_path, RULE)).gate is None
+    msgs = problems(write(tmp_path, gated.replace("gate: loss.late_rel_drop", "gate: loss.late_rel_drp")))
+    assert any(":7:7: gate: unknown name 'loss.late_rel_drp'" in m for m in msgs), msgs
+    msgs = problems(write(tmp_path, gated.replace("gate: loss.late_rel_drop < params.flat_max", "gate: loss.late_rel_drop < 0.02")))
+    assert any("param 'flat_max' is not used by the condition or the gate" in m for m in msgs), msgs
+

@@ -1,4 +1,4 @@
-"""TensorBoard logs (optdoctor/tensorboard.py), read back the way TensorBoard reads them:
+"""TensorBoard logs (optdoctor/report/tensorboard/), read back the way TensorBoard reads them:
 with its EventAccumulator, and through the HTTP data API of a real ``tensorboard`` server."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from optdoctor.diagnose import Diagnosis
+from optdoctor.diagnose import Diagnosis, summarize
 from optdoctor.findings import Finding, RuleOutcome
 from optdoctor.trace import ProbeSet, Trace
-from optdoctor.tensorboard import (
+from optdoctor.report.tensorboard import (
     flatten_config,
     scalar_points,
     write_diagnosis,
@@ -34,6 +34,16 @@ from optdoctor.tensorboard import (
 KEEP_ALL = {"scalars": 0, "histograms": 0, "tensors": 0, "compressedHistograms": 0}
 LAYERS = ["embed", "blocks.0.fc", "blocks.1.fc", "head"]
 ACTS = ["act0", "act1"]
+
+
+def declarations() -> dict:
+    """``meta["series"]`` as the runner writes it: the loop's and every instrument's declarations."""
+    from optdoctor.probes.instruments import default_instruments
+    from optdoctor.probes.runner import LOOP_SERIES
+
+    evaluation = dict(at=[0], forward=None, loss_fn=None, train=None)
+    insts = default_instruments(10, evaluation=evaluation)
+    return {s.name: s.as_meta() for s in list(LOOP_SERIES) + [s for i in insts for s in i.series] if s.per != "raw"}
 
 
 def synthetic_trace(probe: str = "baseline", steps: int = 30, status: str = "completed") -> Trace:
@@ -46,7 +56,8 @@ def synthetic_trace(probe: str = "baseline", steps: int = 30, status: str = "com
     dead = rng.random((len(ak), len(ACTS)))
     dead[:, 1] = np.nan  # a tanh layer: dead fraction does not apply
     t = Trace(probe, meta={"lr": 0.1, "steps": steps, "layers": LAYERS, "act_layers": ACTS,
-                           "act_kinds": ["relu", "tanh"], "n_params": 1000, "optimizer": "sgd"}, status=status)
+                           "act_kinds": ["relu", "tanh"], "n_params": 1000, "optimizer": "sgd",
+                           "series": declarations()}, status=status)
     t.series = {
         "loss.train": (s, 2.0 - 0.01 * s + rng.random(steps) * 1e-3),
         "loss.train_eval": (ck, 2.0 - 0.01 * ck),
@@ -87,7 +98,8 @@ def diagnosis(probes: ProbeSet, findings=None, status="completed", loaded=None) 
                 "hess.lambda_min_rel": float("nan"), "loss.spike": float("inf")}
     outcomes = [RuleOutcome(f.rule, f.name, f.cause, "fired") for f in findings]
     outcomes.append(RuleOutcome("OD305", "dead-relu", "dead_relu", "not_evaluated", "missing symptoms: act.dead_frac.max"))
-    return Diagnosis("sample", "sample.yaml", findings, outcomes, symptoms, probes, status, 1.5, loaded)
+    return Diagnosis("sample", "sample.yaml", findings, outcomes, symptoms, probes, status, 1.5, loaded,
+                     summary=summarize(probes, findings))
 
 
 def accumulate(folder: Path) -> EventAccumulator:
@@ -201,7 +213,7 @@ def test_a_diverged_probe_is_written_without_a_single_non_finite_value(tmp_path)
 
 
 def test_odd_traces_are_written_without_raising(tmp_path):
-    t = Trace("odd", meta={"layers": ["a"]}, status="diverged", stopped_at=0)
+    t = Trace("odd", meta={"layers": ["a"], "series": declarations()}, status="diverged", stopped_at=0)
     t.series = {
         "grad.norm": (np.arange(3), np.zeros((3, 1))),  # log10(0): no log10 tag, no histogram
         "update.ratio": (np.arange(3), np.array([np.nan, np.inf, -np.inf])),  # 1-D where 2-D is usual
@@ -214,6 +226,10 @@ def test_odd_traces_are_written_without_raising(tmp_path):
     ea = accumulate(write_probe(t, tmp_path))
     assert sorted(ea.Tags()["scalars"]) == ["grad_norm/a", "weight_norm/0", "weight_norm/1", "weight_norm/2"]
     assert ea.Tags()["histograms"] == []
+    del t.meta["series"]  # a trace without declarations (saved by hand): nothing is lost, tags are generic
+    ea = accumulate(write_probe(t, tmp_path / "plain"))
+    assert sorted(ea.Tags()["scalars"]) == ["other/grad/norm/a", "other/weight/norm/0", "other/weight/norm/1",
+                                            "other/weight/norm/2"]
 
 
 def test_rewriting_a_run_replaces_its_event_file(tmp_path):
@@ -254,7 +270,7 @@ def test_one_run_per_probe_and_the_diagnosis_on_the_baseline(tmp_path):
         assert f.summary.replace("|", r"\|") in text and f.cause in text and f.severity in text
         for r in f.remedies:
             assert r in text
-    assert "| `grad.depth_ratio` | 1e-06 |" in text  # the evidence table
+    assert "| `grad.depth_ratio` | 1.00e-06 |" in text  # the evidence table, numbers as in the text report
     assert "OD305 dead-relu: not evaluated" in text
     assert "| lr_x10 | 0.1 | 30 | diverged |" in text
 
@@ -311,7 +327,7 @@ def test_an_interrupted_diagnosis_is_written_with_an_unknown_session_status(tmp_
 
 
 def test_a_run_that_fails_to_write_does_not_stop_the_others(tmp_path, monkeypatch):
-    import optdoctor.tensorboard as tb
+    import optdoctor.report.tensorboard.writing as tb
 
     real = tb.scalar_points
 
@@ -424,3 +440,21 @@ def test_the_tensorboard_server_serves_the_runs_and_tags(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_the_markdown_and_the_text_report_show_the_same_probe_table(tmp_path):
+    """One final-loss definition (the smoothed one the symptoms use), not the last step's."""
+    from optdoctor.report import REPORTERS
+    from optdoctor.report.numbers import fmt
+    from optdoctor.report.tensorboard import diagnosis_markdown
+    from optdoctor.symptoms._util import final_loss
+
+    probes = ProbeSet({name: synthetic_trace(name) for name in ("baseline", "lr_x0.1")})
+    probes.traces["lr_x0.1"].series["loss.train"][1][-1] = 7.0  # a last-step spike: smoothed final != last
+    diag = diagnosis(probes)
+    md, text = diagnosis_markdown(diag), REPORTERS["text"](diag)
+    for name, t in probes.traces.items():
+        span = f"{fmt(float(t.values('loss.train')[0]))} → {fmt(final_loss(t))}"
+        assert re.search(rf"\| {re.escape(name)} \|.*\| {re.escape(span)} \|", md), md
+        assert re.search(rf"{re.escape(name)} .*{re.escape(span)}", text), text
+    assert "→ 7" not in md and "→ 7" not in text

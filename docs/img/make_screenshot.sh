@@ -28,7 +28,7 @@ python - "$WORK/deep-sigmoid.yaml" "$WORK/logs" <<'PY'
 import sys
 from optdoctor.config import load_config
 from optdoctor.diagnose import run_diagnosis
-from optdoctor.tensorboard import write_diagnosis
+from optdoctor.report.tensorboard import write_diagnosis
 
 diag = run_diagnosis(load_config(sys.argv[1]))
 print("findings:", [f"{f.rule} {f.cause}" for f in diag.findings], file=sys.stderr)

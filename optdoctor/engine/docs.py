@@ -30,6 +30,8 @@ def explain(rule: Rule, width: int = 88) -> str:
     if rule.for_ > 1:
         out.append(f"  (must hold at the last {rule.for_} checkpoints)\n")
     out.append("\n")
+    if rule.gate is not None:
+        out.append(f"Follow-up probes (continued, perturbed, reseed) run when\n  {rule.gate.source}\n\n")
     if rule.params:
         out.append("Parameters (override in [tool.optdoctor.params] or with --param)\n")
         for p in rule.params.values():
@@ -37,6 +39,8 @@ def explain(rule: Rule, width: int = 88) -> str:
         out.append("\n")
     if rule.blame:
         out.append(f"Blamed config key\n  {rule.blame}\n\n")
+    if any(r.patch for r in rule.remedies):
+        out.append(f"Remedies tried by --verify are judged by\n  {rule.verify}\n\n")
     if rule.references:
         out.append("References\n" + "".join(f"  - {r}\n" for r in rule.references))
     return "".join(out)

@@ -13,6 +13,11 @@ A rule names one cause and says when it holds, in the safe expression language o
     params:
       ratio_max: {default: 1.0e-3, doc: "first/last layer gradient ratio below which ..."}
     for: 2                               # must hold at the last 2 checkpoints
+    gate: loss.late_rel_drop < params.flat_max   # the plateau follow-up probes this rule reads
+                                         # (plateau.*) run only when this holds on the baseline;
+                                         # a missing symptom reads as nan (the gate stays shut)
+    verify: val.final                    # what --verify compares before/after a remedy
+                                         # (default loss.final)
     ruled_out_by: [dead_relu]            # a firing rule of this cause (or id) explains the symptoms
     blame: model.args.act                # config key at fault (CI annotations land there)
     summary: "gradients shrink {grad.layer_factor:.2g}x per layer ..."
@@ -31,6 +36,7 @@ No torch here: ``optdoctor rules ...`` must stay fast and safe on untrusted file
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -52,8 +58,10 @@ TEMPLATE_RE = re.compile(r"\{([A-Za-z_][\w.]*)(?::([^{}]*))?\}")
 DOC_SECTIONS = ("what", "why", "detection", "false_positives", "remedies")
 CONFIG_ROOTS = ("name", "seed", "model", "data", "loss", "optimizer", "schedule", "probe")
 TOP_KEYS = ("id", "name", "cause", "severity", "confidence", "when", "optional", "params", "for",
-            "ruled_out_by", "blame", "summary", "evidence", "remedies", "references", "docs", "tests")
+            "ruled_out_by", "blame", "summary", "evidence", "remedies", "references", "docs", "tests",
+            "gate", "verify")
 REQUIRED = ("id", "name", "cause", "severity", "confidence", "when", "summary", "remedies", "docs")
+DEFAULT_VERIFY = "loss.final"  # what --verify compares unless a rule says otherwise
 FAMILIES = {"1": "gradients", "2": "curvature and conditioning", "3": "initialisation and activations",
             "4": "learning rate", "5": "generalisation", "9": "probe health"}
 
@@ -92,6 +100,8 @@ class Rule:
     tests: dict[str, list] = field(default_factory=dict)
     file: str = ""
     line: int = 1
+    gate: Expr | None = None  # when the follow-up probes its condition reads should run
+    verify: str = DEFAULT_VERIFY  # the symptom --verify compares before and after a remedy
 
     @property
     def family(self) -> str:
@@ -105,6 +115,16 @@ class Rule:
 
     def symptom_names(self) -> list[str]:
         return sorted(n for n in self.when.names if not n.startswith("params."))
+
+    def gate_open(self, symptoms: dict[str, float], overrides: dict[str, float] | None = None) -> bool:
+        """Whether this rule wants the follow-up probes, judged on the baseline's symptoms
+        (a missing symptom reads as nan, so the gate stays shut); False without a gate."""
+        if self.gate is None:
+            return False
+        env = {n: math.nan for n in self.gate.names}
+        env.update(symptoms)
+        env.update(self.param_env(overrides))
+        return bool(self.gate.evaluate(env))
 
 
 def shipped_rules_dir() -> Path:
@@ -220,9 +240,18 @@ class _Validator:
         when = self.expr(d.get("when"), known) if "when" in d else None
         if when is not None and not when.is_bool:
             self.add("when", "the condition must be a comparison or a boolean combination, not a bare number")
-        unused = [p for p in params if when is not None and f"params.{p}" not in when.names]
+        gate = self.expr(d.get("gate"), known, key="gate") if d.get("gate") is not None else None
+        if gate is not None and not gate.is_bool:
+            self.add("gate", "the gate must be a comparison or a boolean combination, not a bare number")
+        used = (when.names if when is not None else set()) | (gate.names if gate is not None else set())
+        unused = [p for p in params if when is not None and f"params.{p}" not in used]
         for p in unused:
-            self.add(f"params.{p}", f"param {p!r} is not used by the condition")
+            self.add(f"params.{p}", f"param {p!r} is not used by the condition" + (" or the gate" if gate is not None else ""))
+        verify = d.get("verify", DEFAULT_VERIFY)
+        if not isinstance(verify, str) or verify not in SYMPTOMS:
+            self.add("verify", f"verify names the symptom --verify compares (default {DEFAULT_VERIFY}); unknown symptom {verify!r}",
+                     did_you_mean(str(verify), SYMPTOMS), at=self.value_at("verify"))
+            verify = DEFAULT_VERIFY
         for_ = d.get("for", 1)
         if not (isinstance(for_, int) and not isinstance(for_, bool) and for_ >= 1):
             self.add("for", f"'for' must be a positive number of checkpoints, got {for_!r}")
@@ -265,7 +294,7 @@ class _Validator:
         return Rule(rid, name, cause, sev, float(conf), when, summary, params, tuple(optional), for_,
                     tuple(str(c) for c in ruled_out_by), blame,
                     tuple(evidence), remedies, [str(r) for r in refs], {k: str(v) for k, v in docs.items()},
-                    tests, self.shown, line)
+                    tests, self.shown, line, gate, verify)
 
     def params(self, raw: Any) -> dict[str, Param]:
         if not isinstance(raw, dict):
@@ -288,20 +317,20 @@ class _Validator:
             out[k] = Param(k, float(v), doc)
         return out
 
-    def expr(self, source: Any, known: set[str]) -> Expr | None:
+    def expr(self, source: Any, known: set[str], key: str = "when") -> Expr | None:
         if not isinstance(source, str):
-            self.add("when", f"the condition must be a string expression, got {source!r}")
+            self.add(key, f"the {'condition' if key == 'when' else key} must be a string expression, got {source!r}")
             return None
-        line, col, style = self.value_pos["when"]
+        line, col, style = self.value_pos[key]
         src = " ".join(source.split()) if style in (">", "|") else source
         try:
             return compile_expr(src, known)
         except ExprError as e:
             if style in (None, "", "'", '"'):
                 quote = 1 if style in ("'", '"') else 0
-                p = e.to_problem(self.shown, "when", (line, col + quote))
+                p = e.to_problem(self.shown, key, (line, col + quote))
             else:  # folded block: locate the first occurrence of the offending text
-                p = Problem(e.message, key="when", file=self.shown, line=line, col=col, suggestion=e.suggestion)
+                p = Problem(e.message, key=key, file=self.shown, line=line, col=col, suggestion=e.suggestion)
             self.problems.append(p)
             return None
 

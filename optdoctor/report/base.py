@@ -1,14 +1,15 @@
 """One interface, one list of findings, many formats (ruff's emitters).
 
 Every reporter is ``render(diagnosis, fail_on) -> str``; registered in REPORTERS by name.
-Reports carry no timestamps or absolute paths, and floats are rounded to 6 significant digits,
-so that the same config + seed + machine gives byte-identical output.
+A reporter reads the Diagnosis and nothing else (not the Traces, not the symptom producers):
+whatever it shows is computed upstream (``optdoctor.diagnose.summary``). Reports carry no
+timestamps or absolute paths, and write numbers through ``report.numbers``, so that the same
+config + seed + machine gives byte-identical output.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from typing import Callable
 
 from optdoctor.findings import SEVERITY_RANK
 
@@ -24,26 +25,6 @@ def reporter(name: str):
         return fn
 
     return deco
-
-
-def round6(x: Any) -> Any:
-    """6 significant digits; non-finite floats become the strings "nan", "inf", "-inf"
-    (JSON has no literal for them)."""
-    if isinstance(x, bool) or x is None:
-        return x
-    if isinstance(x, int):
-        return x
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return float(f"{x:.6g}")
-    if isinstance(x, dict):
-        return {k: round6(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [round6(v) for v in x]
-    return x
 
 
 def fails(severity: str, fail_on: str) -> bool:

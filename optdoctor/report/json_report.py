@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from optdoctor import __version__
-from optdoctor.report.base import reporter, round6
+from optdoctor.report.base import reporter
+from optdoctor.report.numbers import round6
 
 
 def finding_dict(f) -> dict:
@@ -24,18 +25,9 @@ def finding_dict(f) -> dict:
     return d
 
 
-def probe_summary(probes) -> dict:
-    from optdoctor.symptoms._util import final_loss
-
-    out = {}
-    for name, t in sorted(probes.traces.items()):
-        loss = t.values("loss.train") if t.has("loss.train") else []
-        out[name] = {
-            "lr": t.meta.get("lr"), "steps": t.meta.get("steps"), "seed": t.meta.get("seed"),
-            "status": t.status, "stopped_at": t.stopped_at,
-            "loss_initial": float(loss[0]) if len(loss) else None, "loss_final": final_loss(t),
-        }
-    return out
+def probe_dict(p) -> dict:
+    return {"lr": p.lr, "steps": p.steps, "seed": p.seed, "status": p.status, "stopped_at": p.stopped_at,
+            "loss_initial": p.loss_initial, "loss_final": p.loss_final}
 
 
 def as_dict(diag) -> dict:
@@ -45,7 +37,7 @@ def as_dict(diag) -> dict:
         "status": diag.status,
         "optdoctor": __version__,
         "symptoms": dict(sorted(diag.symptoms.items())),
-        "probes": probe_summary(diag.probes),
+        "probes": {p.name: probe_dict(p) for p in diag.summary.probes},
         "rules": [{"rule": o.rule, "name": o.name, "cause": o.cause, "status": o.status, **({"reason": o.reason} if o.reason else {})}
                   for o in diag.outcomes],
     })

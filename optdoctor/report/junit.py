@@ -14,7 +14,8 @@ import xml.etree.ElementTree as ET
 
 from optdoctor.findings import Finding
 from optdoctor.report.base import fails, reporter
-from optdoctor.report.sarif import fmt_number, report_path
+from optdoctor.report.numbers import fmt
+from optdoctor.report.sarif import report_path
 
 # characters XML 1.0 cannot carry at all, even escaped (ElementTree would write them as is)
 _ILLEGAL_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -25,7 +26,7 @@ def _clean(text: str) -> str:
 
 
 def details(f: Finding) -> str:
-    lines = [f"{f.rule} {f.name}: cause {f.cause}, severity {f.severity}, confidence {fmt_number(f.confidence)}",
+    lines = [f"{f.rule} {f.name}: cause {f.cause}, severity {f.severity}, confidence {fmt(f.confidence, exact=True)}",
              f.summary]
     if f.blame:
         where = f" ({report_path(str(f.location['file']))}:{f.location['line']}:{f.location['col']})" if f.location else ""
@@ -34,7 +35,7 @@ def details(f: Finding) -> str:
         lines.append(f"from probe step {f.onset}")
     if f.evidence:
         lines.append("evidence:")
-        lines += [f"  {k} = {fmt_number(v)}" for k, v in f.evidence.items()]
+        lines += [f"  {k} = {fmt(v, exact=True)}" for k, v in f.evidence.items()]
     if f.remedies:
         lines.append("remedies:")
         lines += [f"  {i}. {r}" for i, r in enumerate(f.remedies, 1)]

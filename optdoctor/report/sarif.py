@@ -25,7 +25,8 @@ from urllib.parse import quote
 
 from optdoctor import __version__
 from optdoctor.findings import Finding
-from optdoctor.report.base import fails, reporter, round6
+from optdoctor.report.base import fails, reporter
+from optdoctor.report.numbers import fmt, round6
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 LEVEL = {"error": "error", "warning": "warning", "info": "note"}
@@ -46,15 +47,9 @@ def report_path(path: str) -> str:
     return p.as_posix()
 
 
-def fmt_number(v) -> str:
-    """6 significant digits, as in every report; nan/inf as words."""
-    v = round6(v)
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
 def evidence_text(f: Finding) -> str:
     # the rule's own order: the evidence it names first, then the condition's inputs
-    return ", ".join(f"{k}={fmt_number(v)}" for k, v in f.evidence.items())
+    return ", ".join(f"{k}={fmt(v, exact=True)}" for k, v in f.evidence.items())
 
 
 def fingerprint(rule_id: str, config_path: str, blame: str | None) -> str:

@@ -1,52 +1,50 @@
 """The terminal report: verdict first, then each finding with its evidence and remedies, then
-a compact picture of the loss curve and of the per-layer gradient norms."""
+a compact picture of the loss curve and of the per-layer gradient norms, then the probes.
+Everything comes from the Diagnosis (its ``summary`` holds the pictures' numbers)."""
 
 from __future__ import annotations
 
 import io
 import math
 
-import numpy as np
 from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from optdoctor.report.base import fails, reporter
-from optdoctor.report.json_report import probe_summary
-from optdoctor.symptoms import SYMPTOMS
+from optdoctor.report.numbers import fmt
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 STYLE = {"error": "bold white on red", "warning": "bold black on yellow", "info": "bold white on blue"}
 
 
-def fmt(v: float) -> str:
-    if v is None:
-        return "?"
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return str(v)
-    if v == 0:
-        return "0"
-    a = abs(v)
-    return f"{v:.3g}" if 1e-3 <= a < 1e4 else f"{v:.2e}"
+def _chunk_means(v: list[float], width: int) -> list[float]:
+    """Means over ``width`` consecutive chunks, the first ``len % width`` one longer."""
+    size, extra = divmod(len(v), width)
+    out, i = [], 0
+    for c in range(width):
+        n = size + (c < extra)
+        out.append(sum(v[i:i + n]) / n)
+        i += n
+    return out
 
 
-def sparkline(values: np.ndarray, width: int = 48, log: bool = True) -> str:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
+def sparkline(values, width: int = 48, log: bool = True) -> str:
+    v = [float(x) for x in values if math.isfinite(x)]
+    if not v:
         return ""
     if len(v) > width:  # mean over equal chunks
-        v = np.array([c.mean() for c in np.array_split(v, width)])
-    if log and np.all(v > 0) and np.log10(v.max() / v.min()) > 0.3:
-        v = np.log10(v)
-        lo, hi = v.min(), v.max()
+        v = _chunk_means(v, width)
+    if log and min(v) > 0 and math.log10(max(v) / min(v)) > 0.3:
+        v = [math.log10(x) for x in v]
+        lo, hi = min(v), max(v)
     else:  # a narrow range drawn on [0, max] so that a flat loss looks flat, not like noise
-        lo, hi = min(0.0, v.min()), v.max()
+        lo, hi = min(0.0, min(v)), max(v)
     if hi - lo < 1e-12:
         return BLOCKS[3] * len(v)
-    idx = np.clip(((v - lo) / (hi - lo) * (len(BLOCKS) - 1)).round().astype(int), 0, len(BLOCKS) - 1)
-    return "".join(BLOCKS[i] for i in idx)
+    top = len(BLOCKS) - 1
+    return "".join(BLOCKS[min(max(round((x - lo) / (hi - lo) * top), 0), top)] for x in v)
 
 
 def _verdict(diag, fail_on: str) -> Text:
@@ -74,7 +72,7 @@ def _verdict(diag, fail_on: str) -> Text:
     return t
 
 
-def _finding(console: Console, f) -> None:
+def _finding(console: Console, f, meanings: dict[str, str]) -> None:
     head = Text()
     head.append(f" {f.severity.upper()} ", style=STYLE[f.severity])
     head.append(f" {f.rule} {f.name}", style="bold")
@@ -91,7 +89,7 @@ def _finding(console: Console, f) -> None:
     table.add_column(style="dim")
     spread = (f.seeds or {}).get("spread", {})
     for name, v in f.evidence.items():
-        meaning = SYMPTOMS[name].meaning if name in SYMPTOMS else ""
+        meaning = meanings.get(name, "")
         value = fmt(v) + (f" [{fmt(spread[name][0])}, {fmt(spread[name][1])}]" if name in spread else "")
         table.add_row("   " + name, value, meaning)
     console.print(table)
@@ -150,59 +148,49 @@ def _short(text: str) -> str:
     return text if len(text) <= 70 else text[:67] + "..."
 
 
-def _pictures(console: Console, diag) -> None:
-    t = diag.probes.baseline
-    if t.has("loss.train"):
-        loss = t.values("loss.train")
-        finite = loss[np.isfinite(loss)]
-        if len(finite):
-            line = Text("   loss   ")
-            line.append(fmt(float(finite[0])) + " ")
-            line.append(sparkline(loss), style="cyan")
-            line.append(" " + fmt(float(finite[-1])))
-            if t.status == "diverged":
-                line.append(f"  diverged at step {t.stopped_at}", style="red")
-            console.print(line)
-    if t.has("grad.norm"):
-        G = t.values("grad.norm")
-        k = max(1, len(G) // 10)
-        early = G[:k]
-        early = early[np.all(np.isfinite(early), axis=1)]
-        names = t.meta.get("layers", [])
-        if len(early) and len(names) == G.shape[1]:
-            with np.errstate(divide="ignore"):
-                per = np.exp(np.log(early).mean(axis=0))  # geometric mean; 0 if a norm was 0
-                logs = np.log10(per)
-            live = logs[np.isfinite(logs)]
-            lo, hi = (live.min(), live.max()) if len(live) else (0.0, 0.0)
-            console.print(Text("   gradient norm per layer, input to output (first 10% of steps, log scale)", style="dim"))
-            types = t.meta.get("layer_types") or [""] * len(names)
-            names = [f"{n} {ty}".strip() for n, ty in zip(names, types)]
-            width = max(len(n) for n in names)
-            for n, v, lg in zip(names, per, logs):
-                if not np.isfinite(lg):
-                    bar = 0
-                else:
-                    bar = 1 + int(round((lg - lo) / (hi - lo) * 30)) if hi > lo else 16
-                row = Text(f"   {n:<{width}} ")
-                row.append("█" * bar, style="magenta")
-                row.append(f" {fmt(float(v))}")
-                console.print(row)
+def _pictures(console: Console, summary) -> None:
+    loss = summary.loss_curve
+    finite = [x for x in loss if math.isfinite(x)]
+    if finite:
+        line = Text("   loss   ")
+        line.append(fmt(float(finite[0])) + " ")
+        line.append(sparkline(loss), style="cyan")
+        line.append(" " + fmt(float(finite[-1])))
+        base = summary.baseline()
+        if base is not None and base.status == "diverged":
+            line.append(f"  diverged at step {base.stopped_at}", style="red")
+        console.print(line)
+    layers = summary.layer_profile
+    if layers:
+        logs = [math.log10(g.grad_norm) if g.grad_norm > 0 else -math.inf for g in layers]
+        live = [lg for lg in logs if math.isfinite(lg)]
+        lo, hi = (min(live), max(live)) if live else (0.0, 0.0)
+        console.print(Text("   gradient norm per layer, input to output (first 10% of steps, log scale)", style="dim"))
+        names = [f"{g.name} {g.type}".strip() for g in layers]
+        width = max(len(n) for n in names)
+        for n, g, lg in zip(names, layers, logs):
+            if not math.isfinite(lg):
+                bar = 0
+            else:
+                bar = 1 + int(round((lg - lo) / (hi - lo) * 30)) if hi > lo else 16
+            row = Text(f"   {n:<{width}} ")
+            row.append("█" * bar, style="magenta")
+            row.append(f" {fmt(g.grad_norm)}")
+            console.print(row)
 
 
-def _probes(console: Console, diag) -> None:
+def _probes(console: Console, summary) -> None:
     table = Table(title=None, box=None, padding=(0, 2), header_style="dim")
     for col in ("probe", "lr", "steps", "status", "loss start → end"):
         table.add_column(col)
-    for name, p in probe_summary(diag.probes).items():
-        meta = diag.probes.traces[name].meta
-        loss = f"{fmt(p['loss_initial'])} → {fmt(p['loss_final'])}"
-        status = p["status"] + (f" @ {p['stopped_at']}" if p["stopped_at"] is not None else "")
-        lr = fmt(p["lr"])
-        if "lr_min" in meta:  # the LR range test sweeps the rate
-            lr = f"{fmt(meta['lr_min'])}→{fmt(meta['lr_max'])}"
+    for p in summary.probes:
+        loss = f"{fmt(p.loss_initial)} → {fmt(p.loss_final)}"
+        status = p.status + (f" @ {p.stopped_at}" if p.stopped_at is not None else "")
+        lr = fmt(p.lr)
+        if p.lr_range is not None:  # the LR range test sweeps the rate
+            lr = f"{fmt(p.lr_range[0])}→{fmt(p.lr_range[1])}"
             loss = "see lr.range_* symptoms"
-        table.add_row(name, lr, str(p["steps"]), status, loss)
+        table.add_row(p.name, lr, str(p.steps), status, loss)
     console.print(table)
 
 
@@ -211,16 +199,16 @@ def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False,
                       color_system="standard" if color else None)
-    n = len(diag.probes.traces)
+    n = len(diag.summary.probes)
     console.print(Text(f"optdoctor · {diag.name} ({diag.config_path}) · {n} probe{'s' * (n != 1)} · {diag.seconds:.1f} s", style="dim"),
                   soft_wrap=True)
     console.print(_verdict(diag, fail_on), soft_wrap=True)
     console.print()
     for f in diag.findings:
-        _finding(console, f)
-    _pictures(console, diag)
+        _finding(console, f, diag.summary.meanings)
+    _pictures(console, diag.summary)
     console.print()
-    _probes(console, diag)
+    _probes(console, diag.summary)
     fired = sum(o.status == "fired" for o in diag.outcomes)
     skipped = [o for o in diag.outcomes if o.status == "not_evaluated"]
     line = f"   {len(diag.outcomes)} rules, {fired} fired, {len(skipped)} not evaluated"

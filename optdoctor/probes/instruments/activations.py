@@ -110,7 +110,7 @@ class Activations(Instrument):
             sat = (x.abs() > TANH_SAT).float().mean()
         return torch.stack([dead, sat, scale, diversity])
 
-    def before_forward(self, step: int, args=(), kwargs=None) -> None:
+    def before_forward(self, step: int) -> None:
         if self.modules and self.due(step) and not self._handles:
             self._stats.clear()
             self._handles = [self._register(n, m, kind) for n, m, kind in self.modules]

@@ -7,14 +7,16 @@ An instrument (Cockpit's quantity, torchmetrics' metric) is one class in one fil
 - ``schedule``: when it measures (``Every(k)``, ``At(steps)``; a step -> bool);
 - ``needs``: which moments of a training step it listens to:
 
-  ``"forward"``  before a training-mode forward pass (module hooks go on for that pass only),
+  ``"forward"``  the next training forward pass will be step ``s``: called when attached (s = 0)
+                 and after each optimizer step (module hooks go on for that pass only; no hook
+                 stays on the model between measured passes),
   ``"grads"``    gradients are ready: ``optimizer`` step pre-hook (before clipping in a probe),
   ``"update"``   the optimizer has stepped: ``optimizer`` step post-hook,
   ``"state"``    the model's state after ``s`` updates (``s = 0`` when attached, then after each
                  step): evaluations, curvature, weight statistics.
 
-``InstrumentSet`` attaches one forward pre-hook on the root module and one pre-/post-hook on the
-optimizer, whatever the number of instruments, and dispatches to those that asked. Nothing else
+``InstrumentSet`` attaches one step pre-hook and one step post-hook on the optimizer, whatever
+the number of instruments, and dispatches to those that asked. Nothing else
 drives an instrument: the probe runner is just a training loop, and a user's own loop works the
 same way. The set owns the step clock (optimizer steps taken since it was attached).
 
@@ -127,8 +129,8 @@ class Instrument:
         self.recorder = ctx.recorder
 
     # the moments of a step (only those named in ``needs`` are called)
-    def before_forward(self, step: int, args: tuple = (), kwargs: dict | None = None) -> None:
-        """A training-mode forward pass is about to run on ``args``/``kwargs``."""
+    def before_forward(self, step: int) -> None:
+        """The next training forward pass is step ``step``: arm module hooks for it if due."""
 
     def after_backward(self, step: int) -> None: ...
 
@@ -178,25 +180,17 @@ class InstrumentSet:
             inst.attach(ctx)
         fwd, grads = self._with("forward"), self._with("grads")
         post = self._with("update"), self._with("state")
-        if fwd:
-            self._handles.append(ctx.model.register_forward_pre_hook(self._make_pre_forward(fwd), with_kwargs=True))
         if ctx.optimizer is not None:
             if grads:
                 self._handles.append(ctx.optimizer.register_step_pre_hook(self._make_pre_step(grads)))
             # always: the post-hook also advances the step clock
-            self._handles.append(ctx.optimizer.register_step_post_hook(self._make_post_step(*post)))
+            self._handles.append(ctx.optimizer.register_step_post_hook(self._make_post_step(*post, fwd)))
         for inst in post[1]:
             if inst.due(0):
                 inst.at_state(0)
+        for inst in fwd:
+            inst.before_forward(0)
         return self
-
-    def _make_pre_forward(self, insts: list[Instrument]) -> Callable:
-        def pre_forward(module, args, kwargs):
-            if module.training:  # evaluations and curvature run in eval mode: not a training step
-                for inst in insts:
-                    inst.before_forward(self.step, args, kwargs)
-
-        return pre_forward
 
     def _make_pre_step(self, insts: list[Instrument]) -> Callable:
         def pre_step(_opt, _args, _kwargs):
@@ -205,7 +199,7 @@ class InstrumentSet:
 
         return pre_step
 
-    def _make_post_step(self, update: list[Instrument], state: list[Instrument]) -> Callable:
+    def _make_post_step(self, update: list[Instrument], state: list[Instrument], fwd: list[Instrument]) -> Callable:
         def post_step(_opt, _args, _kwargs):
             step = self.step
             self.step += 1
@@ -214,6 +208,8 @@ class InstrumentSet:
             for inst in state:
                 if inst.due(self.step):
                     inst.at_state(self.step)
+            for inst in fwd:  # after the states: their evaluations must not meet armed hooks
+                inst.before_forward(self.step)
 
         return post_step
 

@@ -20,25 +20,38 @@ class DataStats(Instrument):
     passes (exactly what the model gets: standardised when the setup standardises) until
     ``cap`` samples were seen, and summarises them in ``meta["data_stats"]``:
     ``feature_scale_spread`` (largest / smallest per-feature std among non-constant features),
-    ``feature_mean_over_std`` (largest |mean| / std), ``feature_rms_max``, ``n_features``.
+    ``feature_mean_over_std`` (largest |mean| / std).
     Nothing for integer inputs (token ids) or fewer than two varying features."""
 
-    needs = frozenset({"forward"})
+    needs = frozenset()  # its own forward pre-hook, removed once ``cap`` samples were seen
 
     def __init__(self, cap: int = 2048):
         self.cap = cap
         self.parts: list[torch.Tensor] = []
         self.seen = 0
 
-    def before_forward(self, step: int, args=(), kwargs=None) -> None:
-        if self.seen >= self.cap:
+    def attach(self, ctx):
+        super().attach(ctx)
+        self._handle = ctx.model.register_forward_pre_hook(self._pre, with_kwargs=True)
+
+    def _pre(self, module, args, kwargs):
+        if not module.training:  # evaluations run in eval mode: not what the model trains on
             return
-        x = _first_float_tensor(args, kwargs or {})
+        if self.seen >= self.cap:  # enough: the hook leaves the model
+            self.detach()
+            return
+        x = _first_float_tensor(args, kwargs)
         if x is None or x.dim() == 0:
             return
         take = x.detach()[: self.cap - self.seen]
         self.parts.append(take.reshape(len(take), -1).to("cpu", torch.float64))
         self.seen += len(take)
+
+    def detach(self) -> None:
+        h = getattr(self, "_handle", None)
+        if h is not None:
+            h.remove()
+            self._handle = None
 
     def finish(self, trace) -> None:
         stats = data_stats(torch.cat(self.parts)) if self.parts else {}
@@ -57,6 +70,4 @@ def data_stats(X: torch.Tensor) -> dict[str, float]:
     return {
         "feature_scale_spread": float(s.max() / s.min()),
         "feature_mean_over_std": float((X.mean(dim=0)[live].abs() / s).max()),
-        "feature_rms_max": float(X.pow(2).mean(dim=0).sqrt().max()),
-        "n_features": float(X.shape[1]),
     }

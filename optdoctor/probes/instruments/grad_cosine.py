@@ -24,11 +24,12 @@ class GradCosine(Instrument):
         self._prev_step: int | None = None
 
     def after_backward(self, step: int) -> None:
-        layers = self.ctx.layers
-        if not layers:
+        pending = self._prev is not None and self._prev_step == step - 1
+        if not (pending or self.due(step)) or not self.ctx.layers:
             return
+        layers = self.ctx.layers
         grads = [m.weight.grad for _, m in layers]
-        if self._prev is not None and self._prev_step == step - 1:
+        if pending:
             cos = []
             for prev, g in zip(self._prev, grads):
                 if g is None or prev is None:
