@@ -196,8 +196,12 @@ def ref_std(values: list[float]) -> float:
 
 
 def ref_units(out: torch.Tensor) -> list[list[float]]:
-    """Rows = samples, columns = units: channels of an image (every position a sample)."""
+    """Rows = samples, columns = units: channels of an image (every position a sample), features
+    of a sequence (every position a sample)."""
     o = out.detach().double()
+    if o.dim() == 3:
+        n, length, d = o.shape
+        return [[o[i, a, j].item() for j in range(d)] for i in range(n) for a in range(length)]
     if o.dim() == 4:
         n, c, h, w = o.shape
         return [[o[i, j, a, b].item() for j in range(c)] for i in range(n) for a in range(h) for b in range(w)]
@@ -697,56 +701,352 @@ def test_grad_histogram_equals_numpy_on_the_sampled_elements():
             assert counts[t, j].sum() == min(10, g.numel())
 
 
+# --------------------------------------------------------------------------- functional activations
+# Activations written as calls in forward (F.relu, x.softmax(-1), torch.tanh): found by the
+# discovery pass wherever they are called, named "<calling module>:<fn>#<k>", measured on the
+# training pass; the references recompute them by hand from the captured pre-activations.
+
+
+def hand(z: torch.Tensor, f: Callable[[float], float]) -> torch.Tensor:
+    """``f`` applied element by element in float64 (a plain loop), shaped like ``z``."""
+    return torch.tensor([f(v) for v in z.detach().double().flatten().tolist()], dtype=torch.float64).reshape(z.shape)
+
+
+def hand_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([p + q for p, q in zip(a.double().flatten().tolist(), b.double().flatten().tolist())],
+                        dtype=torch.float64).reshape(a.shape)
+
+
+HAND = {
+    "relu": lambda v: max(v, 0.0),
+    "tanh": math.tanh,
+    "sigmoid": lambda v: 1.0 / (1.0 + math.exp(-v)) if v > -700 else 0.0,  # exp(700) is near float64's top
+    "gelu": lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))),  # F.gelu's exact form
+}
+
+
+def assert_act_stats(trace, name: str, kind: str, outs: list[torch.Tensor], window: int) -> None:
+    """The instrument's column ``name`` against the hand references ``outs`` (one per step)."""
+    col = trace.meta["act_layers"].index(name)
+    assert trace.meta["act_kinds"][col] == kind
+    for step, out in enumerate(outs):
+        got = {k: trace.values(f"act.{k}")[step, col] for k in ("dead_frac", "sat_frac", "scale", "unit_diversity")}
+        if kind == "relu":
+            assert got["dead_frac"] == pytest.approx(ref_dead_frac(outs[max(0, step - window + 1): step + 1])), (name, step)
+        else:
+            assert math.isnan(got["dead_frac"])
+        if kind in ("sigmoid", "tanh"):
+            assert got["sat_frac"] == pytest.approx(ref_sat_frac(out, kind)), (name, step)
+        else:
+            assert math.isnan(got["sat_frac"])
+        assert got["scale"] == pytest.approx(ref_std(out.double().flatten().tolist()), rel=1e-5), (name, step)
+        if step == 0 and kind != "softmax":
+            assert got["unit_diversity"] == pytest.approx(ref_diversity(out), rel=1e-4), (name, step)
+        else:
+            assert math.isnan(got["unit_diversity"])
+
+
+def capture(modules: dict[str, nn.Module], what: str = "out") -> tuple[dict[str, list[torch.Tensor]], list]:
+    """Each module's output (or input) on every training-mode call (the discovery pass is eval)."""
+    got: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
+
+    def keep(name):
+        def hook(m, inp, out=None):
+            if m.training:
+                got[name].append((out if what == "out" else inp[0]).detach().clone())
+
+        return hook
+
+    register = (lambda m, h: m.register_forward_hook(h)) if what == "out" else (lambda m, h: m.register_forward_pre_hook(h))
+    return got, [register(m, keep(n)) for n, m in modules.items()]
+
+
+def xy(n: int, x_shape: tuple[int, ...], size: int = 8, seed: int = 0, classes: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, *x_shape, generator=g), torch.randint(0, classes, (size,), generator=g)) for _ in range(n)]
+
+
 class Functional(nn.Module):
-    """Activations written as functions in forward: no module to hook."""
+    """Activations written as functions in the root's forward: no module to hook."""
 
     def __init__(self, act, pool=False):
         super().__init__()
         self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8 if not pool else 4, 3)
-        self.bn = nn.BatchNorm1d(8)
         self.act, self.pool = act, pool
 
     def forward(self, x):
         x = self.act(self.a(x))
         x = self.act(self.b(x))
-        if self.pool:  # something between the activation and the next layer: nothing to infer there
+        if self.pool:  # something between the activation and the next layer: still seen
             x = F.max_pool1d(x.unsqueeze(1), 2).squeeze(1)
         return self.c(x)
 
 
-@pytest.mark.parametrize("act,kind", [(F.relu, "relu"), (torch.tanh, "tanh"), (torch.sigmoid, "sigmoid"), (F.gelu, None)],
-                         ids=["relu", "tanh", "sigmoid", "gelu-not-inferred"])
-def test_functional_activations_are_inferred(act, kind):
-    torch.manual_seed(0)
-    model = Functional(act)
-    _, found = discover(model, torch.randn(16, 6))
-    if kind is None:
-        assert found == []
-    else:
-        assert [(n, k) for n, _, k in found] == [("b:input", kind), ("c:input", kind)]
-        assert found[0][1] is model.b
+SPELLINGS = [  # (the call, its name in a site, its kind)
+    (F.relu, "relu", "relu"), (torch.relu, "relu", "relu"), (lambda x: x.relu(), "relu", "relu"),
+    (lambda x: F.relu(x, inplace=True), "relu", "relu"), (F.relu6, "relu6", "relu"),
+    (torch.tanh, "tanh", "tanh"), (lambda x: x.tanh(), "tanh", "tanh"), (F.hardtanh, "hardtanh", "tanh"),
+    (torch.sigmoid, "sigmoid", "sigmoid"), (lambda x: x.sigmoid(), "sigmoid", "sigmoid"),
+    (F.gelu, "gelu", "other"), (F.silu, "silu", "other"), (F.leaky_relu, "leaky_relu", "other"), (F.elu, "elu", "other"),
+    (lambda x: x.softmax(-1), "softmax", "softmax"), (lambda x: F.softmax(x, dim=-1), "softmax", "softmax"),
+]
 
 
-def test_inference_skips_a_layer_behind_pooling_and_leaves_the_model_as_it_was():
+@pytest.mark.parametrize("act,fn,kind", SPELLINGS, ids=[f"{i}-{fn}" for i, (_, fn, _) in enumerate(SPELLINGS)])
+def test_functional_activations_are_found_in_call_order(act, fn, kind):
     torch.manual_seed(0)
-    model = Functional(F.relu, pool=True)
+    model = Functional(act, pool=True)
     model.train()
     x = torch.randn(16, 6)
     rng = torch.get_rng_state()
-    _, found = discover(model, x)
-    assert [n for n, _, _ in found] == ["b:input"]  # c's input is pooled: not an elementwise relu of b's output
-    assert model.training and torch.equal(torch.get_rng_state(), rng)
+    layers, acts = discover(model, x)
+    assert [n for n, _ in layers] == ["a", "b", "c"]
+    assert [(n, m, k) for n, m, k in acts] == [(f"{fn}#1", model, kind), (f"{fn}#2", model, kind)]  # the root calls both
+    assert model.training and torch.equal(torch.get_rng_state(), rng)  # the model and the RNG are as they were
+    assert not torch._C._is_torch_function_mode_enabled() and not model.a._forward_pre_hooks
 
 
-def test_inferred_relu_is_measured_on_the_next_layers_input():
+@pytest.mark.parametrize("act,kind", [(F.relu, "relu"), (torch.tanh, "tanh"), (torch.sigmoid, "sigmoid"), (F.gelu, "other")],
+                         ids=["relu", "tanh", "sigmoid", "gelu"])
+def test_functional_activation_stats_equal_hand_loops(act, kind):
     torch.manual_seed(0)
-    model = Functional(F.relu)
+    model = Functional(act)
     with torch.no_grad():
-        model.a.bias.fill_(-100.0)  # every unit after layer a is dead
-    _, found = discover(model, torch.randn(16, 6))
-    inst = Activations(every=1)
-    trace = _drive_acts(model, [torch.randn(16, 6)], inst, found)
-    assert trace.values("act.dead_frac")[0, 0] == 1.0
+        model.a.bias[:3] = -1e3  # 3 of 8 units of the first activation never active (relu)
+        model.b.weight.mul_(5.0)  # some sigmoid/tanh outputs in the tails
+    pre, handles = capture({f"{act.__name__}#1": model.a, f"{act.__name__}#2": model.b})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trace = train(model, [Activations(every=1, window=2)], xy(4, (6,)), opt)
+    for h in handles:
+        h.remove()
+    f = HAND["gelu" if act is F.gelu else kind]
+    assert trace.meta["act_layers"] == list(pre)
+    for name, zs in pre.items():
+        assert_act_stats(trace, name, kind, [hand(z, f) for z in zs], window=2)
+    if kind == "relu":
+        assert np.all(trace.values("act.dead_frac")[:, 0] >= 3 / 8)
+
+
+class _Basic(nn.Module):
+    """The ResNet basic block (He et al. 2016) as torchvision writes it: activations are F.relu
+    calls in forward, one of them after the residual sum."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.short = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class _ResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.layer1 = nn.Sequential(_Basic(4, 4), _Basic(4, 8, stride=2))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):  # (N, 1, H, W)
+        x = F.relu(self.bn(self.conv(x)))
+        return self.fc(self.layer1(x).mean(dim=(2, 3)))
+
+
+RESNET_SITES = ["relu#1", "layer1.0:relu#1", "layer1.0:relu#2", "layer1.1:relu#1", "layer1.1:relu#2"]
+
+
+def test_resnet_functional_relus_equal_hand_loops():
+    torch.manual_seed(0)
+    model = _ResNet()
+    with torch.no_grad():
+        model.layer1[0].bn1.bias[:2] = -1e3  # 2 of the block's 4 channels never active after its first relu
+    layers, acts = discover(model, torch.randn(4, 1, 6, 6))
+    assert [(n, k) for n, _, k in acts] == [(n, "relu") for n in RESNET_SITES]
+    assert [m for _, m, _ in acts] == [model, model.layer1[0], model.layer1[0], model.layer1[1], model.layer1[1]]
+    b0, b1 = model.layer1
+    pre, handles = capture({"stem": model.bn, "0.bn1": b0.bn1, "0.bn2": b0.bn2, "0.short": b0.short,
+                            "1.bn1": b1.bn1, "1.bn2": b1.bn2, "1.short": b1.short})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    window = 2
+    trace = train(model, [Activations(every=1, window=window)], xy(4, (1, 6, 6)), opt)
+    for h in handles:
+        h.remove()
+    relu = HAND["relu"]
+    refs = {
+        "relu#1": [hand(z, relu) for z in pre["stem"]],
+        **{f"layer1.{i}:relu#1": [hand(z, relu) for z in pre[f"{i}.bn1"]] for i in (0, 1)},
+        **{f"layer1.{i}:relu#2": [hand(hand_add(z, s), relu) for z, s in zip(pre[f"{i}.bn2"], pre[f"{i}.short"])] for i in (0, 1)},
+    }
+    assert trace.meta["act_layers"] == RESNET_SITES
+    for name in RESNET_SITES:
+        assert len(refs[name]) == 4
+        assert_act_stats(trace, name, "relu", refs[name], window)
+    assert np.all(trace.values("act.dead_frac")[:, 1] >= 2 / 4)
+
+
+class _TransformerBlock(nn.Module):
+    """Pre-norm block (GPT-2 / nanoGPT): LayerNorm, attention with its softmax written out,
+    LayerNorm, MLP with F.gelu."""
+
+    def __init__(self, d: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):  # (N, L, D)
+        n, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(n, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)).softmax(dim=-1)  # (N, H, L, L)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(n, length, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.block, self.head = nn.Linear(5, 8), _TransformerBlock(), nn.Linear(8, 3)
+
+    def forward(self, x):  # (N, L, 5)
+        return self.head(self.block(self.inp(x)).mean(dim=1))
+
+
+def hand_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh)) over keys, from the qkv projection (N, L, 3D), in plain loops."""
+    n, length, three_d = qkv.shape
+    d = three_d // 3
+    dh = d // heads
+    a = qkv.double().tolist()
+    out = []
+    for b in range(n):
+        per_head = []
+        for h in range(heads):
+            rows = []
+            for i in range(length):
+                s = [sum(a[b][i][h * dh + t] * a[b][j][d + h * dh + t] for t in range(dh)) / math.sqrt(dh) for j in range(length)]
+                m = max(s)
+                e = [math.exp(v - m) for v in s]
+                rows.append([v / sum(e) for v in e])
+            per_head.append(rows)
+        out.append(per_head)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_transformer_block_softmax_and_gelu_equal_hand_loops():
+    torch.manual_seed(0)
+    model = _Encoder()
+    _, acts = discover(model, torch.randn(2, 5, 5))
+    assert [(n, m, k) for n, m, k in acts] == [("block:softmax#1", model.block, "softmax"), ("block:gelu#1", model.block, "other")]
+    pre, handles = capture({"qkv": model.block.qkv, "fc1": model.block.fc1})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    trace = train(model, [Activations(every=1, window=2)], xy(3, (5, 5), size=4), opt)
+    for h in handles:
+        h.remove()
+    assert_act_stats(trace, "block:softmax#1", "softmax", [hand_attention(z, 2) for z in pre["qkv"]], window=2)
+    assert_act_stats(trace, "block:gelu#1", "other", [hand(z, HAND["gelu"]) for z in pre["fc1"]], window=2)
+
+
+def test_an_activation_module_is_measured_once_not_again_as_the_function_it_calls():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.fc2, self.out = nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 3)
+            self.attn = nn.Softmax(dim=-1)  # calls F.softmax inside
+
+        def forward(self, x):
+            x = self.act(self.fc1(x))  # nn.ReLU -> F.relu inside: the module's column only
+            x = torch.tanh(self.fc2(x))
+            return self.out(x * self.attn(x))
+
+    model = Mixed()
+    _, acts = discover(model, torch.randn(4, 6))
+    assert [(n, k) for n, _, k in acts] == [("act", "relu"), ("tanh#1", "tanh"), ("attn", "softmax")]
+    trace = train(model, [Activations(every=1)], xy(2, (6,)), torch.optim.SGD(model.parameters(), lr=0.1))
+    assert np.all(np.isfinite(trace.values("act.scale")))
+
+
+def test_functional_sites_named_by_the_innermost_module_and_counted_per_module():
+    class Inner(nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x) * F.relu(x)
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.inner = nn.Linear(4, 4), Inner()
+            self.shared = Inner()  # called twice: its calls counted on through the pass
+
+        def forward(self, x):
+            x = F.relu(self.fc(x))
+            x = self.inner(x)
+            x = self.shared(self.shared(x))
+            return F.relu(x)
+
+    _, acts = discover(Outer(), torch.randn(3, 4))
+    assert [n for n, _, _ in acts] == ["relu#1", "inner:sigmoid#1", "inner:relu#1", "shared:sigmoid#1", "shared:relu#1",
+                                       "shared:sigmoid#2", "shared:relu#2", "relu#2"]
+
+
+def test_training_only_calls_have_no_column_and_a_raising_forward_finds_none():
+    class TrainOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            x = F.relu(self.fc(x))
+            if self.training:  # discovery runs in eval mode: not seen, not measured
+                x = torch.tanh(x)
+            return x.sum(dim=1)
+
+    model = TrainOnly()
+    _, acts = discover(model, torch.randn(3, 4))
+    assert [n for n, _, _ in acts] == ["relu#1"]
+    iset = attach(model, [inst := Activations(every=1)], layers=[], acts=acts)
+    model(torch.randn(3, 4))
+    inst.after_step(0)
+    iset.detach()
+    assert finish(iset).values("act.scale").shape == (1, 1)
+
+    class Raising(nn.Module):
+        def forward(self, x):
+            F.relu(x)
+            raise RuntimeError("user bug")
+
+    assert discover(Raising(), torch.randn(2, 2)) == ([], [])
+    assert not torch._C._is_torch_function_mode_enabled()
+
+
+def test_the_mode_is_on_for_the_first_training_forward_of_a_measured_step_only():
+    model = Functional(F.relu)
+    _, acts = discover(model, torch.randn(4, 6))
+    inst = Activations(every=2)
+    iset = attach(model, [inst], layers=[], acts=acts)
+    seen = []
+    for step in range(4):
+        iset.step = step
+        out = model(torch.randn(4, 6))
+        seen.append(torch._C._is_torch_function_mode_enabled())  # off again once forward returned
+        model(torch.randn(4, 6))  # a second forward in the step: not measured, no mode
+        assert not model.a._forward_pre_hooks  # the module stack's hooks live for one pass
+        out.sum().backward()
+        inst.after_step(step)
+    assert seen == [False] * 4
+
+    with pytest.raises(RuntimeError):
+        iset.step = 4
+        model(torch.randn(4, 7))  # the user's forward raises mid-pass: the mode and the hooks still go
+    assert not torch._C._is_torch_function_mode_enabled() and not model.a._forward_pre_hooks
+    inst.after_step(4)
+    iset.detach()
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    trace = finish(iset)
+    assert trace.steps("act.scale").tolist() == [0, 2, 4]
+    assert np.all(np.isnan(trace.values("act.scale")[2]))  # step 4's forward raised before any activation
 
 
 # --------------------------------------------------------------------------- gradient cosine

@@ -216,9 +216,8 @@ def test_forward_order_and_frozen_layers_in_the_trace(tmp_path):
     mods = dict(model.named_modules())
     expected = [mods[n].weight.detach().double().norm().item() for n in ["inp", "hidden", "head"]]
     np.testing.assert_allclose(trace.values("weight.norm")[0], expected, rtol=1e-5)
-    # torch.relu between inp and hidden is inferred (measured on hidden's input); the tanh after
-    # hidden is not: the frozen layer stands between it and head, the next trainable layer
-    assert trace.meta["act_layers"] == ["hidden:input"] and trace.meta["act_kinds"] == ["relu"]
+    # the functional torch.relu and torch.tanh are both seen, named by the module calling them
+    assert trace.meta["act_layers"] == ["relu#1", "tanh#1"] and trace.meta["act_kinds"] == ["relu", "tanh"]
     assert trace.has("act.scale")
 
 

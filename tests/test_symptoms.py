@@ -183,6 +183,18 @@ def test_activation_symptoms():
     })
 
 
+def test_softmax_columns_are_kept_out_of_the_depth_symptoms():
+    """Attention probabilities (~1/L, near-uniform across keys at init) are no signal scale:
+    a softmax first or last must not make a scale collapse, nor look like identical units."""
+    rows = lambda a, b: [[a, 1.0, b, 1.0]] + [[1.0] * 4] * 3  # noqa: E731
+    t = act_trace(kinds=("softmax", "relu", "softmax", "tanh"), dead=[[nan, 0.1, nan, nan]] * 4,
+                  sat=[[nan, nan, nan, 0.2]] * 4, scale=rows(1e-3, 1e-3), diversity=rows(1e-4, 1e-4))
+    s = only(extract(probes(t)), "act")
+    assert s["act.layers"] == 2.0 and s["act.nonrelu_frac"] == 0.5
+    assert s["act.scale_ratio.init"] == 1.0 and s["act.scale.init_min"] == 1.0
+    assert s["act.unit_diversity.init"] == 1.0
+
+
 def test_activation_symptoms_absent_without_their_layers():
     all_nan = np.full((4, 3), nan)
     s = extract(probes(act_trace(kinds=("tanh",) * 3, dead=all_nan)))

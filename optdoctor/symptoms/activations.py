@@ -12,6 +12,9 @@ from optdoctor.symptoms.registry import produces
 
 # rows that differ by less than this fraction of the largest weight are the same unit
 IDENTICAL_ROWS = 1e-6
+# activations that carry no signal through depth: a softmax outputs probabilities (attention
+# weights ~1/L); its scale and spread across keys say nothing about the init's signal scale
+NOT_SIGNAL = ("softmax",)
 
 
 def _nanmax(x: np.ndarray) -> float | None:
@@ -20,7 +23,7 @@ def _nanmax(x: np.ndarray) -> float | None:
 
 
 @produces(
-    ("act.layers", "number of activation modules seen", "count"),
+    ("act.layers", "number of activation layers seen (modules and functional calls such as F.relu; softmax not counted)", "count"),
     ("act.dead_frac.max", "largest fraction of a ReLU layer's units never active on recent batches, at the end", "fraction"),
     ("act.dead_frac.mean", "mean over ReLU layers of the never-active fraction, at the end", "fraction"),
     ("act.dead_frac.init", "largest never-active fraction of a ReLU layer at step 0", "fraction"),
@@ -42,7 +45,9 @@ def activation_stats(p: ProbeSet) -> dict:
             out["weight.identical_rows_frac"] = float(np.mean(spread < IDENTICAL_ROWS))
     if not t.has("act.scale"):
         return out
-    kinds = t.meta.get("act_kinds", [])
+    all_kinds = t.meta.get("act_kinds", [])
+    signal = np.array([k not in NOT_SIGNAL for k in all_kinds], dtype=bool)  # depth symptoms: these columns
+    kinds = [k for k in all_kinds if k not in NOT_SIGNAL]
     steps = t.steps("act.scale")
     out["act.layers"] = float(len(kinds))
     if kinds:
@@ -61,10 +66,13 @@ def activation_stats(p: ProbeSet) -> dict:
         out["act.saturated_frac.max"] = _nanmax(sat[-1])
         out["act.saturated_frac.init"] = _nanmax(sat[0])
     scale0 = t.values("act.scale")[0]
+    if len(signal) == len(scale0):  # (a trace without act_kinds: every column)
+        scale0 = scale0[signal]
     if len(scale0) >= 2 and np.all(np.isfinite(scale0)):
         out["act.scale_ratio.init"] = float(scale0[-1] / max(scale0[0], 1e-30))
         out["act.scale.init_min"] = float(scale0.min())
-    div0 = finite(t.values("act.unit_diversity")[0])
+    div0 = t.values("act.unit_diversity")[0]
+    div0 = finite(div0[signal] if len(signal) == len(div0) else div0)
     if len(div0):
         out["act.unit_diversity.init"] = float(div0.min())
     return out

@@ -22,8 +22,8 @@ from optdoctor.probes.instruments.evaluation import Evaluation
 from optdoctor.probes.instruments.grad_cosine import GradCosine
 from optdoctor.probes.instruments.grad_histogram import GradHistogram
 from optdoctor.probes.instruments.grad_norms import GradNorms
+from optdoctor.probes.instruments.functional import FUNCTIONS, FunctionalActivations, is_site, site_name
 from optdoctor.probes.instruments.layers import (
-    INPUT_SUFFIX,
     SIGMOID_SAT,
     TANH_SAT,
     activation_kind,
@@ -35,10 +35,10 @@ from optdoctor.probes.instruments.update_ratios import UpdateRatios
 from optdoctor.probes.instruments.weight_symmetry import WeightSymmetry, weight_row_spread
 
 __all__ = [
-    "Activations", "At", "Context", "Curvature", "DataStats", "Evaluation", "Every", "GradCosine", "GradHistogram", "GradNorms",
-    "INPUT_SUFFIX", "Instrument", "InstrumentSet", "SIGMOID_SAT", "Schedule", "Series", "TANH_SAT", "UpdateRatios",
-    "WeightSymmetry", "activation_kind", "activation_modules", "data_stats", "default_instruments", "discover",
-    "parametrised_layers", "weight_row_spread",
+    "Activations", "At", "Context", "Curvature", "DataStats", "Evaluation", "Every", "FUNCTIONS", "FunctionalActivations",
+    "GradCosine", "GradHistogram", "GradNorms", "Instrument", "InstrumentSet", "SIGMOID_SAT", "Schedule", "Series",
+    "TANH_SAT", "UpdateRatios", "WeightSymmetry", "activation_kind", "activation_modules", "data_stats",
+    "default_instruments", "discover", "is_site", "parametrised_layers", "site_name", "weight_row_spread",
 ]
 
 

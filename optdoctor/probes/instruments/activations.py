@@ -7,7 +7,8 @@ from collections import deque
 import torch
 
 from optdoctor.probes.instruments.base import Every, Instrument, Series
-from optdoctor.probes.instruments.layers import INPUT_SUFFIX, SIGMOID_SAT, TANH_SAT
+from optdoctor.probes.instruments.functional import FunctionalActivations, is_site
+from optdoctor.probes.instruments.layers import SIGMOID_SAT, TANH_SAT
 
 KEYS = ("act.dead_frac", "act.sat_frac", "act.scale", "act.unit_diversity")
 
@@ -25,7 +26,8 @@ def _units(x: torch.Tensor) -> torch.Tensor:
 
 
 class Activations(Instrument):
-    """Statistics of each activation's output (``Context.acts``) on scheduled steps:
+    """Statistics of each activation's output (``Context.acts``: modules and functional call
+    sites) on scheduled steps:
 
     - ``act.dead_frac``: fraction of ReLU units that were never active on any input of the
       last ``window`` measured batches (NaN for non-ReLU layers);
@@ -34,12 +36,17 @@ class Activations(Instrument):
     - ``act.scale``: standard deviation of the output;
     - ``act.unit_diversity``: mean over samples of the spread across units, relative to the
       output's std. ~0 means all units compute the same function (symmetric init); NaN for an
-      all-zero (dead) output, and after the first measured step (symmetry is set by the init).
+      all-zero (dead) output, for a softmax, and after the first measured step (symmetry is set
+      by the init).
 
     Module hooks are registered only for the measured steps' training forward pass (idle hooks
     cost 5-22 ms per probe) and removed after that step. A module called several times in one
     forward (one ``nn.ReLU()`` reused for several layers) is measured at its first call; its
-    window restarts when the number of units changes.
+    window restarts when the number of units changes. Functional activations (``F.relu`` in a
+    block's ``forward``) are measured by a ``FunctionalActivations`` mode, on for the first
+    training forward pass of a measured step only (entered in the root's forward pre-hook, left
+    in its forward hook, even when the forward raises); a site called on that pass but not found
+    by the discovery pass is not measured, one found but not called is NaN.
     """
 
     series = (
@@ -60,6 +67,11 @@ class Activations(Instrument):
         super().attach(ctx)
         self.modules = list(ctx.acts)
         self._active: dict[str, deque] = {n: deque(maxlen=self.window) for n, _, _ in self.modules}
+        self._sites = {n: kind for n, _, kind in self.modules if is_site(n)}
+        self._watch = None
+        if self._sites:  # activation modules are measured by their hooks, not again as the F.relu they call
+            skip = {m for n, m, _ in self.modules if not is_site(n)}
+            self._watch = FunctionalActivations(ctx.model, self._on_site, skip=skip)
 
     def _make_hook(self, name: str, kind: str):
         def hook(m, _inp, out):  # an evaluation inside a measured step (eval mode) is not measured
@@ -70,26 +82,21 @@ class Activations(Instrument):
 
         return hook
 
-    def _make_input_hook(self, name: str, kind: str):
-        def pre_hook(m, inp):  # the input of the layer after a functional activation
-            if name in self._stats or not m.training or not inp or not isinstance(inp[0], torch.Tensor):
-                return
+    def _on_site(self, name: str, _module, _kind: str, out: torch.Tensor) -> None:
+        kind = self._sites.get(name)  # None: a site the discovery pass did not see (no column)
+        if kind is not None and name not in self._stats:
             with torch.no_grad():
-                self._stats[name] = self._measure(name, kind, inp[0].detach().float())
+                self._stats[name] = self._measure(name, kind, out.detach().float())
 
-        return pre_hook
-
-    def _register(self, name: str, module, kind: str):
-        if name.endswith(INPUT_SUFFIX):
-            return module.register_forward_pre_hook(self._make_input_hook(name, kind))
-        return module.register_forward_hook(self._make_hook(name, kind))
+    def _stop_watch(self, *_):
+        self._watch.stop()
 
     def _measure(self, name: str, kind: str, x: torch.Tensor) -> torch.Tensor:
         u = _units(x)
         nan = torch.full((), float("nan"), device=x.device)
         scale = x.std() if x.numel() > 1 else torch.zeros((), device=x.device)
         diversity = nan
-        if self._first:  # symmetry is a property of the init: measured at the first measured step only
+        if self._first and kind != "softmax":  # symmetry is a property of the init: measured at the first measured step only
             if u.shape[1] > 1:  # two-pass variance across units: 2-8x faster than u.std(dim=1) here
                 spread = ((u - u.mean(dim=1, keepdim=True)).pow(2).sum(dim=1) / (u.shape[1] - 1)).sqrt().mean()
             else:
@@ -113,7 +120,10 @@ class Activations(Instrument):
     def before_forward(self, step: int) -> None:
         if self.modules and self.due(step) and not self._handles:
             self._stats.clear()
-            self._handles = [self._register(n, m, kind) for n, m, kind in self.modules]
+            self._handles = [m.register_forward_hook(self._make_hook(n, kind)) for n, m, kind in self.modules if not is_site(n)]
+            if self._watch is not None:  # called from the root's pre-hook: the mode covers this forward pass only
+                self._handles.append(self.ctx.model.register_forward_hook(self._stop_watch, always_call=True))
+                self._watch.start()
 
     def after_step(self, step: int) -> None:
         if not self._handles:
@@ -127,6 +137,8 @@ class Activations(Instrument):
         self._first = False
 
     def detach(self) -> None:
+        if getattr(self, "_watch", None) is not None:
+            self._watch.stop()
         for h in self._handles:
             h.remove()
         self._handles = []
