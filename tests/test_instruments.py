@@ -1028,7 +1028,9 @@ def test_the_mode_is_on_for_the_first_training_forward_of_a_measured_step_only()
     iset = attach(model, [inst], layers=[], acts=acts)
     seen = []
     for step in range(4):
-        iset.step = step
+        if step:
+            inst.before_forward(step)  # what the optimizer's post-hook does after each step
+        assert not torch._C._is_torch_function_mode_enabled()  # armed, not on: nothing else is intercepted
         out = model(torch.randn(4, 6))
         seen.append(torch._C._is_torch_function_mode_enabled())  # off again once forward returned
         model(torch.randn(4, 6))  # a second forward in the step: not measured, no mode
@@ -1037,8 +1039,8 @@ def test_the_mode_is_on_for_the_first_training_forward_of_a_measured_step_only()
         inst.after_step(step)
     assert seen == [False] * 4
 
+    inst.before_forward(4)
     with pytest.raises(RuntimeError):
-        iset.step = 4
         model(torch.randn(4, 7))  # the user's forward raises mid-pass: the mode and the hooks still go
     assert not torch._C._is_torch_function_mode_enabled() and not model.a._forward_pre_hooks
     inst.after_step(4)

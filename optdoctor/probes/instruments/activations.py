@@ -88,8 +88,14 @@ class Activations(Instrument):
             with torch.no_grad():
                 self._stats[name] = self._measure(name, kind, out.detach().float())
 
+    def _start_watch(self, module, _args):
+        if module.training and not self._watched:  # evaluations (eval mode) are not measured
+            self._watch.start()
+
     def _stop_watch(self, *_):
-        self._watch.stop()
+        if self._watch.active:
+            self._watch.stop()
+            self._watched = True
 
     def _measure(self, name: str, kind: str, x: torch.Tensor) -> torch.Tensor:
         u = _units(x)
@@ -121,9 +127,11 @@ class Activations(Instrument):
         if self.modules and self.due(step) and not self._handles:
             self._stats.clear()
             self._handles = [m.register_forward_hook(self._make_hook(n, kind)) for n, m, kind in self.modules if not is_site(n)]
-            if self._watch is not None:  # called from the root's pre-hook: the mode covers this forward pass only
-                self._handles.append(self.ctx.model.register_forward_hook(self._stop_watch, always_call=True))
-                self._watch.start()
+            if self._watch is not None:  # the mode covers the step's first training forward pass only
+                self._watched = False
+                root = self.ctx.model
+                self._handles += [root.register_forward_pre_hook(self._start_watch),
+                                  root.register_forward_hook(self._stop_watch, always_call=True)]
 
     def after_step(self, step: int) -> None:
         if not self._handles:
