@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
+from optdoctor.probes.instruments.layers import layer_type
 from optdoctor.probes.recorder import Recorder
 
 NEEDS = ("forward", "grads", "update", "state")
@@ -173,7 +174,7 @@ class InstrumentSet:
         self.ctx = ctx
         ctx.recorder.declare(self.declared())
         ctx.meta["layers"] = [n for n, _ in ctx.layers]
-        ctx.meta["layer_types"] = [type(m).__name__ for _, m in ctx.layers]
+        ctx.meta["layer_types"] = [layer_type(m) for _, m in ctx.layers]
         ctx.meta["act_layers"] = [n for n, _, _ in ctx.acts]
         ctx.meta["act_kinds"] = [k for _, _, k in ctx.acts]
         for inst in self.instruments:
