@@ -232,6 +232,7 @@ class MapSource(Source):
         self.dataset, self.n, self.device, self.what = dataset, n, device, what
         self.batch_size = min(batch_size, n)
         self._sample: list | None = None
+        self._first: dict[int, Any] = {}  # k -> the batch of the sample's first k items
 
     def collate(self, idx) -> Any:
         items = call_user(lambda: [self.dataset[int(i)] for i in idx], what=f"{self.what}: Dataset.__getitem__")
@@ -254,7 +255,9 @@ class MapSource(Source):
         return self._sample
 
     def first(self, k: int) -> Any:
-        return self.collate(eval_indices(self.n)[:k])
+        if k not in self._first:
+            self._first[k] = self.collate(eval_indices(self.n)[:k])
+        return self._first[k]
 
 
 class LoaderSource(Source):
@@ -610,4 +613,13 @@ class Criterion:
     def __call__(self, out: Any, y: Any) -> torch.Tensor:
         if self.own:
             return model_loss(out)
-        return call_user(self.loss_fn, self.select(out), y, what=f"the loss ({self.loss_name})")
+        picked = self.select(out)
+        try:
+            return call_user(self.loss_fn, picked, y, what=f"the loss ({self.loss_name})")
+        except ProbeError as e:
+            if isinstance(out, torch.Tensor):
+                raise
+            which = f"model.output {self.output!r}" if self.output is not None else "by default"
+            shape = tuple(picked.shape) if isinstance(picked, torch.Tensor) else type(picked).__name__
+            raise ProbeError(f"{e.message}\n(the model returned {_keys(out)}; the loss took {which} an element of shape {shape}: "
+                             "set model.output to the element the loss takes)", detail=getattr(e, "detail", "")) from e
