@@ -610,6 +610,14 @@ class Criterion:
     def select(self, out: Any) -> Any:
         return select_output(out, self.output)
 
+    def predictions(self, out: Any) -> Any:
+        """What accuracy is measured on: the selected output; None for per-position outputs
+        (N, L, C) of a model computing its own loss (a causal LM shifts its labels inside)."""
+        picked = self.select(out)
+        if self.own and isinstance(picked, torch.Tensor) and picked.dim() > 2:
+            return None
+        return picked
+
     def __call__(self, out: Any, y: Any) -> torch.Tensor:
         if self.own:
             return model_loss(out)

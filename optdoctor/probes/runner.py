@@ -136,7 +136,7 @@ def _instruments(setup: Setup, spec: ProbeSpec, step_fn: _Step) -> list:
     val_every = cfg.probe.val_every or max(1, spec.steps // 20)
     checkpoints = sorted(set(range(0, spec.steps + 1, val_every)) | {spec.steps})
     val = setup.eval_batches("val") or None
-    evaluation = dict(at=checkpoints, forward=step_fn.forward, loss_fn=setup.criterion, output=setup.criterion.select,
+    evaluation = dict(at=checkpoints, forward=step_fn.forward, loss_fn=setup.criterion, output=setup.criterion.predictions,
                       train=setup.eval_batches("train"), val=val, n_classes=setup.n_classes)
     curvature = None
     if spec.full and cfg.probe.hessian.enabled and spec.hessian_steps:
