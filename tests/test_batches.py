@@ -473,3 +473,52 @@ def test_huge_map_style_dataset_starts_probing_at_once(tmp_path):
     setup = prepare(loaded)
     assert time.perf_counter() - t < 3.0
     assert setup.train.n == 10_000_000 and setup.n_classes == 4
+
+
+HF_USER = '''
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import BertConfig, BertForSequenceClassification
+
+
+class Tokens(Dataset):
+    def __init__(self, n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(5, 50, (n, 12), generator=g)
+        self.y = (self.ids[:, 0] > 27).long()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(12, dtype=torch.long), "labels": self.y[i]}
+
+
+def data():
+    return DataLoader(Tokens(256), batch_size=32, shuffle=True), DataLoader(Tokens(128, 1), batch_size=64)
+
+
+def bert():
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=32, num_labels=2, attn_implementation="eager")
+    return BertForSequenceClassification(cfg)
+'''
+
+
+@pytest.mark.slow
+def test_a_hugging_face_model_with_its_own_loss_or_ours(tmp_path):
+    """A real ModelOutput: `loss: model` (its .loss, labels passed by keyword) and cross_entropy
+    on its .logits train identically."""
+    pytest.importorskip("transformers")
+    (tmp_path / "hf.py").write_text(HF_USER)
+    losses = {}
+    for loss in ("model", "cross_entropy"):
+        (tmp_path / f"{loss}.yaml").write_text(
+            f"model: {{factory: hf.py:bert}}\ndata: {{factory: hf.py:data}}\nloss: {loss}\n"
+            "optimizer: {name: adamw, lr: 1e-3}\nprobe: {steps: 8, variants: {lr_factors: []}, lr_range: false}\n")
+        setup = prepare(load_config(tmp_path / f"{loss}.yaml"))
+        trace, _ = run_probe(setup, ProbeSpec(steps=8, hessian_steps=[0]))
+        assert trace.status == "completed" and len(trace.hessian) == 1, trace.meta.get("hessian_errors")
+        assert trace.has("acc.val")
+        losses[loss] = trace.values("loss.train")
+    np.testing.assert_allclose(losses["model"], losses["cross_entropy"], rtol=1e-5)
