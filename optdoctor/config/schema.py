@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits", "nll")
+BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits", "nll", "model")
 
 
 class _Strict(BaseModel):
@@ -31,11 +31,25 @@ class FactoryConfig(_Strict):
 
 
 class ModelConfig(FactoryConfig):
-    pass
+    output: int | str | None = Field(
+        None,
+        description="what the loss takes from the model's output: an index (tuple/list) or a key (dict, ModelOutput); "
+        "default: 'logits' when there is one, else element 0",
+    )
 
 
 class DataConfig(FactoryConfig):
-    batch_size: int = Field(64, gt=0, description="mini-batch size of the probe trainings")
+    batch_size: int | None = Field(
+        None, gt=0, description="mini-batch size of the probe trainings (default 64); DataLoaders keep their own"
+    )
+    inputs: int | str | list[int | str] | None = Field(
+        None,
+        description="which elements of an item the model takes: keys of dict items, indices of tuple items "
+        "(default: input_ids, attention_mask, pixel_values, x, ... when present, else every element but the target)",
+    )
+    target: int | str | None = Field(
+        None, description="which element of an item is the target: a key or an index (default: labels, label, targets, target or y; the last element of a tuple)"
+    )
 
 
 class OptimizerConfig(_Strict):
@@ -115,7 +129,7 @@ class ProbeConfig(_Strict):
     seed: int = Field(0, description="same seed + same machine => same findings")
     model: ModelConfig
     data: DataConfig
-    loss: str = Field("cross_entropy", description='cross_entropy | mse | bce_with_logits | nll | "file.py:callable"')
+    loss: str = Field("cross_entropy", description='cross_entropy | mse | bce_with_logits | nll | "file.py:callable" | model (the loss the model returns itself)')
     optimizer: OptimizerConfig
     schedule: ScheduleConfig | None = None
     probe: ProbeSettings = Field(default_factory=ProbeSettings)

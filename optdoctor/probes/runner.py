@@ -19,7 +19,8 @@ from optdoctor.errors import OptdoctorError, ProbeError
 from optdoctor.probes.instruments import Context, InstrumentSet, default_instruments, discover
 from optdoctor.probes.recorder import Recorder
 from optdoctor.probes.instruments.base import Series
-from optdoctor.probes.setup import EVAL_CAP, Setup, fraction_steps
+from optdoctor.probes.batches import bind, call_model
+from optdoctor.probes.setup import Setup, fraction_steps
 from optdoctor.trace import ProbeSet, Trace
 
 # A probe whose loss exceeds this multiple of its initial loss has diverged; going on only
@@ -79,24 +80,14 @@ def _perturb_(model: nn.Module, eps: float, gen: torch.Generator) -> None:
 
 
 def forward(model: nn.Module, X):
-    """The model called on a batch's inputs: a tuple is several positional inputs."""
-    return model(*X) if isinstance(X, tuple) else model(X)
+    """The model called on a batch's inputs (``batches.Inputs``; a tuple is several positional inputs)."""
+    return call_model(model, X)
 
 
 def batches(setup: Setup, seed: int):
-    """Training batches without end: a seeded permutation of the training split, reshuffled at
-    each epoch; the last incomplete batch of an epoch is dropped (every step sees ``bs`` samples)."""
-    n = len(setup.train)
-    bs = min(setup.cfg.data.batch_size, n)
-    gen = torch.Generator().manual_seed(seed)
-    on_cpu = setup.device.type == "cpu"
-    perm, pos = torch.randperm(n, generator=gen), 0
-    while True:
-        if pos + bs > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos:pos + bs] if on_cpu else perm[pos:pos + bs].to(setup.device)
-        pos += bs
-        yield setup.train.take(idx)
+    """Training batches ``(inputs, target)`` without end, the same for the same seed: the one
+    batch iterator of every probe and the LR range test (``Setup.batches``)."""
+    return setup.batches(seed)
 
 
 class _Step:
@@ -104,7 +95,7 @@ class _Step:
 
     def __init__(self, setup: Setup, model: nn.Module, optimizer=None, scheduler=None):
         cfg = setup.cfg
-        self.model, self.loss_fn = model, setup.loss_fn
+        self.model, self.criterion = model, setup.criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.fwd = f"the model's forward ({cfg.model.factory})"
         self.loss_what = f"the loss ({cfg.loss})"
@@ -115,11 +106,11 @@ class _Step:
         self.sched = f"scheduler {cfg.schedule.name}.step()" if cfg.schedule else ""
 
     def forward(self, m: nn.Module, X):
-        return call_user(forward, m, X, what=self.fwd)
+        call = bind(m, X)  # outside call_user: a model that cannot take the target is not a crash of its code
+        return call_user(forward, m, call, what=self.fwd)
 
     def loss(self, X, y):
-        out = self.forward(self.model, X)
-        return call_user(self.loss_fn, out, y, what=self.loss_what)
+        return self.criterion(self.forward(self.model, X), y)
 
     def update(self, loss) -> None:
         """Backward, optimizer step, scheduler step."""
@@ -172,13 +163,14 @@ def _instruments(setup: Setup, spec: ProbeSpec, step_fn: _Step) -> list:
     cfg = setup.cfg
     val_every = cfg.probe.val_every or max(1, spec.steps // 20)
     checkpoints = sorted(set(range(0, spec.steps + 1, val_every)) | {spec.steps})
-    val = setup.val.head(EVAL_CAP) if setup.val is not None and len(setup.val) else None
-    evaluation = dict(at=checkpoints, forward=step_fn.forward, loss_fn=setup.loss_fn,
-                      train=setup.train.head(EVAL_CAP), val=val, n_classes=setup.n_classes)
+    val = setup.eval_batches("val") or None
+    evaluation = dict(at=checkpoints, forward=step_fn.forward, loss_fn=setup.criterion, output=setup.criterion.predictions,
+                      train=setup.eval_batches("train"), val=val, n_classes=setup.n_classes)
     curvature = None
     if spec.full and cfg.probe.hessian.enabled and spec.hessian_steps:
-        curvature = dict(at=spec.hessian_steps, loss_fn=setup.loss_fn, hcfg=cfg.probe.hessian, seed=spec.seed,
-                         batch=setup.train.head(cfg.probe.hessian.batch_size))
+        X, y = setup.first(cfg.probe.hessian.batch_size)  # bound to the model: the Hessian calls it as training does
+        curvature = dict(at=spec.hessian_steps, loss_fn=setup.criterion, hcfg=cfg.probe.hessian, seed=spec.seed,
+                         batch=(bind(step_fn.model, X), y))
     return default_instruments(spec.steps, full=spec.full, seed=spec.seed, evaluation=evaluation, curvature=curvature)
 
 
@@ -192,14 +184,18 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     cfg = setup.cfg
     model, optimizer, scheduler, lr = _build(setup, spec)
     step_fn = _Step(setup, model, optimizer, scheduler)
-    n = len(setup.train)
+    bs = setup.batch_size
     rec = Recorder()
     rec.declare(LOOP_SERIES)
-    layers, acts = discover(model, setup.train.head(min(cfg.data.batch_size, n))[0])
+    try:
+        example = bind(model, setup.first(bs)[0])
+    except ProbeError:  # a forward that cannot take the target: the training step says so
+        example = None
+    layers, acts = discover(model, example)
     ctx = Context(model, optimizer, rec, layers, acts, meta={
         "kind": spec.kind, "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
         "optimizer": cfg.optimizer.name.lower(), "optimizer_args": dict(cfg.optimizer.args),
-        "batch_size": min(cfg.data.batch_size, n), "n_train": n, "n_params": sum(p.numel() for p in model.parameters()),
+        "batch_size": bs, "n_train": setup.train.n, "n_params": sum(p.numel() for p in model.parameters()),
         "chance_loss": setup.chance_loss, "n_classes": setup.n_classes, "loss": cfg.loss,
         "perturb": spec.perturb, "continued": spec.start_state is not None,
     })

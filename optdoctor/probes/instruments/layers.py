@@ -95,7 +95,9 @@ def activation_modules(model: nn.Module) -> Acts:
 
 
 def _call(model: nn.Module, inputs) -> None:
-    if isinstance(inputs, dict):
+    if hasattr(inputs, "args") and hasattr(inputs, "kwargs"):  # probes.batches.Call: bound to this model
+        model(*inputs.args, **inputs.kwargs)
+    elif isinstance(inputs, dict):
         model(**inputs)
     elif isinstance(inputs, tuple):
         model(*inputs)
