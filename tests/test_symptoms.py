@@ -480,3 +480,21 @@ def test_counterfactual_dead_fraction_and_identical_rows():
     s = extract(rich_probeset())
     assert s["lr.down_dead_frac"] == pytest.approx(0.2)
     assert s["weight.identical_rows_frac"] == pytest.approx(0.25)
+
+
+# --------------------------------------------------------------------------- depth in time
+
+
+def test_time_ratio_is_first_over_last_position_early_on():
+    growing = np.array([[8.0, 4.0, 2.0, 1.0], [27.0, 9.0, 3.0, 1.0], [8.0, 4.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    s = extract(probes(trace({"grad.position": (np.array([0, 10, 20, 30]), growing)})))
+    assert s["grad.time_steps"] == 4
+    assert s["grad.time_ratio"] == pytest.approx((8.0 * 27.0 * 8.0) ** (1 / 3))  # the first 3 measurements only
+    shrinking = extract(probes(trace({"grad.position": (np.array([0]), np.array([[1e-9, 1e-3, 1.0]]))})))
+    assert shrinking["grad.time_ratio"] == pytest.approx(1e-9)
+
+
+def test_time_symptoms_absent_without_a_sequence_and_a_dead_first_position_is_no_ratio():
+    assert only(extract(probes(trace({"loss.train": flat(1.0)}))), "grad") == {}
+    s = extract(probes(trace({"grad.position": (np.array([0]), np.array([[0.0, 1.0]]))})))
+    assert "grad.time_ratio" not in s and s["grad.time_steps"] == 2
