@@ -393,6 +393,7 @@ def rich_probeset() -> ProbeSet:
     }).series)  # fmt: skip
     base.hessian = hess_rows()
     base.series["weight.row_spread"] = (np.array([0]), np.array([[1.0, 0.5, 0.0, 0.9]]))  # one layer of identical rows
+    base.series["grad.position"] = (np.array([0, 10]), np.array([[0.1, 0.5, 1.0], [0.2, 0.6, 1.0]]))
     base.meta.update(lr=0.1, optimizer="sgd", optimizer_args={"momentum": 0.9}, chance_loss=1.5)
     base.series["act.dead_frac"][1][:, 0] = 0.9  # some layer dies: act.dead_onset
     lrs = np.logspace(-5, 0, 50)
