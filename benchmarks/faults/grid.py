@@ -156,7 +156,7 @@ def _cases() -> list[Case]:
     # lr_too_high ------------------------------------------------------------------------------
     for dk in ["digits", "wine", "breast_cancer", "teacher"]:
         add("lr_too_high", "sgd-huge-lr", "sgd-huge-lr", "mlp", dk, {"name": "sgd", "lr": 8.0},
-            {"optimizer": {"lr": 0.05}})
+            {"optimizer": {"lr": 0.1}})
     for mk, dk in [("mlp", "digits"), ("cnn", "digits_img"), ("resnet", "wine"), ("transformer", "seq"),
                    ("mlp", "breast_cancer")]:
         add("lr_too_high", "adam-huge-lr", "adam-huge-lr", mk, dk, {"name": "adam", "lr": 1.0},
@@ -170,11 +170,11 @@ def _cases() -> list[Case]:
         add("lr_too_high", "rmsprop-high-lr", "rmsprop-high-lr", mk, dk, {"name": "rmsprop", "lr": 0.3},
             {"optimizer": {"lr": 1e-3}})
     for mk, dk in [("mlp", "digits"), ("mlp", "wine"), ("resnet", "breast_cancer")]:
-        add("lr_too_high", "schedule-lr-growth", "schedule-lr-growth", mk, dk, {"name": "sgd", "lr": 0.02},
-            {"schedule": None}, schedule={"name": "ExponentialLR", "args": {"gamma": 1.06}})
+        add("lr_too_high", "schedule-lr-growth", "schedule-lr-growth", mk, dk, {"name": "sgd", "lr": 0.1},
+            {"schedule": None}, schedule={"name": "ExponentialLR", "args": {"gamma": 1.05}})
     for mk, dk in [("mlp", "digits"), ("mlp", "teacher"), ("cnn", "digits_img")]:
         add("lr_too_high", "cyclic-max-lr", "cyclic-max-lr", mk, dk, {"name": "sgd", "lr": 0.001},
-            {"schedule": {"args": {"max_lr": 0.05}}},
+            {"schedule": {"args": {"max_lr": 0.2}}},
             schedule={"name": "CyclicLR", "args": {"base_lr": 0.001, "max_lr": 10.0, "step_size_up": 40,
                                                    "cycle_momentum": False}})
 
@@ -242,7 +242,7 @@ def _cases() -> list[Case]:
             tag="tanh-std3")
     for dk in ["digits", "wine", "teacher", "breast_cancer"]:
         add("bad_init", "too-small-init", "too-small-init", "mlp", dk, OPT["momentum"],
-            {"model": {"args": {"init": "default"}}}, model_kw={"depth": 6, "init": "uniform", "std": 1e-3},
+            {"model": {"args": {"init": "kaiming"}}}, model_kw={"depth": 6, "init": "uniform", "std": 1e-3},
             tag="relu-uniform1e-3")
     for dk in ["digits", "wine", "teacher"]:
         add("bad_init", "orthogonal-small-gain", "orthogonal-small-gain", "mlp", dk, OPT["momentum"],
@@ -252,10 +252,10 @@ def _cases() -> list[Case]:
     # vanishing_gradients ----------------------------------------------------------------------
     for dk in ["digits", "wine", "breast_cancer", "teacher"]:
         add("vanishing_gradients", "sigmoid-depth", "sigmoid-depth", "mlp", dk, OPT["momentum"],
-            {"model": {"args": {"act": "relu"}}}, model_kw={"act": "sigmoid", "depth": 8}, tag="sigmoid-d8")
+            {"model": {"args": {"depth": 2}}}, model_kw={"act": "sigmoid", "depth": 8}, tag="sigmoid-d8")
     for ch, opt in [([8, 8, 8, 8, 16], OPT["momentum"]), ([8, 8, 8, 8, 8, 16], OPT["sgd"])]:
         add("vanishing_gradients", "sigmoid-cnn-depth", "sigmoid-cnn-depth", "cnn", "digits_img", opt,
-            {"model": {"args": {"act": "relu"}}}, model_kw={"act": "sigmoid", "channels": ch},
+            {"model": {"args": {"channels": [8, 16]}}}, model_kw={"act": "sigmoid", "channels": ch},
             tag=f"sigmoid-c{len(ch)}-{opt['name']}{'-mom' if 'args' in opt else ''}")
     for opt in [OPT["adam"], OPT["rmsprop"], {"name": "sgd", "lr": 0.1, "args": {"momentum": 0.9}}]:
         add("vanishing_gradients", "rnn-time", "rnn-time", "rnn", "seq_long", opt,
@@ -266,11 +266,11 @@ def _cases() -> list[Case]:
         add("exploding_gradients", "orthogonal-gain-depth", "orthogonal-gain-depth", "mlp", dk,
             {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}, {"model": {"args": {"gain": 1.0}}},
             model_kw={"act": "tanh", "depth": 12, "init": "orthogonal", "gain": 1.6}, tag="tanh-d12-g1.6")
-    for dk in ["digits", "breast_cancer"]:
+    for dk in ["digits", "breast_cancer", "wine", "teacher", "iris"]:
         add("exploding_gradients", "orthogonal-gain-depth", "orthogonal-gain-depth", "mlp", dk,
             {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}, {"model": {"args": {"gain": 1.414}}},
             model_kw={"act": "relu", "depth": 10, "init": "orthogonal", "gain": 3.0}, tag="relu-d10-g3")
-    for dk in ["teacher", "linreg", "wine"]:
+    for dk in ["teacher", "linreg", "wine", "diabetes", "iris"]:
         add("exploding_gradients", "deep-linear-gain", "deep-linear-gain", "deep_linear", dk,
             {"name": "sgd", "lr": 0.01}, {"model": {"args": {"gain": 1.0}}},
             model_kw={"depth": 10, "width": 32, "init": "orthogonal", "gain": 1.6}, tag="d10-g1.6")
@@ -278,10 +278,12 @@ def _cases() -> list[Case]:
         add("exploding_gradients", "rnn-recurrent-gain", "rnn-recurrent-gain", "rnn", dk, opt,
             {"model": {"args": {"recurrent_gain": 1.0}}}, model_kw={"recurrent_gain": 3.0},
             tag="gain3-" + opt["name"] + ("-mom" if "args" in opt else ""))
-    for dk, opt in [("seq", OPT["adam"]), ("digits_rows", OPT["momentum"])]:
+    for dk, opt, gain in [("seq", OPT["adam"], 2.0), ("digits_rows", OPT["momentum"], 2.0),
+                          ("seq", OPT["momentum"], 3.0), ("seq_long", OPT["momentum"], 1.5),
+                          ("digits_rows", OPT["sgd"], 3.0)]:
         add("exploding_gradients", "relu-rnn-gain", "relu-rnn-gain", "rnn", dk, opt,
-            {"model": {"args": {"recurrent_gain": 0.9}}}, model_kw={"nonlinearity": "relu", "recurrent_gain": 2.0},
-            tag="relu-gain2-" + opt["name"] + ("-mom" if "args" in opt else ""))
+            {"model": {"args": {"recurrent_gain": 0.9}}}, model_kw={"nonlinearity": "relu", "recurrent_gain": gain},
+            tag=f"relu-gain{gain:g}-" + opt["name"] + ("-mom" if "args" in opt else ""))
 
     # overfitting (longer probes: memorising takes a while) -------------------------------------
     big = {"width": 256, "depth": 2}
@@ -306,15 +308,16 @@ def _cases() -> list[Case]:
         add("saddle_point", "deep-linear-small-init", "deep-linear-small-init", "deep_linear", dk, opt,
             {"model": {"args": {"init": "default"}}}, model_kw={"depth": 3, "width": 16, "init": "normal", "std": 1e-3},
             tag="d3-" + opt["name"] + ("-mom" if "args" in opt else ""))
-    for init, opt in [(1e-4, {"name": "sgd", "lr": 0.02}), (1e-5, {"name": "sgd", "lr": 0.05}),
-                      (1e-4, {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}})]:
+    for init, opt in [(1e-6, {"name": "sgd", "lr": 0.01}), (1e-8, {"name": "sgd", "lr": 0.02}),
+                      (1e-6, {"name": "sgd", "lr": 0.002, "args": {"momentum": 0.9}})]:
         add("saddle_point", "two-weight", "two-weight", "two_weight", "line", opt, {"model": {"args": {"init": 0.5}}},
             model_kw={"init": init}, tag=f"init{init}-" + opt["name"] + ("-mom" if "args" in opt else ""))
-    for opt in [{"name": "sgd", "lr": 0.1}, {"name": "sgd", "lr": 0.05, "args": {"momentum": 0.9}}, OPT["adam"]]:
+    for opt in [{"name": "sgd", "lr": 0.05}, {"name": "sgd", "lr": 0.02},
+                {"name": "sgd", "lr": 0.005, "args": {"momentum": 0.9}}]:
         add("saddle_point", "xor-mae-plateau", "xor-mae-plateau", "mlp", "xor", opt,
             {"model": {"args": {"init": "default"}}}, loss=f"{F}:mae",
-            model_kw={"act": "tanh", "width": 8, "depth": 1, "init": "normal", "std": 1e-3},
-            tag="tanh-" + opt["name"] + ("-mom" if "args" in opt else ""))
+            model_kw={"act": "tanh", "width": 8, "depth": 1, "init": "normal", "std": 1e-5},
+            tag=f"tanh-{opt['name']}{'-mom' if 'args' in opt else ''}-lr{opt['lr']:g}")
 
     # local_minimum ----------------------------------------------------------------------------
     for f0, freq, opt in [(4.8, 3.0, {"name": "sgd", "lr": 0.05}), (5.0, 3.0, {"name": "sgd", "lr": 0.02, "args": {"momentum": 0.9}}),
