@@ -46,12 +46,12 @@ FAST_SUBSET = [
     "ill_conditioning/raw-features/linear/wine",
     "bad_init/zero-init/mlp/wine",
     "dead_relu/negative-bias/mlp/wine",
-    "saddle_point/two-weight/two_weight-init0.0001-sgd/line",
+    "saddle_point/two-weight/two_weight-init1e-06-sgd/line",
     "overfitting/random-labels/mlp-w256/iris",
     "exploding_gradients/deep-linear-gain/deep_linear-d10-g1.6/teacher",
-    "healthy/mlp-relu/mlp-momentum/wine",
-    "healthy/linear/linear-sgd/wine",
-    "healthy/mlp-relu/mlp-sgd/iris",
+    "healthy/mlp-relu/mlp-sgd/wine",
+    "healthy/linear/linear-momentum/wine",
+    "healthy/mlp-tanh/mlp-momentum/wine",
 ]
 
 
@@ -78,8 +78,9 @@ def diagnose_subprocess(case: dict) -> tuple[int, str, str, float]:
 
 
 def diagnose_inprocess(case: dict) -> tuple[int, str, str, float]:
-    """The same CLI app (optdoctor.cli), called in this process from the cases folder."""
-    from optdoctor.cli import main as cli_main
+    """The same CLI app (``optdoctor.cli.app``, what ``optdoctor`` runs), called in this process from
+    the cases folder."""
+    from optdoctor.cli import app
 
     out, err = io.StringIO(), io.StringIO()
     cwd = os.getcwd()
@@ -89,7 +90,7 @@ def diagnose_inprocess(case: dict) -> tuple[int, str, str, float]:
         os.chdir(CASES)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                cli_main(_cli_args(case), standalone_mode=True, prog_name="optdoctor")
+                app(_cli_args(case), standalone_mode=True, prog_name="optdoctor")
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
