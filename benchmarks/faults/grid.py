@@ -257,6 +257,9 @@ def _cases() -> list[Case]:
         add("vanishing_gradients", "sigmoid-cnn-depth", "sigmoid-cnn-depth", "cnn", "digits_img", opt,
             {"model": {"args": {"channels": [8, 16]}}}, model_kw={"act": "sigmoid", "channels": ch},
             tag=f"sigmoid-c{len(ch)}-{opt['name']}{'-mom' if 'args' in opt else ''}")
+    for dk in ["digits", "wine", "teacher", "breast_cancer"]:
+        add("vanishing_gradients", "tanh-depth", "tanh-depth", "mlp", dk, OPT["momentum"],
+            {"model": {"args": {"depth": 2}}}, model_kw={"act": "tanh", "depth": 20, "width": 32}, tag="tanh-d20")
     for opt in [OPT["adam"], OPT["rmsprop"], {"name": "sgd", "lr": 0.1, "args": {"momentum": 0.9}}]:
         add("vanishing_gradients", "rnn-time", "rnn-time", "rnn", "seq_long", opt,
             {"model": {"args": {"kind": "lstm"}}}, tag=opt["name"] + ("-mom" if "args" in opt else ""))
