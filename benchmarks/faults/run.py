@@ -65,8 +65,19 @@ def load_cases(split: str = "all", filt: str = "", subset: str | None = None) ->
     return [c for c in cases if filt in c["id"]]
 
 
+# --save-traces DIR keeps every case's probe traces (``diagnose --save-trace``); --replay DIR
+# re-diagnoses them without probing (``optdoctor replay``): rule changes are measured in seconds.
+TRACES: dict[str, Path | None] = {"save": None, "replay": None}
+
+
 def _cli_args(case: dict) -> list[str]:
-    return ["diagnose", case["config"]["name"] + ".yaml", "--format", "json", "--check"]
+    name = case["config"]["name"]
+    if TRACES["replay"] is not None:
+        return ["replay", str(TRACES["replay"] / name), "--format", "json"]
+    args = ["diagnose", name + ".yaml", "--format", "json", "--check"]
+    if TRACES["save"] is not None:
+        args += ["--save-trace", str(TRACES["save"] / name)]
+    return args
 
 
 def diagnose_subprocess(case: dict) -> tuple[int, str, str, float]:
@@ -205,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["inprocess", "subprocess"], default="inprocess")
     ap.add_argument("--out", default=None, help="raw results JSON (default: benchmarks/faults/results-SPLIT.json)")
     ap.add_argument("--quiet", action="store_true", help="no per-case progress on stderr")
+    ap.add_argument("--save-traces", default=None, metavar="DIR", help="keep each case's probe traces under DIR")
+    ap.add_argument("--replay", default=None, metavar="DIR", help="re-diagnose traces saved with --save-traces (no probing)")
     args = ap.parse_args(argv)
+    if args.save_traces:
+        TRACES["save"] = Path(args.save_traces).resolve()
+    if args.replay:
+        TRACES["replay"] = Path(args.replay).resolve()
     sys.path.insert(0, str(ROOT))
     cases = load_cases(args.split, args.filter, args.subset)
     mode = "subprocess" if args.jobs > 1 else args.mode

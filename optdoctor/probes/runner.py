@@ -295,7 +295,7 @@ def plan_variants(setup: Setup) -> list[ProbeSpec]:
 
 
 def run_probes(setup: Setup, progress: Progress | None = None,
-               followups: Callable[[ProbeSet], bool] | None = None) -> ProbeSet:
+               followups: Callable[..., bool] | None = None) -> ProbeSet:
     """Baseline, then learning-rate variants; then, when ``followups(probes)`` says the
     baseline sits on a plateau, a restart from the plateau with a small perturbation (does it
     escape? a saddle) and a fresh seed (does another init get much further? a local minimum).
@@ -306,10 +306,10 @@ def run_probes(setup: Setup, progress: Progress | None = None,
     hess_steps = fraction_steps(cfg.probe.hessian.at, cfg.probe.steps) if cfg.probe.hessian.enabled else []
     base_spec = ProbeSpec(steps=cfg.probe.steps, seed=cfg.seed, hessian_steps=hess_steps)
 
-    def run(spec: ProbeSpec) -> dict:
+    def run(spec: ProbeSpec, on: Setup = setup) -> dict:
         try:
-            with stage(f"probe {spec.name!r}", _memory_hint(setup)):
-                trace, state = run_probe(setup, spec, progress)
+            with stage(f"probe {spec.name!r}", _memory_hint(on)):
+                trace, state = run_probe(on, spec, progress)
         except ProbeInterrupted as e:
             probes.traces.update(e.probes.traces)
             raise ProbeInterrupted(probes) from None
@@ -328,7 +328,17 @@ def run_probes(setup: Setup, progress: Progress | None = None,
                 probes.traces["lr_range"] = run_lr_range(setup, min(LR_RANGE_STEPS, max(20, cfg.probe.steps)), progress=progress)
         except KeyboardInterrupt:
             raise ProbeInterrupted(probes) from None
-    if followups is not None and cfg.probe.variants.perturb and followups(probes):
+    if followups is not None and not cfg.probe.standardize_inputs and followups(probes, "standardized"):
+        # Does the inputs' scale spread matter? The baseline again on standardised inputs.
+        from optdoctor.probes.setup import derive
+
+        patch = {"probe.standardize_inputs": True}
+        cfg_std = cfg.model_copy(deep=True)
+        cfg_std.probe.standardize_inputs = True
+        std_setup = derive(setup, setup.loaded.model_copy(update={"config": cfg_std}), patch)
+        steps = cfg.probe.variants.steps or cfg.probe.steps
+        run(ProbeSpec(name="standardized", kind="standardized", steps=steps, seed=cfg.seed, full=False), std_setup)
+    if followups is not None and cfg.probe.variants.perturb and followups(probes, "plateau"):
         # From the plateau: go on unchanged (the control) and go on after a small random kick,
         # on the same batches. A saddle lets the kicked run escape; a minimum pulls it back.
         steps = cfg.probe.variants.steps or cfg.probe.steps

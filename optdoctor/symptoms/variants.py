@@ -65,6 +65,23 @@ def lr_variants(p: ProbeSet) -> dict:
 
 
 @produces(
+    ("data.standardize_gain", "share of the baseline's final loss that the same probe on standardised inputs removed ((baseline - standardised) / baseline; 1 if only the baseline diverged, -1 if the standardised one did): does the inputs' scale spread matter?", "fraction"),
+)
+def standardized(p: ProbeSet) -> dict:
+    """Relative to the baseline's final loss, not its initial one: unscaled inputs often start
+    at a huge loss, next to which any end point looks alike."""
+    t = p.one("standardized")
+    if t is None or not p.baseline.has("loss.train"):
+        return {}
+    base, std = final_loss(p.baseline), final_loss(t)
+    if not np.isfinite(std):
+        return {"data.standardize_gain": -1.0}
+    if not np.isfinite(base):
+        return {"data.standardize_gain": 1.0}
+    return {"data.standardize_gain": (base - std) / abs(base) if base else 0.0}
+
+
+@produces(
     ("plateau.escape", "loss removed by a small random kick at the plateau beyond going on unkicked on the same batches, relative to the plateau loss (a saddle lets the kicked run escape, a minimum pulls it back)", "fraction"),
     ("plateau.reseed_gain", "loss the best of a few freshly seeded probes reached below the baseline's, relative to the baseline's final loss", "fraction"),
 )
