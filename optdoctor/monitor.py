@@ -468,17 +468,17 @@ class Monitor:
             folder = self.tensorboard / self.name
             folder.mkdir(parents=True, exist_ok=True)
             self._tb_writer = EventFileWriter(str(folder), max_queue_size=1024)
-        upto = self.step_count if self.status != "diverged" else min(self.step_count, (self.stopped_at or 0) + 1)
+        upto = self.step_count if self.status != "diverged" else min(self.step_count, (self.stopped_at or 0) + 1)  # exclusive
         by_step: dict[int, list] = {}
         for tag, (steps, values) in scalar_points(self.trace()).items():
             for s, v in zip(steps.tolist(), values.tolist()):
-                if self._tb_done <= s <= upto:
+                if self._tb_done <= s < upto:
                     by_step.setdefault(s, []).append(Summary.Value(tag=tag, simple_value=v))
         now = time.time()
         for s in sorted(by_step):
             self._tb_writer.add_event(Event(wall_time=now, step=s, summary=Summary(value=by_step[s])))
         self._tb_writer.flush()
-        self._tb_done = upto + 1
+        self._tb_done = max(self._tb_done, upto)
 
     # --- follow-up probes ------------------------------------------------------------------
     def _copy(self, state: tuple[dict, dict], lr_factor: float) -> tuple[nn.Module, torch.optim.Optimizer]:
