@@ -105,12 +105,11 @@ def _unwrap_model(model: nn.Module) -> nn.Module:
 
 def _unwrap_optimizer(opt: Any) -> torch.optim.Optimizer:
     """Lightning's and accelerate's optimizer wrappers hold the torch optimizer."""
-    seen = 0
-    while not isinstance(opt, torch.optim.Optimizer) and seen < 5:
+    for _ in range(5):  # accelerate's AcceleratedOptimizer subclasses Optimizer but holds the real one
         inner = getattr(opt, "optimizer", None) or getattr(opt, "_optimizer", None)
-        if inner is None:
+        if inner is None or inner is opt:
             break
-        opt, seen = inner, seen + 1
+        opt = inner
     if not isinstance(opt, torch.optim.Optimizer):
         raise TypeError(f"Monitor needs a torch.optim.Optimizer (or a wrapper holding one), got {type(opt).__name__}")
     return opt
@@ -377,9 +376,7 @@ class Monitor:
     def _flush(self) -> None:
         """Pending losses -> CPU (mean over ranks: one all-reduce, called on every rank); decides
         divergence; stops measuring once diverged."""
-        if not self._pending:
-            if distributed.active():  # the other ranks may have losses: join their all-reduce
-                distributed.mean_across_ranks(torch.zeros(0, dtype=torch.float64))
+        if not self._pending:  # every rank calls step() as often: then no rank has losses pending
             return
         steps = [s for s, _ in self._pending]
         stacked = torch.stack([v.reshape(()).to(torch.float64) for _, v in self._pending])
