@@ -187,9 +187,9 @@ class Monitor:
             raise ValueError(f"grads must be 'optimizer' or 'manual', got {grads!r}")
         self.model = _unwrap_model(model)
         self.optimizer = _unwrap_optimizer(optimizer)
-        if any(type(p).__name__ == "DTensor" for p in self.model.parameters()):
-            raise NotImplementedError("sharded parameters (FSDP2/DTensor) are not supported yet: per-layer norms "
-                                      "would need an all-reduce of squared norms per measurement (optdoctor/distributed.py)")
+        # FSDP2/DTensor: gradients are sharded; per-layer norms need one all-reduce of squared norms
+        # per measurement (ShardedGradNorms). The other instruments read whole tensors: not measured.
+        self.sharded = any(type(p).__name__ == "DTensor" for p in self.model.parameters())
         self.every, self.detail_every, self.checkpoint_every = every, detail_every, checkpoint_every
         self.loss_fn, self.follow_up_steps, self.lr_factors = loss_fn, follow_up_steps, tuple(lr_factors)
         self.chance_loss, self.grads_mode, self.name = chance_loss, grads, name
@@ -292,7 +292,12 @@ class Monitor:
             "n_params": sum(p.numel() for p in self.model.parameters()),
             "chance_loss": self.chance_loss, "world_size": distributed.world_size(), "every": self.every,
         })
-        self.instruments = InstrumentSet(monitor_instruments(self.every, self.detail_every, has_acts=bool(acts)))
+        if self.sharded:
+            from optdoctor.probes.instruments.sharded_grad_norms import ShardedGradNorms
+
+            self.instruments = InstrumentSet([ShardedGradNorms(every=self.every)])
+        else:
+            self.instruments = InstrumentSet(monitor_instruments(self.every, self.detail_every, has_acts=bool(acts)))
         # no optimizer in the context while attaching: the set must not hook it (the monitor owns
         # the clock: its own optimizer hooks dispatch, so that grads_ready() can come first)
         self.instruments.attach(ctx)  # hooks the model's forward; measures the state at step 0
@@ -308,7 +313,7 @@ class Monitor:
         self._update_insts = self.instruments._with("update")
         self._state_insts = self.instruments._with("state")
         self._fwd_handle = None
-        if self.loss_fn is not None:
+        if self.loss_fn is not None and not self.sharded:
             self._keep_state()
 
     # --- the moments of a step -------------------------------------------------------------
@@ -400,7 +405,7 @@ class Monitor:
         """Losses checked, divergence decided, TensorBoard written, healthy state kept. Runs by
         itself every ``checkpoint_every`` steps; every rank must reach it together."""
         self._flush()
-        if self.status != "diverged" and self.loss_fn is not None:
+        if self.status != "diverged" and self.loss_fn is not None and not self.sharded:
             self._keep_state()
         if self.tensorboard is not None and distributed.is_main():
             self._write_tensorboard()
@@ -457,6 +462,8 @@ class Monitor:
         probes = self.probes()
         extra: dict[str, float] = {}
         if follow_up:
+            if self.sharded:
+                raise NotImplementedError("follow-up probes on sharded (FSDP/DTensor) models are not supported yet")
             if self.loss_fn is None or not self._kept:
                 raise ValueError("follow_up=True needs Monitor(..., loss_fn=...) and batches kept by "
                                  "monitor.step(loss, batch=(inputs, target))")

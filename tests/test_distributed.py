@@ -40,3 +40,22 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
     a = json.loads((tmp_path / "diagnosis.json").read_text())
     b = json.loads((tmp_path / "diagnosis_single.json").read_text())
     assert [f["rule"] for f in a["findings"]] == [f["rule"] for f in b["findings"]]
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp2_sharded_norms_match_single_process(tmp_path):
+    torch = pytest.importorskip("torch")
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401  (FSDP2, torch >= 2.6)
+    except ImportError:
+        pytest.skip("this torch has no FSDP2 (fully_shard)")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(SCRIPT), str(tmp_path), "--fsdp"], capture_output=True, text=True, timeout=240, env=_env(), cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("optdoctor · monitor") == 1
+    s = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--single"], capture_output=True, text=True,
+                       timeout=240, env=_env(), cwd=ROOT)
+    assert s.returncode == 0, s.stderr[-3000:]
+    # each rank holds half of every gradient: one all-reduce of squared norms gives the whole norm
+    np.testing.assert_allclose(np.load(tmp_path / "grad_norm_fsdp.npy"), np.load(tmp_path / "grad_norm_single.npy"), rtol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "loss_fsdp.npy"), np.load(tmp_path / "loss_single.npy"), rtol=1e-5)
