@@ -7,7 +7,8 @@ order alternating every round), the same model init, data, batch order, optimize
 
 - ``plain``: forward, loss, zero_grad, backward, step (and nothing else);
 - ``monitor``: the same loop with ``optdoctor.Monitor(model, opt)`` at its default schedule
-  (loss every step; per-layer series every ``--every`` steps; a checkpoint every 100 steps),
+  (loss every step; gradient norms and update ratios every ``--every`` steps (default 20, the
+  Monitor's), activations/histograms/cosines every 5x that; a checkpoint every 100 steps),
   ``monitor.step(loss)`` after each step, and ``close()`` (not ``diagnose``: that is a one-off
   after training, reported separately).
 
@@ -84,7 +85,7 @@ def run(setup, steps: int, monitor_kw: dict | None) -> tuple[float, float, float
 
 def bench(name: str, steps: int, repeats: int, every: int) -> dict:
     setup = MODELS[name]
-    kw = {"every": every}
+    kw = {"every": every, "detail_every": 5 * every}
     run(setup, steps, None)
     run(setup, steps, kw)  # warm-up
     plain, mon, ratios, diag = [], [], [], []
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--only", choices=sorted(MODELS))
     args = ap.parse_args(argv)
     print(f"{args.steps} steps, every={args.every}, {args.repeats} interleaved rounds, medians")

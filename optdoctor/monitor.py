@@ -17,8 +17,12 @@ When things are measured (``every``, ``checkpoint_every``):
 
 - every step: the training loss and the learning rate (a detached tensor kept per step; no
   device synchronisation per step);
-- every ``every`` steps: per-layer gradient norms, update/weight ratios, activation statistics,
-  gradient histograms and cosines (the last two on a measured step and the one after it);
+- every ``every`` steps (20): per-layer gradient norms, update/weight ratios, a sample of the
+  inputs (until 2048 were seen);
+- every ``detail_every`` steps (100): activation statistics, gradient histograms and cosines
+  (cosines on a measured step and the one after it). Measured on the small MLP
+  (benchmarks/monitor_overhead.py): each gradient-norm + update-ratio measurement costs about
+  half a training step, an activation measurement about two;
 - every ``checkpoint_every`` steps (and at ``diagnose``): the losses are moved to the CPU (averaged
   across ranks under torch.distributed), divergence is decided, TensorBoard is written, and,
   when follow-up probes are possible, the state is kept as the last healthy one.
@@ -129,7 +133,7 @@ def _detached(x: Any) -> Any:
 def _as_float(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x.detach()  # converted at the checkpoint, all steps at once
-    return torch.tensor(float(x), dtype=torch.float64)
+    return torch.tensor(float(x))
 
 
 def diverged(values: np.ndarray, initial: float) -> int | None:
@@ -175,7 +179,7 @@ class Monitor:
         name: the diagnosis' name in reports.
     """
 
-    def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 10, detail_every: int = 50,
+    def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 20, detail_every: int = 100,
                  checkpoint_every: int = 100,
                  tensorboard: str | Path | None = None, loss_fn: Callable | None = None, keep_batches: int = 8,
                  follow_up_steps: int = 50, lr_factors: Sequence[float] = (0.1, 10.0),
@@ -247,8 +251,9 @@ class Monitor:
             inst.before_forward(self.step_count, args, kwargs)
 
     def _wanting_forward(self, i: int) -> list[Instrument]:
+        # input statistics: on the gradient-norm steps, until DataStats has its sample
         return [inst for inst in self._forward_insts
-                if (inst.seen < inst.cap if isinstance(inst, DataStats) else inst.due(i))]
+                if ((inst.seen < inst.cap and i % self.every == 0) if isinstance(inst, DataStats) else inst.due(i))]
 
     def _arm_forward(self) -> None:
         """Put the forward pre-hook on for the next step when an instrument watches its forward."""
@@ -384,7 +389,7 @@ class Monitor:
         if not self._pending:  # every rank calls step() as often: then no rank has losses pending
             return
         steps = [s for s, _ in self._pending]
-        stacked = torch.stack([v.reshape(()).to(torch.float64) for _, v in self._pending])
+        stacked = torch.stack([v if v.dim() == 0 else v.reshape(()) for _, v in self._pending]).to(torch.float64)
         vals = distributed.mean_across_ranks(stacked.cpu()).numpy()
         self._pending = []
         for s, v in zip(steps, vals.tolist()):
