@@ -136,6 +136,10 @@ def diagnose(
         _err("optdoctor: interrupted before anything was measured")
         raise typer.Exit(130)
     diag.extra["rules"] = rule_list
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone prints and writes; same exit code
+        from optdoctor.report import exit_code
+
+        raise typer.Exit(exit_code(diag.findings, fail))
     tb_dir = tensorboard or _config_tensorboard(loaded)
     if tb_dir is not None:
         from optdoctor.tensorboard import write_diagnosis

@@ -85,9 +85,11 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, rule
                   progress: Callable[[str, int, int], None] | None = None, rules: list[Rule] | None = None) -> Diagnosis:
     """Probe, extract, evaluate. On Ctrl-C, diagnoses what was measured so far (status
     "interrupted") instead of losing it."""
+    from optdoctor.probes.parallel import choose
     from optdoctor.probes.runner import ProbeInterrupted, run_probes
     from optdoctor.probes.setup import prepare
 
+    run_probes = choose(run_probes)  # under torchrun: whole probes split across ranks
     if rules is None:
         rules = load_rules(rule_paths)  # before probing: a broken rule pack fails fast (exit 2)
     t0 = time.perf_counter()

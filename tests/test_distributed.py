@@ -59,3 +59,18 @@ def test_torchrun_fsdp2_sharded_norms_match_single_process(tmp_path):
     # each rank holds half of every gradient: one all-reduce of squared norms gives the whole norm
     np.testing.assert_allclose(np.load(tmp_path / "grad_norm_fsdp.npy"), np.load(tmp_path / "grad_norm_single.npy"), rtol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "loss_fsdp.npy"), np.load(tmp_path / "loss_single.npy"), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_diagnose_under_torchrun_gives_the_same_report(tmp_path):
+    """Issue 12 item 4: probes split across 2 ranks, traces gathered: byte-identical JSON."""
+    pytest.importorskip("torch")
+    cfg = str(ROOT / "sample_runs" / "lr-too-high.yaml")
+    args = ["-m", "optdoctor", "diagnose", cfg, "--format", "json", "--check"]
+    one = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                         capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
+    assert one.returncode == 1, one.stderr[-2000:]  # findings at error level
+    assert two.returncode == 1, two.stderr[-2000:]  # torchrun passes the ranks' exit code 1 on
+    assert json.loads(one.stdout)["findings"][0]["cause"] == "lr_too_high"
+    assert two.stdout == one.stdout  # rank 0 alone wrote stdout, and it is the same report
