@@ -2,11 +2,14 @@
 
 - DDP averages gradients during backward: per-layer norms read at ``optimizer.step()`` are the
   global ones on every rank, no collective needed.
-- Sharded gradients (FSDP/DTensor) would need one all-reduce of squared norms per measurement:
-  not supported yet (``Monitor`` refuses DTensor parameters with that message).
+- Sharded gradients (FSDP2/DTensor): each rank holds a shard, so per-layer norms take one
+  all-reduce of squared shard norms per measurement (``instruments/sharded_grad_norms.py``);
+  there the monitor measures losses and gradient norms only (the other instruments read whole
+  tensors), and follow-up probes are not supported.
 - Decisions reduce over ranks: training losses are averaged across ranks in one all-reduce per
   checkpoint (a NaN on any rank makes the mean NaN: a divergence on any rank is a divergence),
   and the diagnosis is computed on rank 0 and broadcast, so every rank holds the same findings.
+  Statistics of the data each rank sees (activations, input statistics) are rank 0's.
 - Only rank 0 prints or writes files.
 - Every collective here is called by every rank at the same point of the same calls (the
   monitor's checkpoints and ``diagnose``), so no rank waits for one that never comes.

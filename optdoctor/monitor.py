@@ -47,7 +47,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ from optdoctor.probes.instruments import (
 )
 from optdoctor.probes.recorder import Recorder
 from optdoctor.trace import ProbeSet, Trace
+
+if TYPE_CHECKING:
+    from optdoctor.diagnose import Diagnosis
 
 # Same thresholds as the probe runner: a loss beyond this multiple of the initial one has diverged.
 DIVERGENCE_FACTOR = 1e4
@@ -177,6 +180,7 @@ class Monitor:
         grads: "optimizer" reads gradients when the optimizer is about to step (plus any
             ``grads_ready()`` call before it); "manual" only at ``grads_ready()`` (Lightning).
         name: the diagnosis' name in reports.
+        rules: a rule pack (``engine.rules.load_rules``); default: the shipped one.
     """
 
     def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 20, detail_every: int = 100,
@@ -446,10 +450,11 @@ class Monitor:
         return trace
 
     def probes(self) -> ProbeSet:
+        """The monitored run as a ProbeSet whose baseline it is (what symptoms read)."""
         t = self.trace()
         return ProbeSet({"baseline": t}, dict(t.meta.get("data_stats", {})))
 
-    def diagnose(self, follow_up: bool = False, selection: Any = None):
+    def diagnose(self, follow_up: bool = False, selection: Any = None) -> "Diagnosis":
         """Symptoms, rules and findings of the run so far: a ``Diagnosis`` whose ``findings``
         are the same ``Finding`` objects ``optdoctor diagnose`` gives. Counterfactual rules are
         "not evaluated" unless ``follow_up`` runs their probes (needs ``loss_fn`` and kept
