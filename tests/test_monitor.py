@@ -87,6 +87,7 @@ def test_import_optdoctor_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_vanishing_gradients_same_cause_as_diagnose():
     mon = monitored("vanishing-gradients")
     d = mon.diagnosis
@@ -98,6 +99,7 @@ def test_vanishing_gradients_same_cause_as_diagnose():
     assert js["findings"][0]["cause"] == "vanishing_gradients"
 
 
+@pytest.mark.slow
 def test_lr_too_high_needs_follow_up_and_then_matches_diagnose():
     mon = monitored("lr-too-high")
     d = mon.diagnosis
@@ -110,6 +112,7 @@ def test_lr_too_high_needs_follow_up_and_then_matches_diagnose():
     assert mon.diagnosis.findings[0].rule == "OD401"  # as `optdoctor diagnose sample_runs/lr-too-high.yaml`
 
 
+@pytest.mark.slow
 def test_healthy_run_has_no_warning():
     mon = monitored("healthy", follow_up=True)
     assert not [f for f in mon.diagnosis.findings if f.severity in ("warning", "error")], mon.report("text")
@@ -220,3 +223,23 @@ def test_follow_up_without_batches_says_what_it_needs():
     with pytest.raises(ValueError, match="loss_fn"):
         mon.diagnose(follow_up=True)
     mon.close()
+
+
+def test_root_forward_never_called_orders_layers_by_first_call():
+    """A LightningModule-like root whose training step calls a submodule: the layers are
+    ordered by their first call in the first step, and measured from there on."""
+    torch.manual_seed(4)
+    root = nn.ModuleDict({"head": nn.Linear(16, 4), "body": nn.Sequential(nn.Linear(20, 16), nn.ReLU())})
+    opt = torch.optim.SGD(root.parameters(), lr=0.05)
+    (X, y), _ = data.blobs()
+    mon = optdoctor.Monitor(root, opt, every=1)
+    for step in range(3):
+        loss = F.cross_entropy(root["head"](root["body"](X[:32])), y[:32])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    t = mon.trace()
+    mon.close()
+    assert t.meta["layers"] == ["body.0", "head"]  # forward order, not registration order
+    assert t.values("grad.norm").shape == (3, 2)
