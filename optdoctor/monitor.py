@@ -647,22 +647,28 @@ class Monitor:
         return out
 
 
-def _plateau(probes: ProbeSet) -> bool:
-    from optdoctor.diagnose import is_plateau
+def _pipeline():
+    """The one place the monitor imports the diagnosis pipeline (``optdoctor.diagnose``):
+    ``Diagnosis``, symptoms at each checkpoint (``snapshots``) and the plateau test."""
+    from optdoctor.diagnose import Diagnosis, is_plateau, snapshots
 
-    return is_plateau(probes)
+    return Diagnosis, snapshots, is_plateau
+
+
+def _plateau(probes: ProbeSet) -> bool:
+    return _pipeline()[2](probes)
 
 
 def evaluate(probes: ProbeSet, rules=None, selection=None, extra: dict[str, float] | None = None,
              name: str = "monitor", followed_up: bool = False):
-    """The one place the monitor meets the diagnosis pipeline: symptoms at each checkpoint
+    """Where the monitor meets the diagnosis pipeline: symptoms at each checkpoint
     (``diagnose.snapshots``), plus the follow-up probes' counterfactual symptoms, through the
     rules -> a ``Diagnosis``. Rules that only counterfactual probes can decide say so."""
-    from optdoctor.diagnose import Diagnosis, snapshots
     from optdoctor.engine.evaluate import evaluate as run_rules
     from optdoctor.engine.rules import load_rules
     from optdoctor.findings import RuleOutcome
 
+    Diagnosis, snapshots, _ = _pipeline()
     rules = list(rules) if rules is not None else load_rules()
     snaps = [(s, {**sym, **(extra or {})}) for s, sym in snapshots(probes)]
     findings, outcomes = run_rules(rules, snaps, selection)
