@@ -166,6 +166,10 @@ def diagnose(
         _err("optdoctor: interrupted before anything was measured")
         raise typer.Exit(130)
     diag.extra["rules"] = chosen.rules
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone prints and writes; same exit code
+        from optdoctor.report import exit_code
+
+        raise typer.Exit(exit_code(diag.findings, chosen.fail_on))
     try:
         if save_trace:
             from optdoctor.diagnose import save_traces

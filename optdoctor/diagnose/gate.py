@@ -31,8 +31,9 @@ def plateau_gate(rules: list[Rule], selection: Selection | None = None) -> Calla
     """The runner's ``followups`` hook: (ProbeSet so far, which follow-ups) -> run them?"""
 
     def gate(probes: ProbeSet, which: str = "plateau") -> bool:
-        base = ProbeSet({n: t for n, t in probes.traces.items() if t.kind in ("baseline", "lr_variant", "lr_range")},
-                        probes.data_stats)
+        # what ran before any follow-up: the baseline (or a monitored run), LR variants, range test
+        later = ("continued", "perturbed", "reseed", "standardized", "verify", "seed")
+        base = ProbeSet({n: t for n, t in probes.traces.items() if t.kind not in later}, probes.data_stats)
         return followups_wanted(rules, extract(base), selection, which)
 
     return gate

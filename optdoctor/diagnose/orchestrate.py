@@ -70,7 +70,10 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, *, r
     fails fast, exit 2, before anything is probed)."""
     from optdoctor.diagnose.seeds import across_seeds
     from optdoctor.diagnose.verify import verify_findings
+    from optdoctor.probes.parallel import choose
     from optdoctor.probes.runner import ProbeInterrupted, run_probes
+
+    run_probes = choose(run_probes)  # under torchrun: whole probes split across ranks
     from optdoctor.probes.setup import prepare
 
     rules = load_rules() if rules is None else rules

@@ -294,6 +294,18 @@ def plan_variants(setup: Setup) -> list[ProbeSpec]:
             for f in cfg.probe.variants.lr_factors]
 
 
+def standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
+    """Does the inputs' scale spread matter? The baseline again, on standardised inputs."""
+    from optdoctor.probes.setup import derive
+
+    cfg = setup.cfg
+    cfg_std = cfg.model_copy(deep=True)
+    cfg_std.probe.standardize_inputs = True
+    std_setup = derive(setup, setup.loaded.model_copy(update={"config": cfg_std}), {"probe.standardize_inputs": True})
+    steps = cfg.probe.variants.steps or cfg.probe.steps
+    return ProbeSpec(name="standardized", kind="standardized", steps=steps, seed=cfg.seed, full=False), std_setup
+
+
 def run_probes(setup: Setup, progress: Progress | None = None,
                followups: Callable[..., bool] | None = None) -> ProbeSet:
     """Baseline, then learning-rate variants; then, when ``followups(probes)`` says the
@@ -329,15 +341,7 @@ def run_probes(setup: Setup, progress: Progress | None = None,
         except KeyboardInterrupt:
             raise ProbeInterrupted(probes) from None
     if followups is not None and not cfg.probe.standardize_inputs and followups(probes, "standardized"):
-        # Does the inputs' scale spread matter? The baseline again on standardised inputs.
-        from optdoctor.probes.setup import derive
-
-        patch = {"probe.standardize_inputs": True}
-        cfg_std = cfg.model_copy(deep=True)
-        cfg_std.probe.standardize_inputs = True
-        std_setup = derive(setup, setup.loaded.model_copy(update={"config": cfg_std}), patch)
-        steps = cfg.probe.variants.steps or cfg.probe.steps
-        run(ProbeSpec(name="standardized", kind="standardized", steps=steps, seed=cfg.seed, full=False), std_setup)
+        run(*standardized_probe(setup))
     if followups is not None and cfg.probe.variants.perturb and followups(probes, "plateau"):
         # From the plateau: go on unchanged (the control) and go on after a small random kick,
         # on the same batches. A saddle lets the kicked run escape; a minimum pulls it back.
