@@ -82,9 +82,14 @@ def evaluate_probes(probes: ProbeSet, rules: list[Rule], selection: Selection | 
 
 
 def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, rule_paths: list[str] | None = None,
-                  progress: Callable[[str, int, int], None] | None = None, rules: list[Rule] | None = None) -> Diagnosis:
+                  progress: Callable[[str, int, int], None] | None = None, rules: list[Rule] | None = None,
+                  budget=None) -> Diagnosis:
     """Probe, extract, evaluate. On Ctrl-C, diagnoses what was measured so far (status
-    "interrupted") instead of losing it."""
+    "interrupted") instead of losing it.
+
+    With ``probe.budget`` (or a ``budget``: probes/budget.py ``Budget``, e.g. counting from the
+    process's start), the probes are planned from a timed calibration to fit it and stopped at
+    its hard limit; what was cut is in ``extra["budget"]``."""
     from optdoctor.probes.runner import ProbeInterrupted, run_probes
     from optdoctor.probes.setup import prepare
 
@@ -92,9 +97,18 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, rule
         rules = load_rules(rule_paths)  # before probing: a broken rule pack fails fast (exit 2)
     t0 = time.perf_counter()
     setup = prepare(loaded)
+    if budget is None and loaded.config.probe.budget is not None:
+        from optdoctor.probes.budget import Budget
+
+        budget = Budget(loaded.config.probe.budget)
+    if budget is not None:
+        setup = budget.prepare(setup)  # calibrate, plan: the setup's config now runs the plan
+        loaded = setup.loaded
+        if hasattr(progress, "total"):
+            progress.total = budget.eta
     status = "completed"
     try:
-        probes = run_probes(setup, progress, followups=is_plateau)
+        probes = run_probes(setup, progress, followups=is_plateau, budget=budget)
     except ProbeInterrupted as e:
         probes, status = e.probes, "interrupted"
         if "baseline" not in probes.traces or not probes.baseline.has("loss.train"):
@@ -102,16 +116,18 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, rule
     findings, outcomes, symptoms = evaluate_probes(probes, rules, selection, loaded)
     if status == "completed" and loaded.config.probe.seeds > 1:
         try:
-            findings, outcomes = _across_seeds(setup, probes, findings, outcomes, symptoms, rules, selection, progress)
+            findings, outcomes = _across_seeds(setup, probes, findings, outcomes, symptoms, rules, selection, progress, budget)
         except ProbeInterrupted:
             status = "interrupted"  # keep the first seed's diagnosis
     diag = Diagnosis(loaded.name, loaded.path, findings, outcomes, symptoms, probes, status, 0.0, loaded)
     if status == "completed" and loaded.config.probe.verify.enabled:
         try:
-            verify_findings(diag, rules, setup, progress)
+            verify_findings(diag, rules, setup, progress, budget)
         except (ProbeInterrupted, KeyboardInterrupt):  # keep the diagnosis and what was verified
             diag.status = "interrupted"
     diag.seconds = time.perf_counter() - t0
+    if budget is not None:
+        diag.extra["budget"] = budget.summary()
     return diag
 
 
@@ -139,7 +155,8 @@ def _gain(before: float, after: float, reference: float | None) -> float:
     return (before - after) / abs(before) if before else 0.0
 
 
-def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Callable[[str, int, int], None] | None = None) -> None:
+def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Callable[[str, int, int], None] | None = None,
+                    budget=None) -> None:
     """For the top findings, re-run the baseline probe (same seed and budget) with each patched
     remedy applied, record what it changed, rank the remedies by that, and move the finding's
     confidence: up when a remedy fixed it, down when none of the applicable ones helped."""
@@ -167,7 +184,16 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                 patched = apply_patch(loaded, remedy.patch, factories)
                 setup = derive(base_setup, patched, remedy.patch)
                 name = f"verify_{rule.id}_{i + 1}"
-                trace, _ = run_probe(setup, ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=patched.config.seed), progress)
+                spec = ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=patched.config.seed)
+                if budget is not None and not budget.admit_specs(name, [spec]):
+                    v.applicable, v.reason = False, "not tried: the time budget ran out"
+                    results.append(v)
+                    continue
+                if budget is not None:
+                    budget.begin_spec(spec)
+                trace, _ = run_probe(setup, spec, progress, stop=budget.stop if budget is not None else None)
+                if budget is not None:
+                    budget.end(trace)
             except NotApplicable as e:
                 v.applicable, v.reason = False, str(e)
                 results.append(v)
@@ -202,7 +228,7 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
     diag.findings.sort(key=Finding.sort_key)
 
 
-def _across_seeds(setup, probes: ProbeSet, findings, outcomes, symptoms, rules, selection, progress):
+def _across_seeds(setup, probes: ProbeSet, findings, outcomes, symptoms, rules, selection, progress, budget=None):
     """probe.seeds > 1: the whole probe set again with seeds seed+1, seed+2, ...; a finding is
     kept when it fires in a majority of seeds, with the spread of its evidence across them.
     The other seeds' traces join the ProbeSet as "s<i>_<probe>" (e.g. for TensorBoard)."""
@@ -217,7 +243,11 @@ def _across_seeds(setup, probes: ProbeSet, findings, outcomes, symptoms, rules, 
         cfg = loaded.config.model_copy(deep=True)
         cfg.seed = loaded.config.seed + i
         seed_setup = dataclasses.replace(setup, loaded=loaded.model_copy(update={"config": cfg}))
-        extra = run_probes(seed_setup, progress, followups=is_plateau)
+        if budget is not None and not budget.admit(f"seeds {cfg.seed}..{loaded.config.seed + n - 1} (whole probe sets)",
+                                                   budget.plan.estimate * budget.speed):
+            n = len(per_seed)  # the majority is taken over the seeds that ran
+            break
+        extra = run_probes(seed_setup, progress, followups=is_plateau, budget=budget)
         per_seed.append(evaluate_probes(extra, rules, selection, loaded))
         for name, t in extra.traces.items():
             t.meta["seed_of"] = t.kind  # what this probe is within its own seed's set

@@ -39,7 +39,7 @@ def probe_summary(probes) -> dict:
 
 
 def as_dict(diag) -> dict:
-    return round6({
+    out = {
         "findings": [finding_dict(f) for f in diag.findings],
         "config": {"name": diag.name, "path": diag.config_path},
         "status": diag.status,
@@ -48,7 +48,10 @@ def as_dict(diag) -> dict:
         "probes": probe_summary(diag.probes),
         "rules": [{"rule": o.rule, "name": o.name, "cause": o.cause, "status": o.status, **({"reason": o.reason} if o.reason else {})}
                   for o in diag.outcomes],
-    })
+    }
+    if "budget" in diag.extra:  # only with a time budget: without one the bytes are unchanged
+        out["budget"] = diag.extra["budget"]
+    return round6(out)
 
 
 @reporter("json")
