@@ -212,6 +212,13 @@ def test_optional_probes_are_skipped_when_the_time_is_gone(tmp_path):
     assert skipped and all(name.split(":")[0] not in diag.probes.traces for name in skipped)
 
 
+def test_extra_seeds_come_last_and_only_if_a_whole_set_fits(tmp_path):
+    diag, end = diagnose(tmp_path, 20.0, seeds=3)
+    assert end <= 20.0
+    assert any(c.startswith("seeds 1..2 (whole probe sets)") for c in diag.extra["budget"]["cut"])
+    assert not any(name.startswith("s1_") for name in diag.probes.traces)
+
+
 def test_without_a_budget_nothing_changes(tmp_path):
     from optdoctor.diagnose import run_diagnosis
 

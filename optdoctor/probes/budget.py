@@ -62,9 +62,12 @@ LEAN_HESSIAN_ITERS = 20
 MIN_HESSIAN_BATCH = 16
 # Seconds kept for what follows the probes: symptoms at every checkpoint, rules, the report
 # (REPORT_PER_PROBE per probe that ran), and the interpreter's exit, which takes 1-2.3 s here
-# once torch's optimizers are imported (measured: 0.96 s for `import torch` alone, 2.3 s
-# after one optimizer step, under load).
-REPORT_RESERVE = 2.0
+# once torch's optimizers are imported (measured under load: 0.96 s after `import torch`
+# alone, 2.3 s after one optimizer step, while the import took 2.6-3.1 s). The exit is priced
+# as EXIT_FACTOR x what the start took (imports, config, data: a loaded machine is slow at
+# both ends), at least EXIT_RESERVE.
+EXIT_RESERVE = 1.0
+EXIT_FACTOR = 0.7
 REPORT_PER_PROBE = 0.1
 # How far the scaling of estimates by measured/estimated probe times may go.
 SPEED_RANGE = (0.5, 4.0)
@@ -455,6 +458,7 @@ class Budget:
         self._current: tuple[str, float, float] | None = None  # (name, estimate, start)
         self.stopped: list[str] = []
         self.planned_at: float | None = None  # seconds after start when the plan was made
+        self.startup: float | None = None  # seconds after start when calibration began
         self.timings: dict[str, list[float]] = {}  # probe -> [estimate, took] seconds
 
     # time
@@ -462,7 +466,8 @@ class Budget:
         return self.clock() - self.start
 
     def reserve(self) -> float:
-        return REPORT_RESERVE + REPORT_PER_PROBE * max(self.ran, 6)
+        exit_ = max(EXIT_RESERVE, EXIT_FACTOR * self.startup) if self.startup is not None else 2 * EXIT_RESERVE
+        return exit_ + REPORT_PER_PROBE * max(self.ran, 6)
 
     def left(self) -> float:
         """Seconds until the soft deadline."""
@@ -481,6 +486,7 @@ class Budget:
     # planning
     def prepare(self, setup):
         """Calibrate on ``setup``, plan into what is left, and return the setup that runs the plan."""
+        self.startup = self.now()
         self.costs = calibrate(setup, self.clock)
         self.pricer = Pricer(setup.cfg, self.costs)
         self.planned_at = self.now()
@@ -536,7 +542,7 @@ class Budget:
             self._took_est += took
             self.speed = min(max(self._took_est / self._est, SPEED_RANGE[0]), SPEED_RANGE[1])
         if trace is not None and trace.status == "stopped":
-            planned = trace.meta.get("planned_steps")
+            planned = trace.meta.get("planned_steps") or trace.meta.get("steps")
             self.stopped.append(name)
             self.cut.append(f"{name}: stopped at step {trace.stopped_at} of {planned} (hard time limit)")
 
@@ -551,6 +557,7 @@ class Budget:
         if self.plan is not None:
             out["plan"] = self.plan.as_dict()
         if self.costs is not None:
-            out["calibration"] = {**self.costs.as_dict(), "planned_at": round(self.planned_at or 0.0, 1)}
+            out["calibration"] = {**self.costs.as_dict(), "started_at": round(self.startup or 0.0, 2),
+                                  "planned_at": round(self.planned_at or 0.0, 2)}
         out["probes"] = {k: {"estimate": e, "took": t} for k, (e, t) in sorted(self.timings.items())}
         return out
