@@ -68,7 +68,12 @@ def main() -> None:
               f"{ran} ({base.get('steps')})  {causes}")
         print(f"{'':>8} walls: {', '.join(f'{w:.1f}' for w in walls)} s")
         if "budget" in out:
-            for c in out["budget"]["cut"]:
+            b = out["budget"]
+            cal = b.get("calibration", {})
+            print(f"{'':>10}(last run) start-up {cal.get('started_at')} s, planned at {cal.get('planned_at')} s, "
+                  f"probing done at {b['used']} s; probes (estimate/took s): "
+                  + ", ".join(f"{k} {v['estimate']}/{v['took']}" for k, v in b.get("probes", {}).items()))
+            for c in b["cut"]:
                 print(f"{'':>10}- {c}")
 
 

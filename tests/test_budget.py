@@ -20,7 +20,7 @@ from optdoctor.cli import _ProgressLine, app
 from optdoctor.config import load_config
 from optdoctor.config.schema import ProbeConfig
 from optdoctor.errors import ConfigError
-from optdoctor.probes.budget import HARD_FACTOR, MIN_STEPS, Budget, Costs, make_plan, parse_budget
+from optdoctor.probes.budget import HARD_FACTOR, LAST_RESORT_STEPS, MIN_STEPS, Budget, Costs, make_plan, parse_budget
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,8 +154,10 @@ def test_below_the_floor_probes_are_dropped_in_priority_order():
                                                       "follow-up probes (continued, perturbed, reseed_1..3; they run only on a plateau)"]
     # what dropping them freed goes back into the baseline's steps
     assert plan.keys["probe.steps"] == 50 and plan.estimate == pytest.approx(5.0)
-    # and never below the floor: the hard limit then stops the baseline
-    assert make_plan(cfg(), COSTS, 1.0).keys["probe.steps"] == MIN_STEPS
+    # below the floor only as a last resort, and never below LAST_RESORT_STEPS
+    short = make_plan(cfg(), COSTS, 2.0)
+    assert short.keys["probe.steps"] == 20 and "below the 40-step floor" in short.cut[-2]
+    assert make_plan(cfg(), COSTS, 0.1).keys["probe.steps"] == LAST_RESORT_STEPS
 
 
 def test_the_hessian_batch_shrinks_before_curvature_is_dropped():

@@ -38,6 +38,10 @@ from typing import Any, Callable
 # below it the checkpoints' trends (persistence over 20 checkpoints, late-half loss drop) are
 # too short to mean anything.
 MIN_STEPS = 40
+# ... unless nothing else is left to cut: then the baseline is planned shorter, down to this,
+# rather than planned at MIN_STEPS and stopped by the hard limit after a step or two (a planned
+# probe still gets its last checkpoint evaluation; a stopped one does not).
+LAST_RESORT_STEPS = 10
 # The run may exceed the budget by at most this factor (enforced per step).
 HARD_FACTOR = 1.2
 # Calibration (``calibrate``): plain training steps timed (the first is a warm-up), scaled by
@@ -156,7 +160,8 @@ def calibrate(setup, clock: Callable[[], float] = time.perf_counter) -> Costs:
     ``CALIBRATION_HESSIAN_BATCH`` samples. Costs are taken as proportional to the samples."""
     import torch
 
-    from optdoctor.probes.runner import batches, forward
+    from optdoctor.config.factories import call_user
+    from optdoctor.probes.runner import _Step, batches
 
     cfg = setup.cfg
     t_begin = clock()
@@ -166,9 +171,10 @@ def calibrate(setup, clock: Callable[[], float] = time.perf_counter) -> Costs:
     data = batches(setup, cfg.seed)
     stamps = []
     model.train()
+    step_fn = _Step(setup, model)  # the user's code raising here is their error (exit 3), as in a probe
     for _ in range(CALIBRATION_STEPS):
         X, y = next(data)
-        loss = setup.loss_fn(forward(model, X), y)
+        loss = step_fn.loss(X, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -178,13 +184,14 @@ def calibrate(setup, clock: Callable[[], float] = time.perf_counter) -> Costs:
     step = diffs[len(diffs) // 2] if diffs else stamps[0] - t_begin
     with torch.random.fork_rng():  # the probes' randomness stays as without a budget
         model = setup.build_model(cfg.seed)
+    step_fn = _Step(setup, model)
 
     k = min(CALIBRATION_EVAL, len(setup.train))
     model.eval()
     t0 = clock()
     with torch.no_grad():
         X, y = setup.train.head(k)
-        setup.loss_fn(forward(model, X), y)
+        call_user(setup.loss_fn, step_fn.forward(model, X), y, what=step_fn.loss_what)
     t_sample = (clock() - t0) / k
     model.train()
 
@@ -324,7 +331,7 @@ def make_plan(cfg, costs: Costs, seconds: float) -> Plan:
     def saves(extra: dict[str, Any]) -> bool:
         return pricer(extra).core() < pricer().core()
 
-    def scaled(f: float) -> dict[str, Any]:
+    def scaled(f: float, floor: int = floor) -> dict[str, Any]:
         out: dict[str, Any] = {"probe.steps": max(floor, int(S * f))}
         if Sv:
             out["probe.variants.steps"] = max(min(Sv, floor), int(Sv * f))
@@ -388,6 +395,14 @@ def make_plan(cfg, costs: Costs, seconds: float) -> Plan:
             del cut[i]
         else:
             cut[i] = f"steps: {S} -> {keys['probe.steps']} per probe"
+    if not fits() and S > LAST_RESORT_STEPS:  # even the bare baseline at the floor is too long
+        last = min(S, LAST_RESORT_STEPS)
+        lo, hi = 0.0, keys.get("probe.steps", S) / S
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(scaled(mid, last)) else (lo, mid)
+        keys.update(scaled(lo, last))
+        cut.append(f"steps: {S} -> {keys['probe.steps']}, below the {floor}-step floor: the findings rest on a very short probe")
     plan = Plan(keys, pricer().core(), full_estimate)
     # the plateau follow-ups, at the planned steps, in what is left (or not at all)
     if p.variants.perturb:
