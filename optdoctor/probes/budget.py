@@ -64,15 +64,13 @@ MIN_EVAL_SAMPLES = 256
 LEAN_HESSIAN_ITERS = 20
 # The Hessian batch is halved, down to this, before curvature is dropped.
 MIN_HESSIAN_BATCH = 16
-# Seconds kept for what follows the probes: symptoms at every checkpoint, rules, the report
-# (REPORT_PER_PROBE per probe that ran), and the interpreter's exit, which takes 1-2.3 s here
-# once torch's optimizers are imported (measured under load: 0.96 s after `import torch`
-# alone, 2.3 s after one optimizer step, while the import took 2.6-3.1 s). The exit is priced
-# as EXIT_FACTOR x what the start took (imports, config, data: a loaded machine is slow at
-# both ends), at least EXIT_RESERVE.
-EXIT_RESERVE = 1.0
-EXIT_FACTOR = 0.7
-REPORT_PER_PROBE = 0.1
+# Seconds kept for what follows the probes: symptoms at every checkpoint and rules
+# (REPORT_PER_PROBE per probe that ran), the report and the exit (EXIT_RESERVE). Python's own
+# teardown after torch's optimizers were imported takes 1-2.3 s here (measured under load), so
+# under a budget the CLI ends the process with os._exit once its output is flushed (cli.main):
+# 0.15 s from the end of the diagnosis to the end of the process, measured.
+EXIT_RESERVE = 0.5
+REPORT_PER_PROBE = 0.15
 # How far the scaling of estimates by measured/estimated probe times may go.
 SPEED_RANGE = (0.5, 4.0)
 
@@ -152,12 +150,14 @@ class Costs:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def calibrate(setup, clock: Callable[[], float] = time.perf_counter) -> Costs:
+def calibrate(setup, clock: Callable[[], float] = time.perf_counter, left: Callable[[], float] | None = None) -> Costs:
     """Time the parts of a probe on a fresh model, each on a small sample and scaled up:
     ``CALIBRATION_STEPS`` plain training steps (the first untimed: warm-up, lazy inits) times
     ``INSTRUMENT_FACTOR``; a checkpoint evaluation on ``CALIBRATION_EVAL`` samples; the
     create_graph gradient and ``CALIBRATION_HVPS`` Hessian-vector products on
-    ``CALIBRATION_HESSIAN_BATCH`` samples. Costs are taken as proportional to the samples."""
+    ``CALIBRATION_HESSIAN_BATCH`` samples. Costs are taken as proportional to the samples.
+    When ``left()`` (seconds of the budget) is gone after the steps, the Hessian is not timed
+    (``hessian_batch`` 0: curvature is then cut)."""
     import torch
 
     from optdoctor.config.factories import call_user
@@ -198,7 +198,7 @@ def calibrate(setup, clock: Callable[[], float] = time.perf_counter) -> Costs:
     costs = Costs(overhead=t_build + step, step=step * INSTRUMENT_FACTOR, eval_sample=t_sample,
                   n_train=len(setup.train), n_val=len(setup.val) if setup.val is not None else 0)
     h = cfg.probe.hessian
-    if h.enabled:
+    if h.enabled and (left is None or left() > 0):
         from optdoctor.curvature.hvp import hvp_operator
 
         costs.hessian_batch = min(h.batch_size, len(setup.train))
@@ -319,8 +319,10 @@ def make_plan(cfg, costs: Costs, seconds: float) -> Plan:
     S, Sv = p.steps, p.variants.steps
     floor = min(S, MIN_STEPS)
     keys: dict[str, Any] = {}
+    cut: list[str] = []
     if p.hessian.enabled and not costs.hessian_batch:
         keys["probe.hessian.enabled"] = False
+        cut.append("curvature (Hessian spectra): no Hessian could be priced (no time left, or the model gives none)")
 
     def pricer(extra: dict[str, Any] | None = None) -> Pricer:
         return Pricer(_tweak(cfg, {**keys, **(extra or {})}), costs)
@@ -340,7 +342,6 @@ def make_plan(cfg, costs: Costs, seconds: float) -> Plan:
         return out
 
     full_estimate = Pricer(cfg, costs).core() + Pricer(cfg, costs).followups()
-    cut: list[str] = []
     thin = {"probe.val_every": max(1, S // MIN_CHECKPOINTS)}
     if not fits() and p.val_every is None and S // 20 < thin["probe.val_every"] and saves(thin):
         keys.update(thin)
@@ -481,8 +482,7 @@ class Budget:
         return self.clock() - self.start
 
     def reserve(self) -> float:
-        exit_ = max(EXIT_RESERVE, EXIT_FACTOR * self.startup) if self.startup is not None else 2 * EXIT_RESERVE
-        return exit_ + REPORT_PER_PROBE * max(self.ran, 6)
+        return EXIT_RESERVE + REPORT_PER_PROBE * max(self.ran, 6)
 
     def left(self) -> float:
         """Seconds until the soft deadline."""
@@ -502,7 +502,7 @@ class Budget:
     def prepare(self, setup):
         """Calibrate on ``setup``, plan into what is left, and return the setup that runs the plan."""
         self.startup = self.now()
-        self.costs = calibrate(setup, self.clock)
+        self.costs = calibrate(setup, self.clock, left=self.left)
         self.pricer = Pricer(setup.cfg, self.costs)
         self.planned_at = self.now()
         self.plan = make_plan(setup.cfg, self.costs, max(0.0, self.left()))
