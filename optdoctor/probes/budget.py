@@ -5,15 +5,16 @@ Three steps, each plain data in and out:
 1. **parse** (``parse_budget``): ``30s``, ``2m``, ``1m30s``, ``1h``, ``90`` -> seconds.
    Pure: the config schema uses it, no torch.
 2. **calibrate** (``calibrate``): time what a probe is made of on *this* machine, with *this*
-   model and data -- one instrumented training step (a throwaway probe, stopped after
-   ``CALIBRATION_STEPS`` steps), one checkpoint evaluation, one Hessian-vector product on the
-   Hessian batch -- into ``Costs``.
-3. **plan** (``make_plan``): price every planned probe from those costs and fit them, in
-   priority order, into the seconds left: the baseline (steps reduced proportionally, never
-   below ``MIN_STEPS``; the Hessian batch halved before curvature is dropped), the LR variants,
-   the LR range test, then the plateau follow-ups (shortened, or cut, when they do not fit),
-   extra seeds and ``--verify`` probes last. The ``Plan`` is applied as a config (``apply``):
-   the probe runner needs no other knowledge of it.
+   model and data, on a fresh copy of the model -- a few training steps, a checkpoint
+   evaluation, the Hessian-vector products of a curvature measurement, each on a small sample
+   and scaled up -- into ``Costs``.
+3. **plan** (``make_plan``): price every probe from those costs (``Pricer``) and fit them, in
+   priority order, into the seconds left: the baseline (fewer checkpoints and evaluation
+   samples, steps reduced proportionally, never below ``MIN_STEPS`` but as a last resort; the
+   Hessian batch halved and a lean Hessian before curvature is dropped), the LR variants, the LR
+   range test, then the plateau follow-ups (only if they fit), extra seeds and ``--verify``
+   probes last (each only if it fits when its turn comes). The ``Plan`` is a set of config
+   keys (``apply``): the probe runner needs no other knowledge of it.
 
 Then ``Budget`` enforces it while the probes run: between probes an optional one starts only
 when its estimate (scaled by how the finished probes compared with theirs) fits before the
@@ -472,7 +473,6 @@ class Budget:
         self._est = self._took = self._took_est = 0.0
         self._tail = 0.0  # what the running probe still does after its last step
         self._current: tuple[str, float, float] | None = None  # (name, estimate, start)
-        self.stopped: list[str] = []
         self.planned_at: float | None = None  # seconds after start when the plan was made
         self.startup: float | None = None  # seconds after start when calibration began
         self.timings: dict[str, list[float]] = {}  # probe -> [estimate, took] seconds
@@ -503,7 +503,6 @@ class Budget:
         """Calibrate on ``setup``, plan into what is left, and return the setup that runs the plan."""
         self.startup = self.now()
         self.costs = calibrate(setup, self.clock, left=self.left)
-        self.pricer = Pricer(setup.cfg, self.costs)
         self.planned_at = self.now()
         self.plan = make_plan(setup.cfg, self.costs, max(0.0, self.left()))
         self.cut.extend(self.plan.cut)
@@ -558,7 +557,6 @@ class Budget:
             self.speed = min(max(self._took_est / self._est, SPEED_RANGE[0]), SPEED_RANGE[1])
         if trace is not None and trace.status == "stopped":
             planned = trace.meta.get("planned_steps") or trace.meta.get("steps")
-            self.stopped.append(name)
             self.cut.append(f"{name}: stopped at step {trace.stopped_at} of {planned} (hard time limit)")
 
     # inside a probe
