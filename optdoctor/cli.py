@@ -102,6 +102,8 @@ class _ProgressLine:
 
 
 def _seconds(x: float) -> str:
+    if x < 10:
+        return f"{x:.1f} s"
     return f"{x:.0f} s" if x < 100 else f"{int(x // 60)} min {x % 60:02.0f} s"
 
 
