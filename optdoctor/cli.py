@@ -66,7 +66,7 @@ def _color() -> bool:
 
 
 class _ProgressLine:
-    """``probing baseline   120/200  ETA 8 s  (all: ~21 s)`` on stderr: the probe's ETA from its
+    """``probing baseline   120/200  ETA 8.0 s  (all: ~21 s)`` on stderr: the probe's ETA from its
     own pace; the whole plan's when a time budget planned it (``total``, set by run_diagnosis)."""
 
     def __init__(self, clock=None):
