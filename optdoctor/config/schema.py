@@ -112,6 +112,7 @@ class VerifyConfig(_Strict):
 class ProbeSettings(_Strict):
     steps: int = Field(200, gt=0, le=100_000, description="training steps of the probe")
     val_every: int | None = Field(None, gt=0, description="validate every N steps (default: steps/20)")
+    eval_samples: int | None = Field(None, gt=0, description="samples of each split (train, val) evaluated at a checkpoint (default: 1024)")
     device: str = Field("cpu", description='"cpu", "cuda", "cuda:1", ... or "auto"')
     threads: int | None = Field(1, ge=1, description="torch threads on CPU (1 is fastest for small models on small machines); null keeps torch's default")
     seeds: int = Field(1, ge=1, le=16, description="repeat the baseline probe with this many seeds; findings must hold in a majority")
@@ -122,6 +123,17 @@ class ProbeSettings(_Strict):
     standardize_inputs: bool = Field(False, description="standardise each input feature with the training set's mean and std before probing")
     lr_range: bool = Field(True, description="run a short LR range test (Smith 2017) on a copy of the model")
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    budget: float | str | None = Field(
+        None, description='time budget of the whole diagnosis: "30s", "2m", "1m30s" or seconds; the probes are planned from a '
+                          'timed calibration to fit it and stopped so that it never overruns by more than 20% (what was cut '
+                          "is reported; results then depend on the machine's speed)")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float | None:
+        from optdoctor.probes.budget import parse_budget  # pure: no torch
+
+        return None if v is None else parse_budget(v)
 
 
 class ProbeConfig(_Strict):

@@ -35,7 +35,8 @@ def gain(before: float, after: float, reference: float | None) -> float:
     return (before - after) / abs(before) if before else 0.0
 
 
-def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Callable[[str, int, int], None] | None = None) -> None:
+def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Callable[[str, int, int], None] | None = None,
+                    budget=None) -> None:
     """For the top findings, re-run the baseline probe (same seed and budget) with each patched
     remedy applied, record what it changed, rank the remedies by that, and move the finding's
     confidence: up when a remedy fixed it, down when none of the applicable ones helped."""
@@ -61,7 +62,16 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                 patched = apply_patch(loaded, remedy.patch, factories)
                 setup = derive(base_setup, patched, remedy.patch)
                 name = f"verify_{rule.id}_{i + 1}"
-                trace, _ = run_probe(setup, ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=patched.config.seed), progress)
+                spec = ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=patched.config.seed)
+                if budget is not None and not budget.admit_specs(name, [spec]):
+                    v.applicable, v.reason = False, "not tried: the time budget ran out"
+                    results.append(v)
+                    continue
+                if budget is not None:
+                    budget.begin_spec(spec)
+                trace, _ = run_probe(setup, spec, progress, stop=budget.stop if budget is not None else None)
+                if budget is not None:
+                    budget.end(trace)
             except NotApplicable as e:
                 v.applicable, v.reason = False, str(e)
                 results.append(v)

@@ -20,7 +20,7 @@ from optdoctor.probes.instruments import Context, InstrumentSet, default_instrum
 from optdoctor.probes.recorder import Recorder
 from optdoctor.probes.instruments.base import Series
 from optdoctor.probes.batches import bind, call_model
-from optdoctor.probes.setup import Setup, fraction_steps
+from optdoctor.probes.setup import EVAL_CAP, Setup, fraction_steps
 from optdoctor.trace import ProbeSet, Trace
 
 # A probe whose loss exceeds this multiple of its initial loss has diverged; going on only
@@ -134,6 +134,18 @@ def _torch_call(fn: Callable[[], object], what: str) -> None:
         raise crash(exc, what) from exc
 
 
+def _capped(chunks: list, cap: int) -> list:
+    """Whole evaluation chunks until ``cap`` items (at least one chunk)."""
+    out, n = [], 0
+    for chunk in chunks:
+        if out and n >= cap:
+            break
+        out.append(chunk)
+        y = chunk[1]
+        n += len(y) if hasattr(y, "__len__") else 1
+    return out
+
+
 def _diverged(lval: float, initial: float) -> bool:
     return not math.isfinite(lval) or (math.isfinite(initial) and abs(lval) > DIVERGENCE_FACTOR * max(abs(initial), 1e-3))
 
@@ -163,9 +175,10 @@ def _instruments(setup: Setup, spec: ProbeSpec, step_fn: _Step) -> list:
     cfg = setup.cfg
     val_every = cfg.probe.val_every or max(1, spec.steps // 20)
     checkpoints = sorted(set(range(0, spec.steps + 1, val_every)) | {spec.steps})
-    val = setup.eval_batches("val") or None
+    cap = cfg.probe.eval_samples or EVAL_CAP  # a time budget may evaluate on fewer samples
+    val = _capped(setup.eval_batches("val"), cap) or None
     evaluation = dict(at=checkpoints, forward=step_fn.forward, loss_fn=setup.criterion, output=setup.criterion.predictions,
-                      train=setup.eval_batches("train"), val=val, n_classes=setup.n_classes)
+                      train=_capped(setup.eval_batches("train"), cap), val=val, n_classes=setup.n_classes)
     curvature = None
     if spec.full and cfg.probe.hessian.enabled and spec.hessian_steps:
         X, y = setup.first(cfg.probe.hessian.batch_size)  # bound to the model: the Hessian calls it as training does
@@ -174,10 +187,13 @@ def _instruments(setup: Setup, spec: ProbeSpec, step_fn: _Step) -> list:
     return default_instruments(spec.steps, full=spec.full, seed=spec.seed, evaluation=evaluation, curvature=curvature)
 
 
-def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -> tuple[Trace, dict]:
+def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
+              stop: Callable[[], bool] | None = None) -> tuple[Trace, dict]:
     """Train ``spec.steps`` steps with instruments attached; returns the trace and the final
     weights. A non-finite or exploding loss stops the probe cleanly (status "diverged");
-    Ctrl-C stops it with status "interrupted" and raises ProbeInterrupted carrying the trace.
+    Ctrl-C stops it with status "interrupted" and raises ProbeInterrupted carrying the trace;
+    ``stop()`` true before a step (after the first) ends it with status "stopped" (a time
+    budget): the trace is then a shorter probe (meta "steps"; "planned_steps" what was planned).
 
     Build the model and optimizer; fix the layer order with one forward pass; attach the
     instruments (hooks on the model and the optimizer); run a plain training loop; detach."""
@@ -212,6 +228,9 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
         data = batches(setup, spec.seed)
         initial = None
         for step in range(spec.steps):
+            if stop is not None and step and stop():
+                trace.status, trace.stopped_at = "stopped", step
+                break
             X, y = next(data)
             loss = step_fn.loss(X, y)
             lval = float(loss.detach())
@@ -234,12 +253,14 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
         instruments.finish(trace)
     if trace.status == "interrupted":
         raise ProbeInterrupted(ProbeSet({spec.name: trace}))
+    if trace.status == "stopped":
+        trace.meta.update(steps=trace.stopped_at, planned_steps=spec.steps)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return trace, state
 
 
 def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: float = LR_RANGE[1],
-                 progress: Progress | None = None) -> Trace:
+                 progress: Progress | None = None, stop: Callable[[], bool] | None = None) -> Trace:
     """Smith's LR range test (as torch-lr-finder runs it): a fresh copy of the model trained for
     ``steps`` steps with the learning rate growing exponentially from lr_min to lr_max; stops
     once the loss exceeds 4x its best (the LR is past usable). Records "lr" and "loss.train"."""
@@ -257,6 +278,10 @@ def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: 
     model.train()
     try:
         for step in range(steps):
+            if stop is not None and step and stop():
+                trace.status, trace.stopped_at = "stopped", step
+                trace.meta["stopped"] = "time budget"
+                break
             lr = lr_min * growth**step
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -307,10 +332,14 @@ def standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
 
 
 def run_probes(setup: Setup, progress: Progress | None = None,
-               followups: Callable[..., bool] | None = None) -> ProbeSet:
+               followups: Callable[..., bool] | None = None, budget=None) -> ProbeSet:
     """Baseline, then learning-rate variants; then, when ``followups(probes)`` says the
     baseline sits on a plateau, a restart from the plateau with a small perturbation (does it
     escape? a saddle) and a fresh seed (does another init get much further? a local minimum).
+
+    ``budget`` (probes/budget.py ``Budget``; ``setup`` already carries its plan): every probe
+    but the baseline starts only when it fits before the deadline (a skipped one is recorded
+    in ``budget.cut``), and any probe stops at the hard limit.
 
     On Ctrl-C raises ProbeInterrupted carrying every trace measured so far."""
     cfg = setup.cfg
@@ -318,37 +347,58 @@ def run_probes(setup: Setup, progress: Progress | None = None,
     hess_steps = fraction_steps(cfg.probe.hessian.at, cfg.probe.steps) if cfg.probe.hessian.enabled else []
     base_spec = ProbeSpec(steps=cfg.probe.steps, seed=cfg.seed, hessian_steps=hess_steps)
 
+    def fits(what: str, *specs: ProbeSpec) -> bool:
+        return budget is None or budget.admit_specs(what, list(specs))
+
     def run(spec: ProbeSpec, on: Setup = setup) -> dict:
+        if budget is not None:
+            budget.begin_spec(spec)
         try:
             with stage(f"probe {spec.name!r}", _memory_hint(on)):
-                trace, state = run_probe(on, spec, progress)
+                trace, state = run_probe(on, spec, progress, stop=budget.stop if budget is not None else None)
         except ProbeInterrupted as e:
             probes.traces.update(e.probes.traces)
             raise ProbeInterrupted(probes) from None
         except KeyboardInterrupt:  # between two probes
             raise ProbeInterrupted(probes) from None
         probes.traces[spec.name] = trace
+        if budget is not None:
+            budget.end(trace)
         return state
 
     base_state = run(base_spec)
     probes.data_stats = dict(probes.baseline.meta.get("data_stats", {}))
     for spec in plan_variants(setup):
-        run(spec)
-    if cfg.probe.lr_range:
+        if fits(spec.name, spec):
+            run(spec)
+    range_steps = min(LR_RANGE_STEPS, max(20, cfg.probe.steps))
+    if cfg.probe.lr_range and (budget is None or budget.admit("lr_range", budget.estimate_lr_range(range_steps))):
+        if budget is not None:
+            budget.begin("lr_range", budget.estimate_lr_range(range_steps))
         try:
             with stage("probe 'lr_range'", _memory_hint(setup)):
-                probes.traces["lr_range"] = run_lr_range(setup, min(LR_RANGE_STEPS, max(20, cfg.probe.steps)), progress=progress)
+                probes.traces["lr_range"] = run_lr_range(setup, range_steps, progress=progress,
+                                                         stop=budget.stop if budget is not None else None)
         except KeyboardInterrupt:
             raise ProbeInterrupted(probes) from None
+        if budget is not None:
+            budget.end(probes.traces["lr_range"])
     if followups is not None and not cfg.probe.standardize_inputs and followups(probes, "standardized"):
-        run(*standardized_probe(setup))
+        spec, std_setup = standardized_probe(setup)
+        if fits(spec.name, spec):
+            run(spec, std_setup)
     if followups is not None and cfg.probe.variants.perturb and followups(probes, "plateau"):
         # From the plateau: go on unchanged (the control) and go on after a small random kick,
         # on the same batches. A saddle lets the kicked run escape; a minimum pulls it back.
         steps = cfg.probe.variants.steps or cfg.probe.steps
-        run(ProbeSpec(name="continued", kind="continued", steps=steps, seed=cfg.seed + 1, full=False, start_state=base_state))
-        run(ProbeSpec(name="perturbed", kind="perturbed", steps=steps, seed=cfg.seed + 1, full=False,
-                      start_state=base_state, perturb=PERTURB_EPS))
+        pair = [ProbeSpec(name="continued", kind="continued", steps=steps, seed=cfg.seed + 1, full=False, start_state=base_state),
+                ProbeSpec(name="perturbed", kind="perturbed", steps=steps, seed=cfg.seed + 1, full=False,
+                          start_state=base_state, perturb=PERTURB_EPS)]
+        if fits("continued, perturbed", *pair):
+            for spec in pair:
+                run(spec)
         for i in range(1, RESEEDS + 1):  # does another start get much further? (a bad basin)
-            run(ProbeSpec(name=f"reseed_{i}", kind="reseed", steps=cfg.probe.steps, seed=cfg.seed + i, full=False))
+            spec = ProbeSpec(name=f"reseed_{i}", kind="reseed", steps=cfg.probe.steps, seed=cfg.seed + i, full=False)
+            if fits(spec.name, spec):
+                run(spec)
     return probes
