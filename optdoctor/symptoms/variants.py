@@ -109,6 +109,7 @@ def plateau_tests(p: ProbeSet) -> dict:
     ("lr.range_best", "LR range test: the learning rate at the lowest smoothed loss (beyond it the loss rises)", "lr"),
     ("lr.config_over_suggested", "configured learning rate / the range test's suggested one", "ratio"),
     ("lr.config_over_best", "configured learning rate / the range test's lowest-loss one (>1: past the usable range)", "ratio"),
+    ("lr.effective_over_best", "median learning rate the baseline actually stepped with (after its schedule) / the range test's lowest-loss one", "ratio"),
 )
 def lr_range(p: ProbeSet) -> dict:
     """Smith (2017) / torch-lr-finder: exponentially smoothed loss against log(lr), skipping the
@@ -136,5 +137,12 @@ def lr_range(p: ProbeSet) -> dict:
     suggested = float(10 ** seg_lr[int(np.argmin(slope))])
     best = float(10 ** seg_lr[int(np.argmin(seg))])
     cfg_lr = float(t.meta.get("lr", float("nan")))
-    return {"lr.range_suggested": suggested, "lr.range_best": best,
-            "lr.config_over_suggested": cfg_lr / suggested, "lr.config_over_best": cfg_lr / best}
+    out = {"lr.range_suggested": suggested, "lr.range_best": best,
+           "lr.config_over_suggested": cfg_lr / suggested, "lr.config_over_best": cfg_lr / best}
+    base = p.traces.get("baseline")
+    if base is not None and base.has("lr"):  # a schedule may decay the rate far below the configured one
+        used = base.values("lr")
+        used = used[np.isfinite(used)]
+        if len(used):
+            out["lr.effective_over_best"] = float(np.median(used)) / best
+    return out
