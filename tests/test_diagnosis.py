@@ -134,15 +134,15 @@ def test_the_plateau_rules_gate_the_followup_probes_with_their_own_params():
     assert followups_wanted(PACK, no_chance) and not followups_wanted(PACK, {**no_chance, "loss.rel_drop": 0.8})
 
 
-def test_the_ill_conditioning_rule_gates_the_standardised_probe():
+def test_the_input_scale_rule_gates_the_standardised_probe():
     spread = {"data.feature_scale_spread": 1000.0, "loss.progress": 0.1, "loss.diverged": 0.0, "loss.late_rel_drop": 0.5}
-    assert [r.id for r in PACK if "standardized" in r.opens] == ["OD201"]
+    assert [r.id for r in PACK if "standardized" in r.opens] == ["OD204"]
     assert followups_wanted(PACK, spread, which="standardized")
     assert not followups_wanted(PACK, spread)  # not a plateau: the saddle/minimum probes stay off
     assert followups_wanted(PACK, {**spread, "loss.progress": float("nan"), "loss.diverged": 1.0}, which="standardized")
     assert not followups_wanted(PACK, {**spread, "data.feature_scale_spread": 20.0}, which="standardized")
     assert not followups_wanted(PACK, {**spread, "loss.progress": 0.9}, which="standardized")  # trains fine
-    assert not followups_wanted(PACK, spread, Selection(ignore=["OD201"]), which="standardized")
+    assert not followups_wanted(PACK, spread, Selection(ignore=["OD204"]), which="standardized")
 
 
 # --- the plateau gate and replay, end to end -----------------------------------------------

@@ -29,6 +29,7 @@ from optdoctor.probes.instruments import (
     GradHistogram,
     GradNorms,
     InstrumentSet,
+    LayerScales,
     PositionGrads,
     Series,
     UpdateRatios,
@@ -1197,3 +1198,38 @@ def test_position_grads_stay_silent_without_a_sequence():
     opt.step()
     iset.detach()
     assert not finish(iset).has("grad.position")
+
+
+# --------------------------------------------------------------------------- output scale per layer
+
+
+def test_layer_scales_equal_hand_loop_and_skip_non_tensor_outputs():
+    torch.manual_seed(0)
+    model = _Recurrent(nn.GRU, True, False)  # GRU -> (output, hidden): no scale; its weights are ParamViews
+    deep = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3))
+    for net, x in ((deep, torch.randn(9, 4)), (model, torch.randn(5, 7, 4))):
+        outs = {}
+
+        def keep(mod, o, n):
+            if mod.training and n not in outs:  # the first training pass (discovery runs in eval mode)
+                outs[n] = o
+
+        handles = [m.register_forward_hook(lambda mod, i, o, n=n: keep(mod, o, n)) for n, m in net.named_modules()]
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        iset = attach(net, [LayerScales()], opt, x)
+        out = net(x)
+        F.cross_entropy(out, torch.zeros(len(out), dtype=torch.long)).backward()
+        opt.step()
+        net(x)  # a later step: not measured (the first step only)
+        for h in handles:
+            h.remove()
+        iset.detach()
+        trace = finish(iset)
+        got = trace.values("layer.out_scale")
+        assert got.shape == (1, len(trace.meta["layers"])) and trace.steps("layer.out_scale").tolist() == [0]
+        for j, name in enumerate(trace.meta["layers"]):
+            o = outs.get(name)
+            if isinstance(o, torch.Tensor):
+                assert got[0, j] == pytest.approx(ref_std(o.detach().double().flatten().tolist()), rel=1e-5)
+            else:
+                assert math.isnan(got[0, j])

@@ -394,6 +394,8 @@ def rich_probeset() -> ProbeSet:
     base.hessian = hess_rows()
     base.series["weight.row_spread"] = (np.array([0]), np.array([[1.0, 0.5, 0.0, 0.9]]))  # one layer of identical rows
     base.series["grad.position"] = (np.array([0, 10]), np.array([[0.1, 0.5, 1.0], [0.2, 0.6, 1.0]]))
+    base.series["layer.out_scale"] = (np.array([0]), np.array([[1.0, 2.0, 4.0, 0.5]]))
+    base.series["lr"] = (np.arange(40), np.full(40, 0.1))
     base.meta.update(lr=0.1, optimizer="sgd", optimizer_args={"momentum": 0.9}, chance_loss=1.5)
     base.series["act.dead_frac"][1][:, 0] = 0.9  # some layer dies: act.dead_onset
     lrs = np.logspace(-5, 0, 50)
@@ -510,3 +512,11 @@ def test_standardize_gain_is_relative_to_the_baselines_final_loss():
     gone = trace({"loss.train": np.linspace(2.0, 1.0, 10)}, probe="standardized", status="diverged", stopped_at=9)
     assert extract(probes(base, gone))["data.standardize_gain"] == -1.0
     assert "data.standardize_gain" not in extract(probes(base))
+
+
+def test_layer_scale_ratio_leaves_the_head_out():
+    s = extract(probes(trace({"layer.out_scale": (np.array([0]), np.array([[1.0, 1.6, 2.56, 4.1, 0.3]]))})))
+    assert s["layer.scale_ratio.init"] == pytest.approx(4.1)
+    assert s["layer.scale_factor.init"] == pytest.approx(4.1 ** (1 / 3))
+    few = extract(probes(trace({"layer.out_scale": (np.array([0]), np.array([[1.0, np.nan, 0.3]]))})))
+    assert "layer.scale_ratio.init" not in few

@@ -71,6 +71,23 @@ def gradient_depth(p: ProbeSet) -> dict:
     return out
 
 
+@produces(
+    ("layer.scale_ratio.init", "output std of the last hidden parametrised layer / of the first, at step 0 (the forward signal growing >> 1 or collapsing << 1 through depth; the head is left out)", "ratio"),
+    ("layer.scale_factor.init", "geometric-mean factor by which the output std changes from one hidden layer to the next at step 0", "ratio"),
+)
+def layer_scales(p: ProbeSet) -> dict:
+    t = p.baseline
+    if not t.has("layer.out_scale"):
+        return {}
+    row = t.values("layer.out_scale")[0]
+    hidden = row[:-1]  # the head maps to the targets' scale, not the signal's
+    hidden = hidden[np.isfinite(hidden) & (hidden > 0)]
+    if len(hidden) < 2:
+        return {}
+    ratio = float(hidden[-1] / hidden[0])
+    return {"layer.scale_ratio.init": ratio, "layer.scale_factor.init": float(ratio ** (1.0 / (len(hidden) - 1)))}
+
+
 TIME_EARLY = 3  # measurements of the per-position gradient that count as "at the start"
 
 

@@ -110,6 +110,7 @@ def plateau_tests(p: ProbeSet) -> dict:
     ("lr.config_over_suggested", "configured learning rate / the range test's suggested one", "ratio"),
     ("lr.config_over_best", "configured learning rate / the range test's lowest-loss one (>1: past the usable range)", "ratio"),
     ("lr.effective_over_best", "median learning rate the baseline actually stepped with (after its schedule) / the range test's lowest-loss one", "ratio"),
+    ("lr.range_drop", "LR range test: how far its smoothed loss fell below its start, relative to the start (a flat sweep locates no usable rate)", "fraction"),
 )
 def lr_range(p: ProbeSet) -> dict:
     """Smith (2017) / torch-lr-finder: exponentially smoothed loss against log(lr), skipping the
@@ -139,6 +140,9 @@ def lr_range(p: ProbeSet) -> dict:
     cfg_lr = float(t.meta.get("lr", float("nan")))
     out = {"lr.range_suggested": suggested, "lr.range_best": best,
            "lr.config_over_suggested": cfg_lr / suggested, "lr.config_over_best": cfg_lr / best}
+    start = float(smooth[lo])
+    if np.isfinite(start) and start != 0:
+        out["lr.range_drop"] = float((start - seg.min()) / abs(start))
     base = p.traces.get("baseline")
     if base is not None and base.has("lr"):  # a schedule may decay the rate far below the configured one
         used = base.values("lr")

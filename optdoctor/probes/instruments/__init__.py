@@ -31,13 +31,14 @@ from optdoctor.probes.instruments.layers import (
     discover,
     parametrised_layers,
 )
+from optdoctor.probes.instruments.layer_scales import LayerScales
 from optdoctor.probes.instruments.position_grads import PositionGrads
 from optdoctor.probes.instruments.update_ratios import UpdateRatios
 from optdoctor.probes.instruments.weight_symmetry import WeightSymmetry, weight_row_spread
 
 __all__ = [
     "Activations", "At", "Context", "Curvature", "DataStats", "Evaluation", "Every", "FUNCTIONS", "FunctionalActivations",
-    "GradCosine", "GradHistogram", "GradNorms", "Instrument", "InstrumentSet", "PositionGrads", "SIGMOID_SAT", "Schedule", "Series",
+    "GradCosine", "GradHistogram", "GradNorms", "Instrument", "InstrumentSet", "LayerScales", "PositionGrads", "SIGMOID_SAT", "Schedule", "Series",
     "TANH_SAT", "UpdateRatios", "WeightSymmetry", "activation_kind", "activation_modules", "data_stats",
     "default_instruments", "discover", "is_site", "parametrised_layers", "site_name", "weight_row_spread",
 ]
@@ -49,14 +50,15 @@ def default_instruments(steps: int, *, full: bool = True, seed: int = 0, has_act
     """The instruments of one probe of ``steps`` steps.
 
     Every probe: gradient norms, update ratios, activation statistics (the variants' dead
-    fractions are counterfactual evidence, OD406), init symmetry, and ``evaluation``
+    fractions are counterfactual evidence, OD406), init symmetry, each layer's output scale at
+    the first step, and ``evaluation``
     (``Evaluation``'s keyword arguments) when given. ``full`` (the baseline) adds gradient
     histograms, input statistics and ``curvature`` (``Curvature``'s keyword arguments) when
     given, the cosine of successive gradients and, for sequence inputs, the gradient per
     position (~20 times per probe). Activation statistics, histograms and
     gradient cosines are measured ~10 times per probe."""
     every = max(1, steps // 10)
-    out: list[Instrument] = [GradNorms(), UpdateRatios(), WeightSymmetry()]
+    out: list[Instrument] = [GradNorms(), UpdateRatios(), WeightSymmetry(), LayerScales()]
     if has_acts:
         out.append(Activations(every=every, window=2))
     if evaluation is not None:
