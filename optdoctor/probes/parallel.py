@@ -75,8 +75,14 @@ def _share(jobs: list[tuple[str, Callable]], progress) -> dict:
     return {name: merged[name][1] for name, _ in jobs}
 
 
-def run_probes_across_ranks(setup: Setup, progress=None, followups: Callable[..., bool] | None = None) -> ProbeSet:
+def run_probes_across_ranks(setup: Setup, progress=None, followups: Callable[..., bool] | None = None,
+                            budget=None) -> ProbeSet:
     """``runner.run_probes`` with its probes split across the ranks of a process group."""
+    if budget is not None:  # a plan from one process's timing does not split across ranks yet
+        from optdoctor.errors import UsageError
+
+        raise UsageError("a time budget (--budget / probe.budget) is not supported under torchrun yet; "
+                         "run without it, or on one process")
     _init()
     cfg = setup.cfg
     hess_steps = fraction_steps(cfg.probe.hessian.at, cfg.probe.steps) if cfg.probe.hessian.enabled else []
