@@ -1,8 +1,9 @@
 """The fault benchmark's fast subset runs end to end (benchmarks/faults/).
 
-Only that the runner works and its results are well-formed, and that every subset case carries
-its verification record: no accuracy thresholds here (the rules are calibrated against the
-benchmark, not against this test).
+That the runner works, its results are well-formed and every subset case carries its
+verification record; and, as a regression guard (the rules are calibrated on the whole dev split,
+not on this test): the contract's promise that a healthy config gets no warning or error, and the
+true cause reported on the subset's faulty cases, as it was when the guard was written (10/10).
 """
 
 import json
@@ -49,3 +50,8 @@ def test_fast_subset_runs(tmp_path, capsys):
         assert r["seconds"] > 0
         for f in r["findings"]:
             assert f["cause"] in CAUSES and f["severity"] in {"info", "warning", "error"}
+        serious = {f["cause"] for f in r["findings"] if f["severity"] in ("warning", "error")}
+        if r["cause"] == "healthy":
+            assert not serious, r  # CONTRACT.md section 2: a healthy config gets no warning or error
+        else:
+            assert r["cause"] in serious, r
