@@ -33,9 +33,10 @@ class PositionGrads(Instrument):
         self._handles: list = []
         self._grad: torch.Tensor | None = None
         self._time_dim = 1
+        self._off = False  # no layer took a sequence on the first measured pass: nothing to watch
 
     def before_forward(self, step: int) -> None:
-        if not self.due(step) or self._handles:
+        if self._off or not self.due(step) or self._handles:
             return
         self._grad, self._taken = None, False
         seen = set()
@@ -73,6 +74,9 @@ class PositionGrads(Instrument):
         if not self._handles:
             return
         self.detach()
+        if not self._taken:  # the model takes no sequence: stop arming hooks every few steps
+            self._off = True
+            return
         g = self._grad
         self._grad = None
         if g is None:
