@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 import traceback
 from enum import Enum
 from pathlib import Path
@@ -147,6 +148,7 @@ def diagnose(
     from optdoctor.config import load_config
     from optdoctor.settings import resolve_rules
 
+    started = time.perf_counter()  # --verify's time limit is relative to the diagnosis from here (torch import included)
     try:
         outputs = _parse_outputs(output, format.value)
         loaded = load_config(config)
@@ -157,7 +159,7 @@ def diagnose(
 
         progress, done = (None, lambda: None) if check else _progress()
         try:
-            diag = run_diagnosis(loaded, chosen.selection, rules=chosen.rules, progress=progress)
+            diag = run_diagnosis(loaded, chosen.selection, rules=chosen.rules, progress=progress, started=started)
         finally:
             done()
     except OptdoctorError as e:

@@ -63,11 +63,12 @@ def evaluate_probes(probes: ProbeSet, rules: list[Rule], selection: Selection | 
 
 
 def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, *, rules: list[Rule] | None = None,
-                  progress: Callable[[str, int, int], None] | None = None) -> Diagnosis:
+                  progress: Callable[[str, int, int], None] | None = None, started: float | None = None) -> Diagnosis:
     """Probe, extract, evaluate (then vote across seeds and verify remedies, as configured).
     On Ctrl-C, diagnoses what was measured so far (status "interrupted") instead of losing it.
     ``rules``: default the shipped pack; the command loads them before (a broken rule pack
-    fails fast, exit 2, before anything is probed)."""
+    fails fast, exit 2, before anything is probed). ``started``: when the command began
+    (``time.perf_counter()``), for --verify's time limit; default: when this call began."""
     from optdoctor.diagnose.seeds import across_seeds
     from optdoctor.diagnose.verify import verify_findings
     from optdoctor.probes.runner import ProbeInterrupted, run_probes
@@ -94,7 +95,7 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, *, r
     diag = Diagnosis(loaded.name, loaded.path, findings, outcomes, symptoms, probes, status, 0.0, loaded)
     if status == "completed" and loaded.config.probe.verify.enabled:
         try:
-            verify_findings(diag, rules, setup, progress)
+            verify_findings(diag, rules, setup, progress, started=min(t0, started or t0))
         except (ProbeInterrupted, KeyboardInterrupt):  # keep the diagnosis and what was verified
             diag.status = "interrupted"
     diag.summary = summarize(diag.probes, diag.findings)
