@@ -108,9 +108,14 @@ def test_an_optimizer_class_from_a_module_path(tmp_path):
     assert trace.status == "completed" and trace.meta["optimizer"] == "opt:mysgd"
 
 
-def test_a_missing_optimizer_package_is_a_config_error_that_says_what_to_install(tmp_path):
+def test_a_missing_optimizer_package_is_a_config_error_that_says_what_to_install(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytorch_optimizer" else real(name, *a))
+    loaded = config(tmp_path, optimizer={"name": "pytorch_optimizer:Shampoo", "lr": 0.1})
+    with pytest.raises(ConfigError, match=r"optimizer.name.*pip install 'optdoctor\[optimizers\]'"):
+        prepare(loaded)
     loaded = config(tmp_path, optimizer={"name": "no_such_optim_pkg:Shampoo", "lr": 0.1})
-    with pytest.raises(ConfigError, match=r"optimizer.name.*pip install 'no_such_optim_pkg'"):
+    with pytest.raises(ConfigError, match=r"optimizer.name.*cannot import module 'no_such_optim_pkg'"):
         prepare(loaded)
 
 
@@ -290,3 +295,37 @@ def test_budget_skips_what_does_not_fit():
     b.spent(0.4)
     assert b.fits(1) and not b.fits(2)
     assert "skipped for time" in b.reason() and "time_factor: null" in b.reason()
+
+
+# --- the rule pack ----------------------------------------------------------------------------
+
+OPTIMIZER_SIDE = ("optimizer", "schedule", "probe.perturb_gd", "probe.negative_curvature_step", "probe.clip_grad_norm",
+                  "probe.early_stopping")
+MODEL_DATA_SIDE = ("model", "data", "probe.standardize_inputs")
+
+
+def test_every_cause_has_a_patched_remedy_on_the_optimizer_side_and_one_on_the_model_or_data_side():
+    from collections import defaultdict
+
+    from optdoctor.engine.rules import load_rules
+
+    sides = defaultdict(set)
+    for rule in load_rules():
+        for r in rule.remedies:
+            for key in r.patch or {}:
+                sides[rule.cause] |= {"optimizer"} if key.startswith(OPTIMIZER_SIDE) else set()
+                sides[rule.cause] |= {"model/data"} if key.startswith(MODEL_DATA_SIDE) else set()
+    assert {c: s for c, s in sides.items() if s != {"optimizer", "model/data"}} == {}
+
+
+def test_the_ill_conditioning_and_saddle_rules_name_the_issue_13_remedies():
+    from optdoctor.engine.rules import load_rules
+
+    rules = {r.id: r for r in load_rules()}
+    od201 = [r.patch for r in rules["OD201"].remedies if r.patch]
+    names = {p.get("optimizer.name") for p in od201}
+    assert {"adam", "lbfgs", "pytorch_optimizer:Shampoo"} <= names
+    assert {"probe.standardize_inputs": True} in od201 and {"optimizer.args.momentum": 0.9} in od201
+    od202 = {k for r in rules["OD202"].remedies if r.patch for k in r.patch}
+    assert {"probe.negative_curvature_step", "probe.perturb_gd"} <= od202
+    assert any("Jin et al. 2017" in ref for ref in rules["OD202"].references)

@@ -26,16 +26,18 @@ OPTIONAL_OPTIMIZERS = {"pytorch_optimizer": "optdoctor[optimizers]", "heavyball"
 
 
 def optimizer_available(name: str) -> str | None:
-    """None when the optimiser ``name`` can be imported, else what to install (``pip install ...``).
-    Only looks the package up (no import): a torch.optim name is always available."""
+    """``pip install ...`` when the optimiser ``name`` lives in one of the optional packages of
+    ``OPTIONAL_OPTIMIZERS`` and that package is not installed; else None (a torch.optim name, a
+    file, or any other module: importing it reports its own errors). Looks the package up only."""
     import importlib.util
 
-    if ":" not in name:
+    target = name.partition(":")[0]
+    top = target.split(".")[0]
+    if ":" not in name or target.endswith(".py") or top not in OPTIONAL_OPTIMIZERS:
         return None
-    top = name.partition(":")[0].split(".")[0]
     if importlib.util.find_spec(top) is not None:
         return None
-    return f"pip install '{OPTIONAL_OPTIMIZERS.get(top, top)}'"
+    return f"pip install '{OPTIONAL_OPTIMIZERS[top]}'"
 
 
 def resolve_optimizer(cfg: OptimizerConfig, loaded: LoadedConfig | None = None) -> type[torch.optim.Optimizer]:
