@@ -217,7 +217,7 @@ def _remeasure_last(instruments: InstrumentSet, rec: Recorder) -> None:
             for split, batch in inst.batches:
                 loss, acc = inst._evaluate(batch)
                 for name, value in ((f"loss.{'train_eval' if split == 'train' else 'val'}", loss), (f"acc.{split}", acc)):
-                    rows = rec._rows.get(name)
+                    rows = rec.rows(name)
                     if rows and value is not None:
                         rows[-1] = (rows[-1][0], value)
 
@@ -279,7 +279,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
         data = batches(setup, spec.seed)
         initial = None
         if stopper is not None:
-            stopper.observe(rec._rows.get("loss.val", []), 0)  # the checkpoint at attach (step 0)
+            stopper.observe(rec.rows("loss.val"), 0)  # the checkpoint at attach (step 0)
         for step in range(spec.steps):
             X, y = next(data)
             t0 = time.perf_counter()
@@ -296,11 +296,12 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
             seconds.append(time.perf_counter() - t0)
             if progress:
                 progress(spec.name, step + 1, spec.steps)
-            if stopper is not None and stopper.observe(rec._rows.get("loss.val", []), step + 1):
+            if stopper is not None and stopper.observe(rec.rows("loss.val"), step + 1):
                 trace.stopped_at = step + 1
                 break
-        if stopper is not None and stopper.finish():
-            _remeasure_last(instruments, rec)
+        if stopper is not None:
+            if stopper.finish():
+                _remeasure_last(instruments, rec)
             ctx.meta["early_stopping"] = stopper.records
     except KeyboardInterrupt:
         trace.status, trace.stopped_at = "interrupted", step
