@@ -119,6 +119,23 @@ def _default(factory: Callable | None, name: str) -> Any:
     return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 
+def _args_for(old: str, new: str, args: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The model's arguments when a patch swaps one built-in model for another (e.g. ``mlp`` for
+    ``resmlp``, residual paths): those the new factory takes are kept, the rest dropped. Only
+    between optdoctor's own models: the user's own model is changed in their code."""
+    if old == new:
+        return args
+    if not (old.startswith("optdoctor.models:") and new.startswith("optdoctor.models:")):
+        raise NotApplicable(f"{old} is your own model: make this change ({new.partition(':')[2]}) in your code")
+    import importlib
+
+    factory = getattr(importlib.import_module("optdoctor.models"), new.partition(":")[2], None)
+    if factory is None:
+        raise NotApplicable(f"optdoctor.models has no model {new.partition(':')[2]!r}")
+    set_here = {k.split(".", 2)[2] for k in patch if k.startswith("model.args.")}
+    return {k: v for k, v in args.items() if _takes(factory, k) or k in set_here}
+
+
 def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str, Callable] | None = None,
                 symptoms: dict[str, float] | None = None) -> LoadedConfig:
     """A copy of the config with the patch applied; NotApplicable says why it cannot be.
@@ -148,6 +165,8 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
         node[parts[-1]] = _resolve_value(copy.deepcopy(value), current, cfg, symptoms)
         if key == "optimizer.name" and not sets_args:
             data["optimizer"]["args"] = {}
+        if key == "model.factory":
+            data["model"]["args"] = _args_for(cfg.model.factory, node[parts[-1]], data["model"].get("args") or {}, patch)
     try:
         new = ProbeConfig.model_validate(data)
     except ValidationError as e:

@@ -294,7 +294,7 @@ def test_budget_skips_what_does_not_fit():
     assert b.fits()
     b.spent(0.4)
     assert b.fits(1) and not b.fits(2)
-    assert "skipped for time" in b.reason() and "time_factor: null" in b.reason()
+    assert "skipped for time" in b.reason() and "time_factor: null lifts it" in b.reason()
 
 
 # --- the rule pack ----------------------------------------------------------------------------
@@ -329,3 +329,16 @@ def test_the_ill_conditioning_and_saddle_rules_name_the_issue_13_remedies():
     od202 = {k for r in rules["OD202"].remedies if r.patch for k in r.patch}
     assert {"probe.negative_curvature_step", "probe.perturb_gd"} <= od202
     assert any("Jin et al. 2017" in ref for ref in rules["OD202"].references)
+
+
+def test_swapping_a_builtin_model_for_its_residual_twin_keeps_the_arguments_it_takes(tmp_path):
+    loaded = config(tmp_path, model={"factory": "optdoctor.models:mlp", "args": {"depth": 3, "width": 8, "act": "tanh", "batchnorm": True}})
+    new = apply_patch(loaded, {"model.factory": "optdoctor.models:resmlp"})
+    assert new.config.model.factory == "optdoctor.models:resmlp"
+    assert new.config.model.args == {"depth": 3, "width": 8, "act": "tanh"}  # resmlp has no batchnorm (it has norm)
+    trace, _ = probe(new)
+    assert trace.status == "completed"
+    (tmp_path / "m.py").write_text("import torch\ndef net(in_dim=6, out_dim=1):\n    return torch.nn.Linear(in_dim, out_dim)\n")
+    own = config(tmp_path, model={"factory": "m.py:net"})
+    with pytest.raises(NotApplicable, match="your own model"):
+        apply_patch(own, {"model.factory": "optdoctor.models:resmlp"})

@@ -102,8 +102,8 @@ class _Budget:
         return time.perf_counter() - self.t0 + n * estimate <= self.limit
 
     def reason(self) -> str:
-        return (f"skipped for time: --verify may add {self.factor - 1:.0%} to the plain diagnosis ({self.limit:.1f} s); "
-                "probe.verify.time_factor: null lifts the limit")
+        return (f"skipped for time: --verify's limit, {self.factor - 1:.0%} of the plain diagnosis' time ({self.limit:.1f} s), "
+                "was reached; probe.verify.time_factor: null lifts it")
 
 
 def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progress, clock: _Budget):
