@@ -73,17 +73,17 @@ def plain_loop(setup: Setup, steps: int, seed: int) -> list[float]:
     model = setup.build_model(seed)
     optimizer = setup.optimizer_cls(model.parameters(), lr=cfg.optimizer.lr, **cfg.optimizer.args)
     gen = torch.Generator().manual_seed(seed)
-    n = len(setup.train)
-    bs = min(cfg.data.batch_size, n)
+    n = setup.train.n  # tensors (probes.batches.TensorSource): indexed directly
+    bs = setup.batch_size
     model.train()
     perm, pos = torch.randperm(n, generator=gen), 0
     losses = []
     for _ in range(steps):
         if pos + bs > n:
             perm, pos = torch.randperm(n, generator=gen), 0
-        X, y = setup.train.take(perm[pos:pos + bs].to(setup.device))
+        *X, y = setup.train.take(perm[pos:pos + bs].to(setup.device))
         pos += bs
-        loss = setup.loss_fn(model(X), y)
+        loss = setup.loss_fn(model(*X), y)
         losses.append(float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

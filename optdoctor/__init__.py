@@ -14,3 +14,14 @@ import it, so ``optdoctor --help`` and the ``rules`` commands stay fast.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["Monitor", "__version__"]
+
+
+def __getattr__(name: str):
+    """``optdoctor.Monitor`` imports torch on first use only: ``import optdoctor`` stays light."""
+    if name == "Monitor":
+        from optdoctor.monitor import Monitor
+
+        return Monitor
+    raise AttributeError(f"module 'optdoctor' has no attribute {name!r}")

@@ -101,27 +101,54 @@ def _color() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
+class _ProgressLine:
+    """``probing baseline   120/200  ETA 8.0 s  (all: ~21 s)`` on stderr: the probe's ETA from its
+    own pace; the whole plan's when a time budget planned it (``total``, set by run_diagnosis)."""
+
+    def __init__(self, clock=None):
+        import time
+
+        self.clock = clock or time.perf_counter
+        self.total = None  # () -> seconds the plan still needs, or None
+        self.last = ""
+        self._probe: tuple[str, float] | None = None  # (name, time of its first step)
+
+    def __call__(self, probe: str, step: int, steps: int) -> None:
+        now = self.clock()
+        if self._probe is None or self._probe[0] != probe or step <= 1:
+            self._probe = (probe, now)
+        if step % max(1, steps // 20) and step != steps:
+            return
+        line = f"\r  probing {probe:<10} {step:>5}/{steps}"
+        if step > 1:
+            eta = (now - self._probe[1]) / (step - 1) * (steps - step)
+            line += f"  ETA {_seconds(eta)}"
+        total = self.total() if self.total is not None else None
+        if total is not None:
+            line += f"  (all: ~{_seconds(total)})"
+        if line != self.last:
+            sys.stderr.write(line.ljust(len(self.last)))
+            sys.stderr.flush()
+            self.last = line
+
+    def done(self) -> None:
+        if self.last:
+            sys.stderr.write("\r" + " " * len(self.last) + "\r")
+            sys.stderr.flush()
+
+
+def _seconds(x: float) -> str:
+    if x < 10:
+        return f"{x:.1f} s"
+    return f"{x:.0f} s" if x < 100 else f"{int(x // 60)} min {x % 60:02.0f} s"
+
+
 def _progress():
     """A progress line on stderr, only when stderr is a terminal."""
     if not sys.stderr.isatty():
         return None, lambda: None
-    state = {"last": ""}
-
-    def progress(probe: str, step: int, steps: int) -> None:
-        if step % max(1, steps // 20) and step != steps:
-            return
-        line = f"\r  probing {probe:<10} {step:>5}/{steps}"
-        if line != state["last"]:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            state["last"] = line
-
-    def done() -> None:
-        if state["last"]:
-            sys.stderr.write("\r" + " " * len(state["last"]) + "\r")
-            sys.stderr.flush()
-
-    return progress, done
+    line = _ProgressLine()
+    return line, line.done
 
 
 @app.command()
@@ -140,26 +167,40 @@ def diagnose(
     seed: Optional[int] = typer.Option(None, "--seed", help="override seed"),
     check: bool = typer.Option(False, "--check", help="CI preset: one CPU thread, no progress output, probes capped at --max-steps; stable report bytes"),
     max_steps: int = typer.Option(200, "--max-steps", min=1, help="with --check: cap on every probe's steps"),
+    budget: Optional[str] = typer.Option(None, "--budget", metavar="DURATION",
+                                         help="time budget for the whole run, e.g. 30s, 2m, 1m30s, 90 (seconds); overrides probe.budget. "
+                                              "Probes are sized from a timed calibration, so results depend on the machine's speed; "
+                                              "with --check the step cap applies first and a config's probe.budget is ignored"),
     verify: bool = typer.Option(False, "--verify", help="try the patched remedies of the top findings in extra probes and report what each changed"),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard logs (one run per probe) under this folder"),
     save_trace: Optional[Path] = typer.Option(None, "--save-trace", help="save the probes' traces in this folder (re-diagnose with `optdoctor replay`)"),
 ) -> None:
     """Run short probe trainings of CONFIG and diagnose what goes wrong."""
     from optdoctor.config import load_config
+    from optdoctor.probes.budget import process_start
     from optdoctor.settings import resolve_rules
 
-    started = time.perf_counter()  # --verify's time limit is relative to the diagnosis from here (torch import included)
+    started = process_start()  # the budget counts from the process's start (interpreter and imports included)
+    verify_started = time.perf_counter()  # --verify's time limit is relative to the diagnosis from here (torch import included)
     try:
+        seconds = _parse_budget_option(budget)
         outputs = _parse_outputs(output, format.value)
         loaded = load_config(config)
         chosen = resolve_rules(loaded.base_dir, cli_rules=rules, cli_select=select, cli_extend_select=extend_select,
                                cli_ignore=ignore, cli_params=param, cli_fail_on=fail_on.value if fail_on else None)
-        loaded = _override(loaded, steps=steps, seed=seed, check=check, max_steps=max_steps, verify=verify)
+        loaded = _override(loaded, steps=steps, seed=seed, check=check, max_steps=max_steps, verify=verify, budget=seconds)
         from optdoctor.diagnose import run_diagnosis
 
+        timer = None
+        if loaded.config.probe.budget is not None:  # counted from the process's start (imports included)
+            from optdoctor.probes.budget import Budget
+
+            timer = Budget(loaded.config.probe.budget, start=started, clock=time.perf_counter)
+        _QUICK_EXIT["on"] = timer is not None
         progress, done = (None, lambda: None) if check else _progress()
         try:
-            diag = run_diagnosis(loaded, chosen.selection, rules=chosen.rules, progress=progress, started=started)
+            diag = run_diagnosis(loaded, chosen.selection, rules=chosen.rules, progress=progress, budget=timer,
+                                 started=verify_started)
         finally:
             done()
     except OptdoctorError as e:
@@ -168,6 +209,10 @@ def diagnose(
         _err("optdoctor: interrupted before anything was measured")
         raise typer.Exit(130)
     diag.extra["rules"] = chosen.rules
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone prints and writes; same exit code
+        from optdoctor.report import exit_code
+
+        raise typer.Exit(exit_code(diag.findings, chosen.fail_on))
     try:
         if save_trace:
             from optdoctor.diagnose import save_traces
@@ -188,11 +233,27 @@ def _config_tensorboard(loaded) -> Path | None:
     return Path(loaded.base_dir) / tb if tb else None
 
 
-def _override(loaded, *, steps: int | None, seed: int | None, check: bool, max_steps: int, verify: bool = False):
+def _parse_budget_option(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from optdoctor.probes.budget import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise UsageError(f"--budget {text}: {e}") from None
+
+
+def _override(loaded, *, steps: int | None, seed: int | None, check: bool, max_steps: int, verify: bool = False,
+              budget: float | None = None):
     """Command-line overrides of the config (a copy: the file stays the source of truth)."""
-    if steps is None and seed is None and not check and not verify:
+    if steps is None and seed is None and not check and not verify and budget is None:
         return loaded
     cfg = loaded.config.model_copy(deep=True)
+    if budget is not None:
+        cfg.probe.budget = budget
+    elif check:  # the CI preset's reports must not depend on the machine's speed
+        cfg.probe.budget = None
     if verify:
         cfg.probe.verify.enabled = True
     if steps is not None:
@@ -367,5 +428,19 @@ def rules_test(files: List[Path] = typer.Argument(None, help="rule files or fold
     raise typer.Exit(1 if failed else 0)
 
 
+# Set by a diagnosis under a time budget: the process then ends with os._exit once its output is
+# flushed, skipping Python's teardown of torch's modules (1-2.3 s here, measured; a budget counts
+# the whole process).
+_QUICK_EXIT = {"on": False}
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        if not _QUICK_EXIT["on"]:
+            raise
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

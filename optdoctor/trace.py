@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 # What a probe is, recorded in ``meta["kind"]``: symptoms select probes by kind, never by name.
-KINDS = ("baseline", "lr_variant", "continued", "perturbed", "reseed", "lr_range", "verify", "seed", "monitor")
+KINDS = ("baseline", "lr_variant", "continued", "perturbed", "reseed", "lr_range", "standardized", "verify", "seed",
+         "monitor")
 
 
 def kind_from_name(name: str) -> str:

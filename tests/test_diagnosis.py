@@ -120,7 +120,7 @@ def test_seed_sets_regroup_the_other_seeds_by_kind_not_by_name():
 
 def test_the_plateau_rules_gate_the_followup_probes_with_their_own_params():
     creeping = {"loss.late_rel_drop": 0.03, "loss.progress": 0.1, "loss.rel_drop": 0.05, "loss.diverged": 0.0}
-    assert {r.id for r in PACK if r.gate is not None} == {"OD202", "OD203"}
+    assert {r.id for r in PACK if r.gate is not None and "plateau" in r.opens} == {"OD202", "OD203"}
     assert not followups_wanted(PACK, creeping)  # 3% late drop: not flat at the default 2%
     assert followups_wanted(PACK, creeping, Selection(params={"OD202": {"flat_max": 0.05}}))
     assert followups_wanted(PACK, creeping, Selection(params={"OD203": {"flat_max": 0.05}}))
@@ -132,6 +132,17 @@ def test_the_plateau_rules_gate_the_followup_probes_with_their_own_params():
     assert not followups_wanted(PACK, {**stuck, "loss.progress": 0.9})  # nearly done: no plateau worth probing
     no_chance = {k: v for k, v in stuck.items() if k != "loss.progress"}
     assert followups_wanted(PACK, no_chance) and not followups_wanted(PACK, {**no_chance, "loss.rel_drop": 0.8})
+
+
+def test_the_ill_conditioning_rule_gates_the_standardised_probe():
+    spread = {"data.feature_scale_spread": 1000.0, "loss.progress": 0.1, "loss.diverged": 0.0, "loss.late_rel_drop": 0.5}
+    assert [r.id for r in PACK if "standardized" in r.opens] == ["OD201"]
+    assert followups_wanted(PACK, spread, which="standardized")
+    assert not followups_wanted(PACK, spread)  # not a plateau: the saddle/minimum probes stay off
+    assert followups_wanted(PACK, {**spread, "loss.progress": float("nan"), "loss.diverged": 1.0}, which="standardized")
+    assert not followups_wanted(PACK, {**spread, "data.feature_scale_spread": 20.0}, which="standardized")
+    assert not followups_wanted(PACK, {**spread, "loss.progress": 0.9}, which="standardized")  # trains fine
+    assert not followups_wanted(PACK, spread, Selection(ignore=["OD201"]), which="standardized")
 
 
 # --- the plateau gate and replay, end to end -----------------------------------------------

@@ -15,6 +15,7 @@ from torch import nn
 
 from optdoctor.config import load_config
 from optdoctor.errors import ConfigError
+from optdoctor.probes.batches import call_model
 from optdoctor.probes.runner import ProbeSpec, batches, run_probe
 from optdoctor.probes.setup import prepare
 from optdoctor.remedies import NotApplicable, Verification, apply_patch
@@ -85,11 +86,22 @@ def test_the_measured_gradient_is_the_first_evaluation_before_the_line_search(tm
     setup = prepare(loaded)
     model = setup.build_model(0)
     X, y = next(batches(setup, 0))  # the probe's first batch
-    loss = setup.loss_fn(model(X), y)
+    loss = setup.criterion(call_model(model, X), y)
     g = torch.autograd.grad(loss, list(model.parameters()))
     trace, _ = run_probe(setup, ProbeSpec(steps=1, seed=0))
     weights = [float(g[0].norm()), float(g[2].norm())]  # grad.norm: each layer's weight gradient
     assert trace.values("grad.norm")[0].tolist() == pytest.approx(weights, rel=1e-5)
+
+
+def test_a_time_budget_calibrates_and_stops_a_closure_optimizer(tmp_path):
+    """probe.budget's calibration steps the optimiser as a probe does: L-BFGS gets its closure."""
+    from optdoctor.diagnose import run_diagnosis
+    from optdoctor.probes.budget import calibrate
+
+    loaded = config(tmp_path, optimizer={"name": "lbfgs", "lr": 1.0, "args": {"max_iter": 3}})
+    assert calibrate(prepare(loaded)).step > 0
+    diag = run_diagnosis(apply_patch(loaded, {"probe.budget": 5}))
+    assert diag.status == "completed" and diag.probes.baseline.has("loss.train")
 
 
 # --- optimisers named "package.module:Class" ------------------------------------------------
@@ -248,9 +260,9 @@ def test_early_stopping_keeps_the_best_validation_checkpoint(tmp_path):
     model = setup.build_model(0)
     model.load_state_dict(state)
     model.eval()
-    X, y = setup.val.head(1024)
-    with torch.no_grad():
-        assert float(setup.loss_fn(model(X), y)) == pytest.approx(es["best_val"], rel=1e-4)
+    with torch.no_grad():  # on the validation sample the evaluation instrument measures
+        parts = [(float(setup.criterion(call_model(model, X), y)), len(y)) for X, y in setup.eval_batches("val")]
+    assert sum(v * n for v, n in parts) / sum(n for _, n in parts) == pytest.approx(es["best_val"], rel=1e-4)
 
 
 # --- patches ----------------------------------------------------------------------------------
@@ -295,6 +307,43 @@ def test_budget_skips_what_does_not_fit():
     b.spent(0.4)
     assert b.fits(1) and not b.fits(2)
     assert "skipped for time" in b.reason() and "time_factor: null lifts it" in b.reason()
+
+
+def test_verification_probes_count_against_a_time_budget(tmp_path):
+    """With probe.budget, a verification probe starts only when the budget admits it and stops
+    at its hard limit (besides --verify's own time_factor limit)."""
+    from types import SimpleNamespace
+
+    from optdoctor.diagnose.verify import _Budget, _OutOfBudget, _run
+
+    class Fake:
+        def __init__(self, room: bool, stop_after: int):
+            self.room, self.stop_after, self.checks, self.calls = room, stop_after, 0, []
+
+        def admit_specs(self, what, specs):
+            self.calls.append(("admit", what))
+            return self.room
+
+        def begin_spec(self, spec):
+            self.calls.append(("begin", spec.name))
+
+        def end(self, trace=None):
+            self.calls.append(("end", trace.status))
+
+        def stop(self):
+            self.checks += 1
+            return self.checks > self.stop_after
+
+    loaded = config(tmp_path)
+    diag, setup = SimpleNamespace(loaded=loaded, symptoms={}), prepare(loaded)
+    full = Fake(room=False, stop_after=0)
+    with pytest.raises(_OutOfBudget):
+        _run({"optimizer.lr": 0.02}, 0, "verify_X_1", diag, setup, None, _Budget(None, None), full)
+    assert full.calls == [("admit", "verify_X_1")]
+    room = Fake(room=True, stop_after=4)
+    trace = _run({"optimizer.lr": 0.02}, 0, "verify_X_1", diag, setup, None, _Budget(None, None), room)
+    assert room.calls == [("admit", "verify_X_1"), ("begin", "verify_X_1"), ("end", "stopped")]
+    assert trace.meta["steps"] == 5 and trace.meta["planned_steps"] == 12
 
 
 # --- the rule pack ----------------------------------------------------------------------------

@@ -300,8 +300,10 @@ def test_a_factory_argument_named_what_reaches_the_factory(tmp_path):
 def test_dataset_works_like_tensors(tmp_path):
     a = setup_for(sub(tmp_path, "a"), data={"factory": "user.py:tensors", "args": {}})
     b = setup_for(sub(tmp_path, "b"), data={"factory": "user.py:dataset", "args": {}})
-    assert torch.equal(a.train.X, b.train.X) and torch.equal(a.train.y, b.train.y)
-    assert b.train.y.dtype == torch.int64 and (a.chance_loss, a.n_classes) == (b.chance_loss, b.n_classes)
+    (xa, ya), = a.eval_batches()
+    (xb, yb), = b.eval_batches()
+    assert torch.equal(xa.args[0], xb.args[0]) and torch.equal(ya, yb)
+    assert yb.dtype == torch.int64 and (a.chance_loss, a.n_classes) == (b.chance_loss, b.n_classes)
     ta, _ = run_probe(a, ProbeSpec(steps=10))
     tb, _ = run_probe(b, ProbeSpec(steps=10))
     np.testing.assert_array_equal(ta.values("loss.train"), tb.values("loss.train"))
@@ -317,7 +319,7 @@ def test_cross_entropy_chance_is_the_entropy_of_the_class_prior(tmp_path):
     assert setup.n_classes == 3
     assert setup.chance_loss == pytest.approx(-(prior * prior.log()).sum().item(), rel=1e-12)
     # the same number, from its meaning: the loss of always predicting the class prior
-    y = setup.train.y
+    y = setup.train.everything()[-1]
     best_constant = F.cross_entropy(prior.log().expand(len(y), 3), y).item()
     assert setup.chance_loss == pytest.approx(best_constant, rel=1e-9)
     assert setup.chance_loss < math.log(3)  # not log(K) on imbalanced labels
@@ -328,7 +330,7 @@ def test_cross_entropy_chance_is_the_entropy_of_the_class_prior(tmp_path):
 def test_mse_chance_is_the_mean_per_output_variance(tmp_path):
     setup = setup_for(tmp_path, loss="mse", data={"factory": "user.py:regression", "args": {}})
     assert setup.chance_loss == pytest.approx((1.0 + 4.0) / 2, rel=1e-12)
-    y = setup.train.y
+    y = setup.train.everything()[-1]
     assert setup.chance_loss == pytest.approx(F.mse_loss(y.mean(0).expand_as(y), y).item(), rel=1e-6)
     assert setup.n_classes is None and setup.val is None
     trace, _ = run_probe(setup, ProbeSpec(steps=5))  # no validation set: no loss.val, no crash

@@ -393,12 +393,13 @@ def rich_probeset() -> ProbeSet:
     }).series)  # fmt: skip
     base.hessian = hess_rows()
     base.series["weight.row_spread"] = (np.array([0]), np.array([[1.0, 0.5, 0.0, 0.9]]))  # one layer of identical rows
+    base.series["grad.position"] = (np.array([0, 10]), np.array([[0.1, 0.5, 1.0], [0.2, 0.6, 1.0]]))
     base.meta.update(lr=0.1, optimizer="sgd", optimizer_args={"momentum": 0.9}, chance_loss=1.5)
     base.series["act.dead_frac"][1][:, 0] = 0.9  # some layer dies: act.dead_onset
     lrs = np.logspace(-5, 0, 50)
     lr_range = trace({"lr": lrs, "loss.train": 2.0 - 1.5 * np.exp(-((np.log10(lrs) + 2) ** 2))}, probe="lr_range", lr=0.1)
     others = [lr_trace(0.1, 1.9, dead=0.2), lr_trace(10.0, 0.5), final_at("continued", 0.9), final_at("perturbed", 0.5),
-              final_at("reseed_1", 0.8), lr_range]
+              final_at("reseed_1", 0.8), final_at("standardized", 0.7), lr_range]
     return probes(base, *others, data_stats={"feature_scale_spread": 10.0, "feature_mean_over_std": 2.0})
 
 
@@ -480,3 +481,32 @@ def test_counterfactual_dead_fraction_and_identical_rows():
     s = extract(rich_probeset())
     assert s["lr.down_dead_frac"] == pytest.approx(0.2)
     assert s["weight.identical_rows_frac"] == pytest.approx(0.25)
+
+
+# --------------------------------------------------------------------------- depth in time
+
+
+def test_time_ratio_is_first_over_last_position_early_on():
+    growing = np.array([[8.0, 4.0, 2.0, 1.0], [27.0, 9.0, 3.0, 1.0], [8.0, 4.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    s = extract(probes(trace({"grad.position": (np.array([0, 10, 20, 30]), growing)})))
+    assert s["grad.time_steps"] == 4
+    assert s["grad.time_ratio"] == pytest.approx((8.0 * 27.0 * 8.0) ** (1 / 3))  # the first 3 measurements only
+    shrinking = extract(probes(trace({"grad.position": (np.array([0]), np.array([[1e-9, 1e-3, 1.0]]))})))
+    assert shrinking["grad.time_ratio"] == pytest.approx(1e-9)
+
+
+def test_time_symptoms_absent_without_a_sequence_and_a_dead_first_position_is_no_ratio():
+    assert only(extract(probes(trace({"loss.train": flat(1.0)}))), "grad") == {}
+    s = extract(probes(trace({"grad.position": (np.array([0]), np.array([[0.0, 1.0]]))})))
+    assert "grad.time_ratio" not in s and s["grad.time_steps"] == 2
+
+
+def test_standardize_gain_is_relative_to_the_baselines_final_loss():
+    base = trace({"loss.train": np.concatenate([np.linspace(9000.0, 80.0, 45), flat(80.0, 5)])})
+    std = trace({"loss.train": np.concatenate([np.linspace(2.0, 1.6, 45), flat(1.6, 5)])}, probe="standardized")
+    assert extract(probes(base, std))["data.standardize_gain"] == pytest.approx((80.0 - 1.6) / 80.0)
+    worse = trace({"loss.train": flat(200.0, 50)}, probe="standardized")
+    assert extract(probes(base, worse))["data.standardize_gain"] < 0
+    gone = trace({"loss.train": np.linspace(2.0, 1.0, 10)}, probe="standardized", status="diverged", stopped_at=9)
+    assert extract(probes(base, gone))["data.standardize_gain"] == -1.0
+    assert "data.standardize_gain" not in extract(probes(base))

@@ -135,7 +135,16 @@ def _like(y: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def _model_loss(output, y):
+    """loss: model -- the model computes its loss itself (``probes.batches.Criterion`` takes it
+    from the model's output; this is never called on a probe's batches)."""
+    from optdoctor.probes.batches import model_loss
+
+    return model_loss(output)
+
+
 _LOSSES: dict[str, Loss] = {
+    "model": _model_loss,
     "cross_entropy": _cross_entropy,
     "mse": _mse,
     "bce_with_logits": _bce_with_logits,

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits", "nll")
+BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits", "nll", "model")
 
 
 class _Strict(BaseModel):
@@ -31,11 +31,25 @@ class FactoryConfig(_Strict):
 
 
 class ModelConfig(FactoryConfig):
-    pass
+    output: int | str | None = Field(
+        None,
+        description="what the loss takes from the model's output: an index (tuple/list) or a key (dict, ModelOutput); "
+        "default: 'logits' when there is one, else element 0",
+    )
 
 
 class DataConfig(FactoryConfig):
-    batch_size: int = Field(64, gt=0, description="mini-batch size of the probe trainings")
+    batch_size: int | None = Field(
+        None, gt=0, description="mini-batch size of the probe trainings (default 64); DataLoaders keep their own"
+    )
+    inputs: int | str | list[int | str] | None = Field(
+        None,
+        description="which elements of an item the model takes: keys of dict items, indices of tuple items "
+        "(default: input_ids, attention_mask, pixel_values, x, ... when present, else every element but the target)",
+    )
+    target: int | str | None = Field(
+        None, description="which element of an item is the target: a key or an index (default: labels, label, targets, target or y; the last element of a tuple)"
+    )
 
 
 class OptimizerConfig(_Strict):
@@ -133,6 +147,7 @@ class EarlyStoppingConfig(_Strict):
 class ProbeSettings(_Strict):
     steps: int = Field(200, gt=0, le=100_000, description="training steps of the probe")
     val_every: int | None = Field(None, gt=0, description="validate every N steps (default: steps/20)")
+    eval_samples: int | None = Field(None, gt=0, description="samples of each split (train, val) evaluated at a checkpoint (default: 1024)")
     device: str = Field("cpu", description='"cpu", "cuda", "cuda:1", ... or "auto"')
     threads: int | None = Field(1, ge=1, description="torch threads on CPU (1 is fastest for small models on small machines); null keeps torch's default")
     seeds: int = Field(1, ge=1, le=16, description="repeat the baseline probe with this many seeds; findings must hold in a majority")
@@ -146,6 +161,17 @@ class ProbeSettings(_Strict):
     perturb_gd: PerturbGDConfig | None = Field(None, description="perturbed gradient descent: a random kick when the gradient is small (null: off)")
     negative_curvature_step: NegativeCurvatureConfig | None = Field(None, description="steps along the Hessian's lambda_min eigenvector (null: off)")
     early_stopping: EarlyStoppingConfig | None = Field(None, description="stop at the validation minimum and keep its checkpoint (null: off)")
+    budget: float | str | None = Field(
+        None, description='time budget of the whole diagnosis: "30s", "2m", "1m30s" or seconds; the probes are planned from a '
+                          'timed calibration to fit it and stopped so that it never overruns by more than 20% (what was cut '
+                          "is reported; results then depend on the machine's speed)")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float | None:
+        from optdoctor.probes.budget import parse_budget  # pure: no torch
+
+        return None if v is None else parse_budget(v)
 
 
 class ProbeConfig(_Strict):
@@ -153,7 +179,7 @@ class ProbeConfig(_Strict):
     seed: int = Field(0, description="same seed + same machine => same findings")
     model: ModelConfig
     data: DataConfig
-    loss: str = Field("cross_entropy", description='cross_entropy | mse | bce_with_logits | nll | "file.py:callable"')
+    loss: str = Field("cross_entropy", description='cross_entropy | mse | bce_with_logits | nll | "file.py:callable" | model (the loss the model returns itself)')
     optimizer: OptimizerConfig
     schedule: ScheduleConfig | None = None
     probe: ProbeSettings = Field(default_factory=ProbeSettings)

@@ -1,4 +1,5 @@
-"""Hessian-vector products of ``loss_fn(model(inputs), targets)`` on one fixed batch.
+"""Hessian-vector products of ``loss_fn(model(inputs), targets)`` on one fixed batch
+(``inputs`` with ``args``/``kwargs`` attributes: ``model(*args, **kwargs)``).
 
 The Hessian is taken w.r.t. the parameters that require grad *and* are used by the forward
 pass, flattened in ``named_parameters()`` order into one vector of length ``n``. Frozen
@@ -70,6 +71,15 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     )
 
 
+def call_args(inputs: Any) -> tuple[tuple, dict]:
+    """The model's positional and keyword arguments: an object with ``args`` and ``kwargs`` (a
+    probe's batch bound to the model, ``probes.batches.Call``), else ``inputs`` as the one
+    positional argument."""
+    if hasattr(inputs, "args") and hasattr(inputs, "kwargs"):
+        return tuple(inputs.args), dict(inputs.kwargs)
+    return (inputs,), {}
+
+
 def cast_floating(x: Any, dtype: torch.dtype | None) -> Any:
     """Floating tensors (also inside tuples/lists/dicts) to ``dtype``; the rest unchanged."""
     if dtype is None:
@@ -137,7 +147,8 @@ def hvp_operator(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     inputs, targets = split_batch(batch)
-    inputs, targets = cast_floating(inputs, dtype), cast_floating(targets, dtype)
+    args, kwargs = call_args(inputs)
+    args, kwargs, targets = cast_floating(args, dtype), cast_floating(kwargs, dtype), cast_floating(targets, dtype)
 
     # Detached aliases (no copy unless dtype changes): the model's parameters and .grad are
     # never touched, and a float64 measurement needs no deep copy of the model.
@@ -153,7 +164,7 @@ def hvp_operator(
         constants[name] = cast_floating(b, dtype)
 
     def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = torch.func.functional_call(model, {**constants, **params}, (inputs,))
+        out = torch.func.functional_call(model, {**constants, **params}, args, kwargs)
         return loss_fn(out, targets)
 
     with eval_mode(model):

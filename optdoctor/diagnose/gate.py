@@ -18,17 +18,23 @@ from optdoctor.symptoms import extract
 from optdoctor.trace import ProbeSet
 
 
-def followups_wanted(rules: list[Rule], symptoms: dict[str, float], selection: Selection | None = None) -> bool:
-    """Whether any selected rule's gate opens on these (baseline) symptoms."""
+def followups_wanted(rules: list[Rule], symptoms: dict[str, float], selection: Selection | None = None,
+                     which: str = "plateau") -> bool:
+    """Whether any selected rule whose gate opens the ``which`` follow-ups opens it on these
+    (baseline) symptoms."""
     selection = selection or Selection()
-    return any(r.gate_open(symptoms, selection.params.get(r.id)) for r in rules if r.gate is not None and selection.wants(r))
+    return any(r.gate_open(symptoms, selection.params.get(r.id)) for r in rules
+               if r.gate is not None and which in r.opens and selection.wants(r))
 
 
-def plateau_gate(rules: list[Rule], selection: Selection | None = None) -> Callable[[ProbeSet], bool]:
-    """The runner's ``followups`` hook: ProbeSet (the baseline so far) -> run the follow-ups?"""
+def plateau_gate(rules: list[Rule], selection: Selection | None = None) -> Callable[..., bool]:
+    """The runner's ``followups`` hook: (ProbeSet so far, which follow-ups) -> run them?"""
 
-    def gate(probes: ProbeSet) -> bool:
-        return followups_wanted(rules, extract(ProbeSet({"baseline": probes.baseline}, probes.data_stats)), selection)
+    def gate(probes: ProbeSet, which: str = "plateau") -> bool:
+        # what ran before any follow-up: the baseline (or a monitored run), LR variants, range test
+        later = ("continued", "perturbed", "reseed", "standardized", "verify", "seed")
+        base = ProbeSet({n: t for n, t in probes.traces.items() if t.kind not in later}, probes.data_stats)
+        return followups_wanted(rules, extract(base), selection, which)
 
     return gate
 
@@ -38,6 +44,6 @@ def _shipped() -> tuple[Rule, ...]:
     return tuple(load_rules())
 
 
-def is_plateau(probes: ProbeSet) -> bool:
-    """The gate of the shipped rules at their default params."""
-    return plateau_gate(list(_shipped()))(probes)
+def is_plateau(probes: ProbeSet, which: str = "plateau") -> bool:
+    """The gates of the shipped rules at their default params (``which`` follow-ups)."""
+    return plateau_gate(list(_shipped()))(probes, which)

@@ -63,24 +63,41 @@ def evaluate_probes(probes: ProbeSet, rules: list[Rule], selection: Selection | 
 
 
 def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, *, rules: list[Rule] | None = None,
-                  progress: Callable[[str, int, int], None] | None = None, started: float | None = None) -> Diagnosis:
+                  progress: Callable[[str, int, int], None] | None = None, budget=None,
+                  started: float | None = None) -> Diagnosis:
     """Probe, extract, evaluate (then vote across seeds and verify remedies, as configured).
     On Ctrl-C, diagnoses what was measured so far (status "interrupted") instead of losing it.
     ``rules``: default the shipped pack; the command loads them before (a broken rule pack
     fails fast, exit 2, before anything is probed). ``started``: when the command began
-    (``time.perf_counter()``), for --verify's time limit; default: when this call began."""
+    (``time.perf_counter()``), for --verify's time limit; default: when this call began.
+
+    With ``probe.budget`` (or a ``budget``: probes/budget.py ``Budget``, e.g. counting from the
+    process's start), the probes are planned from a timed calibration to fit it and stopped at
+    its hard limit; what was cut is in ``extra["budget"]``."""
     from optdoctor.diagnose.seeds import across_seeds
     from optdoctor.diagnose.verify import verify_findings
+    from optdoctor.probes.parallel import choose
     from optdoctor.probes.runner import ProbeInterrupted, run_probes
+
+    run_probes = choose(run_probes)  # under torchrun: whole probes split across ranks
     from optdoctor.probes.setup import prepare
 
     rules = load_rules() if rules is None else rules
     t0 = time.perf_counter()
     setup = prepare(loaded)
+    if budget is None and loaded.config.probe.budget is not None:
+        from optdoctor.probes.budget import Budget
+
+        budget = Budget(loaded.config.probe.budget)
+    if budget is not None:
+        setup = budget.prepare(setup)  # calibrate, plan: the setup's config now runs the plan
+        loaded = setup.loaded
+        if hasattr(progress, "total"):
+            progress.total = budget.eta
     followups = plateau_gate(rules, selection)
     status = "completed"
     try:
-        probes = run_probes(setup, progress, followups=followups)
+        probes = run_probes(setup, progress, followups=followups, budget=budget)
     except ProbeInterrupted as e:
         probes, status = e.probes, "interrupted"
         if "baseline" not in probes.traces or not probes.baseline.has("loss.train"):
@@ -89,17 +106,20 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, *, r
     if status == "completed" and loaded.config.probe.seeds > 1:
         try:
             findings, outcomes = across_seeds(setup, probes, (findings, outcomes, symptoms),
-                                              lambda extra: evaluate_probes(extra, rules, selection, loaded), followups, progress)
+                                              lambda extra: evaluate_probes(extra, rules, selection, loaded), followups, progress,
+                                              budget)
         except ProbeInterrupted:
             status = "interrupted"  # keep the first seed's diagnosis
     diag = Diagnosis(loaded.name, loaded.path, findings, outcomes, symptoms, probes, status, 0.0, loaded)
     if status == "completed" and loaded.config.probe.verify.enabled:
         try:
-            verify_findings(diag, rules, setup, progress, started=min(t0, started or t0))
+            verify_findings(diag, rules, setup, progress, budget, started=min(t0, started or t0))
         except (ProbeInterrupted, KeyboardInterrupt):  # keep the diagnosis and what was verified
             diag.status = "interrupted"
     diag.summary = summarize(diag.probes, diag.findings)
     diag.seconds = time.perf_counter() - t0
+    if budget is not None:
+        diag.extra["budget"] = budget.summary()
     return diag
 
 

@@ -44,7 +44,8 @@ def vote(per_seed: list[SeedResult], outcomes: list[RuleOutcome]) -> tuple[list[
     return kept, out
 
 
-def across_seeds(setup, probes, first: SeedResult, evaluate_set, followups, progress=None) -> tuple[list[Finding], list[RuleOutcome]]:
+def across_seeds(setup, probes, first: SeedResult, evaluate_set, followups, progress=None,
+                 budget=None) -> tuple[list[Finding], list[RuleOutcome]]:
     """Probe seeds seed+1, seed+2, ... (``evaluate_set``: ProbeSet -> SeedResult) and vote.
     The other seeds' traces join ``probes`` as "s<i>_<probe>", kind "seed" (``seed_of``: what
     the probe is within its own seed's set; ``seed_index``: i), e.g. for TensorBoard and replay."""
@@ -52,11 +53,15 @@ def across_seeds(setup, probes, first: SeedResult, evaluate_set, followups, prog
 
     loaded = setup.loaded
     per_seed = [first]
-    for i in range(1, loaded.config.probe.seeds):
+    n = loaded.config.probe.seeds
+    for i in range(1, n):
         cfg = loaded.config.model_copy(deep=True)
         cfg.seed = loaded.config.seed + i
         seed_setup = dataclasses.replace(setup, loaded=loaded.model_copy(update={"config": cfg}))
-        extra = run_probes(seed_setup, progress, followups=followups)
+        if budget is not None and not budget.admit(f"seeds {cfg.seed}..{loaded.config.seed + n - 1} (whole probe sets)",
+                                                   budget.plan.estimate * budget.speed):
+            break  # the majority is taken over the seeds that ran
+        extra = run_probes(seed_setup, progress, followups=followups, budget=budget)
         per_seed.append(evaluate_set(extra))
         for name, t in extra.traces.items():
             t.meta["seed_of"] = t.kind

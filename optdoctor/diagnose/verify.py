@@ -42,7 +42,7 @@ def gain(before: float, after: float, reference: float | None) -> float:
 
 
 def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Callable[[str, int, int], None] | None = None,
-                    started: float | None = None) -> None:
+                    budget=None, started: float | None = None) -> None:
     """For the top findings, re-run the baseline probe (same seed and budget) with each patched
     remedy applied, record what it changed and what it cost per step, try the ones that fixed it
     on more seeds, rank the remedies, recommend one, and move the finding's confidence: up when a
@@ -50,7 +50,9 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
 
     ``started``: when the plain diagnosis began (``time.perf_counter()``): with
     ``probe.verify.time_factor`` it bounds the time --verify may add; remedies (then extra seeds)
-    that would not fit are reported as skipped for time."""
+    that would not fit are reported as skipped for time. ``budget``: the diagnosis' time budget
+    (probes/budget.py ``Budget``), if any: a probe it has no time for is not tried, and one
+    running is stopped at its hard limit."""
     from optdoctor.remedies import Verification
 
     loaded = diag.loaded
@@ -71,14 +73,15 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                 v.applicable, v.reason = False, clock.reason()
                 continue
             t = time.perf_counter()
-            _try(v, f, rule, f"verify_{rule.id}_{i + 1}", loaded.config.seed, diag, base_setup, progress, clock, base_step)
+            _try(v, f, rule, f"verify_{rule.id}_{i + 1}", loaded.config.seed, diag, base_setup, progress, clock, base_step,
+                 budget)
             if v.probe:
                 clock.spent(time.perf_counter() - t)
         plans.append((f, rule, results))
     for f, rule, results in plans:  # robustness, once every remedy had its first try
         for v in results:
             if v.helped and vcfg.seeds:
-                _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds)
+                _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
         if results:
             conclude(f, results)
     diag.findings.sort(key=Finding.sort_key)
@@ -106,9 +109,14 @@ class _Budget:
                 "was reached; probe.verify.time_factor: null lifts it")
 
 
-def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progress, clock: _Budget):
+class _OutOfBudget(Exception):
+    """The diagnosis' time budget (``probe.budget``) has no time left for this probe."""
+
+
+def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progress, clock: _Budget, budget=None):
     """The verification probe of one patch on one seed: its trace (NotApplicable when the patch
-    cannot be applied or needs a package that is absent)."""
+    cannot be applied or needs a package that is absent; _OutOfBudget when the time budget
+    cannot fit it)."""
     from optdoctor.config.resolve import optimizer_available
     from optdoctor.probes.runner import ProbeSpec, run_probe
     from optdoctor.probes.setup import derive
@@ -121,17 +129,31 @@ def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progres
     if missing:
         raise NotApplicable(f"optimizer {patched.config.optimizer.name} is not installed: {missing}")
     setup = derive(base_setup, patched, patch)
-    trace, _ = run_probe(setup, ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=seed), progress)
+    spec = ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=seed)
+    if budget is None:
+        trace, _ = run_probe(setup, spec, progress)
+        return trace
+    if not budget.admit_specs(name, [spec]):
+        raise _OutOfBudget(name)
+    trace = None
+    budget.begin_spec(spec)
+    try:
+        trace, _ = run_probe(setup, spec, progress, stop=budget.stop)
+    finally:
+        budget.end(trace)
     return trace
 
 
 def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_setup, progress, clock: _Budget,
-         base_step: float | None) -> None:
+         base_step: float | None, budget=None) -> None:
     from optdoctor.errors import OptdoctorError
     from optdoctor.remedies import NotApplicable
 
     try:
-        trace = _run(v.patch, seed, name, diag, base_setup, progress, clock)
+        trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget)
+    except _OutOfBudget:
+        v.applicable, v.reason = False, "not tried: the time budget ran out"
+        return
     except NotApplicable as e:
         v.applicable, v.reason = False, str(e)
         return
@@ -148,7 +170,7 @@ def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_
     v.interventions = {k: trace.meta[k] for k in ("negative_curvature", "perturb_gd") if trace.meta.get(k)}
 
 
-def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clock: _Budget, n: int) -> None:
+def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clock: _Budget, n: int, budget=None) -> None:
     """The remedy again on ``n`` more seeds (time allowing): on how many it still fixes the run,
     judged against the baseline as on the first seed."""
     from optdoctor.errors import OptdoctorError
@@ -161,7 +183,10 @@ def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clo
     for k in range(1, n + 1):
         t = time.perf_counter()
         try:
-            trace = _run(v.patch, diag.loaded.config.seed + k, f"{v.probe}_s{k}", diag, base_setup, progress, clock)
+            trace = _run(v.patch, diag.loaded.config.seed + k, f"{v.probe}_s{k}", diag, base_setup, progress, clock, budget)
+        except _OutOfBudget:
+            v.seeds_note = "not tried on more seeds (time budget)"
+            return
         except (NotApplicable, OptdoctorError, ValueError, TypeError):
             continue
         after = _after(trace, diag.probes)

@@ -16,6 +16,8 @@ A rule names one cause and says when it holds, in the safe expression language o
     gate: loss.late_rel_drop < params.flat_max   # the plateau follow-up probes this rule reads
                                          # (plateau.*) run only when this holds on the baseline;
                                          # a missing symptom reads as nan (the gate stays shut)
+    opens: [plateau]                     # which follow-up probes the gate opens (FOLLOWUPS;
+                                         # default plateau: continued, perturbed, reseed_*)
     verify: val.final                    # what --verify compares before/after a remedy
                                          # (default loss.final)
     ruled_out_by: [dead_relu]            # a firing rule of this cause (or id) explains the symptoms
@@ -59,9 +61,13 @@ DOC_SECTIONS = ("what", "why", "detection", "false_positives", "remedies")
 CONFIG_ROOTS = ("name", "seed", "model", "data", "loss", "optimizer", "schedule", "probe")
 TOP_KEYS = ("id", "name", "cause", "severity", "confidence", "when", "optional", "params", "for",
             "ruled_out_by", "blame", "summary", "evidence", "remedies", "references", "docs", "tests",
-            "gate", "verify")
+            "gate", "opens", "verify")
 REQUIRED = ("id", "name", "cause", "severity", "confidence", "when", "summary", "remedies", "docs")
 DEFAULT_VERIFY = "loss.final"  # what --verify compares unless a rule says otherwise
+# Follow-up probes a rule's gate can open: "plateau" (continued, perturbed, reseed_1..3: is the
+# plateau a saddle or a bad basin?), "standardized" (the baseline on standardised inputs: does
+# the inputs' scale spread matter?).
+FOLLOWUPS = ("plateau", "standardized")
 FAMILIES = {"1": "gradients", "2": "curvature and conditioning", "3": "initialisation and activations",
             "4": "learning rate", "5": "generalisation", "9": "probe health"}
 
@@ -101,7 +107,8 @@ class Rule:
     file: str = ""
     line: int = 1
     gate: Expr | None = None  # when the follow-up probes its condition reads should run
-    verify: str = DEFAULT_VERIFY  # the symptom --verify compares before and after a remedy
+    verify: str = DEFAULT_VERIFY
+    opens: tuple[str, ...] = ("plateau",)  # which follow-up probes the gate opens  # the symptom --verify compares before and after a remedy
 
     @property
     def family(self) -> str:
@@ -247,6 +254,12 @@ class _Validator:
         unused = [p for p in params if when is not None and f"params.{p}" not in used]
         for p in unused:
             self.add(f"params.{p}", f"param {p!r} is not used by the condition" + (" or the gate" if gate is not None else ""))
+        opens = d.get("opens", ["plateau"])
+        if not isinstance(opens, list) or not opens or any(o not in FOLLOWUPS for o in opens):
+            self.add("opens", f"opens lists the follow-up probes the gate opens, of {', '.join(FOLLOWUPS)}; got {opens!r}",
+                     did_you_mean(str(opens[0]) if isinstance(opens, list) and opens else str(opens), FOLLOWUPS),
+                     at=self.value_at("opens"))
+            opens = ["plateau"]
         verify = d.get("verify", DEFAULT_VERIFY)
         if not isinstance(verify, str) or verify not in SYMPTOMS:
             self.add("verify", f"verify names the symptom --verify compares (default {DEFAULT_VERIFY}); unknown symptom {verify!r}",
@@ -294,7 +307,7 @@ class _Validator:
         return Rule(rid, name, cause, sev, float(conf), when, summary, params, tuple(optional), for_,
                     tuple(str(c) for c in ruled_out_by), blame,
                     tuple(evidence), remedies, [str(r) for r in refs], {k: str(v) for k, v in docs.items()},
-                    tests, self.shown, line, gate, verify)
+                    tests, self.shown, line, gate, verify, tuple(opens))
 
     def params(self, raw: Any) -> dict[str, Param]:
         if not isinstance(raw, dict):

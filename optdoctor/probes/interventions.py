@@ -92,7 +92,8 @@ class NegativeCurvatureStep:
 def negative_curvature_step(model: nn.Module, loss_fn: Callable, batch: Any, *, radius: float = 0.05,
                             doublings: int = 8, max_iter: int = 40, seed: int = 0, lr: float | None = None) -> dict[str, float | str]:
     """One step along the most negative curvature direction of ``loss_fn(model(X), y)`` on
-    ``batch`` (in place). Returns what it found and did: lambda_min, lambda_max, the step length
+    ``batch`` (in place; ``X`` as the curvature instruments take it: a tensor, or bound to the
+    model, ``probes.batches.Call``). Returns what it found and did: lambda_min, lambda_max, the step length
     ``eta`` (0 when it did not move) and the batch loss before and after. ``lr``: a plain-SGD
     learning rate that must stay stable where the step lands (a trial gradient step from there
     must not raise the loss): leaving a saddle grows the weights, and with them the curvature."""
@@ -100,6 +101,7 @@ def negative_curvature_step(model: nn.Module, loss_fn: Callable, batch: Any, *, 
 
     from optdoctor.curvature.hvp import eval_mode, hvp_operator, split_batch
     from optdoctor.curvature.lanczos import lanczos
+    from optdoctor.probes.batches import call_model
 
     with torch.random.fork_rng(devices=[]), torch.enable_grad():  # a step post-hook may run under no_grad
         op, n = hvp_operator(model, loss_fn, batch)
@@ -122,9 +124,11 @@ def negative_curvature_step(model: nn.Module, loss_fn: Callable, batch: Any, *, 
         params = [named[name] for name in op.names]
         inputs, targets = split_batch(batch)
 
+        def forward():
+            return call_model(model, inputs)
+
         def loss_at() -> float:
-            out_ = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
-            return float(loss_fn(out_, targets).detach())
+            return float(loss_fn(forward(), targets).detach())
 
         def move(eta: float) -> None:
             i = 0
@@ -136,7 +140,7 @@ def negative_curvature_step(model: nn.Module, loss_fn: Callable, batch: Any, *, 
         def stable(val: float) -> bool:
             """A plain gradient step at ``lr`` from here does not raise the loss (lr * lambda_max
             there is below ~2: gradient descent survives the new curvature)."""
-            gs = torch.autograd.grad(loss_fn(model(*inputs) if isinstance(inputs, tuple) else model(inputs), targets), params,
+            gs = torch.autograd.grad(loss_fn(forward(), targets), params,
                                      allow_unused=True)
             with torch.no_grad():
                 for p, g in zip(params, gs):
@@ -150,7 +154,7 @@ def negative_curvature_step(model: nn.Module, loss_fn: Callable, batch: Any, *, 
 
         with eval_mode(model):
             loss0 = loss_at()
-            grads = torch.autograd.grad(loss_fn(model(*inputs) if isinstance(inputs, tuple) else model(inputs), targets), params,
+            grads = torch.autograd.grad(loss_fn(forward(), targets), params,
                                         allow_unused=True)
             gv = sum(float((g.reshape(-1) * v[i:i + g.numel()].to(g.dtype)).sum()) if g is not None else 0.0
                      for g, i in zip(grads, np.cumsum([0] + [p.numel() for p in params])[:-1]))

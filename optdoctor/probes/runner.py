@@ -21,6 +21,7 @@ from optdoctor.errors import OptdoctorError, ProbeError
 from optdoctor.probes.instruments import Context, InstrumentSet, default_instruments, discover
 from optdoctor.probes.recorder import Recorder
 from optdoctor.probes.instruments.base import Series
+from optdoctor.probes.batches import bind, call_model
 from optdoctor.probes.setup import EVAL_CAP, Setup, fraction_steps
 from optdoctor.trace import ProbeSet, Trace
 
@@ -81,24 +82,14 @@ def _perturb_(model: nn.Module, eps: float, gen: torch.Generator) -> None:
 
 
 def forward(model: nn.Module, X):
-    """The model called on a batch's inputs: a tuple is several positional inputs."""
-    return model(*X) if isinstance(X, tuple) else model(X)
+    """The model called on a batch's inputs (``batches.Inputs``; a tuple is several positional inputs)."""
+    return call_model(model, X)
 
 
 def batches(setup: Setup, seed: int):
-    """Training batches without end: a seeded permutation of the training split, reshuffled at
-    each epoch; the last incomplete batch of an epoch is dropped (every step sees ``bs`` samples)."""
-    n = len(setup.train)
-    bs = min(setup.cfg.data.batch_size, n)
-    gen = torch.Generator().manual_seed(seed)
-    on_cpu = setup.device.type == "cpu"
-    perm, pos = torch.randperm(n, generator=gen), 0
-    while True:
-        if pos + bs > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos:pos + bs] if on_cpu else perm[pos:pos + bs].to(setup.device)
-        pos += bs
-        yield setup.train.take(idx)
+    """Training batches ``(inputs, target)`` without end, the same for the same seed: the one
+    batch iterator of every probe and the LR range test (``Setup.batches``)."""
+    return setup.batches(seed)
 
 
 class _Step:
@@ -106,7 +97,7 @@ class _Step:
 
     def __init__(self, setup: Setup, model: nn.Module, optimizer=None, scheduler=None):
         cfg = setup.cfg
-        self.model, self.loss_fn = model, setup.loss_fn
+        self.model, self.criterion = model, setup.criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.fwd = f"the model's forward ({cfg.model.factory})"
         self.loss_what = f"the loss ({cfg.loss})"
@@ -117,11 +108,11 @@ class _Step:
         self.sched = f"scheduler {cfg.schedule.name}.step()" if cfg.schedule else ""
 
     def forward(self, m: nn.Module, X):
-        return call_user(forward, m, X, what=self.fwd)
+        call = bind(m, X)  # outside call_user: a model that cannot take the target is not a crash of its code
+        return call_user(forward, m, call, what=self.fwd)
 
     def loss(self, X, y):
-        out = self.forward(self.model, X)
-        return call_user(self.loss_fn, out, y, what=self.loss_what)
+        return self.criterion(self.forward(self.model, X), y)
 
     def update(self, loss, X=None, y=None) -> None:
         """Backward, optimizer step, scheduler step. A closure-based optimizer (L-BFGS) gets a
@@ -168,6 +159,18 @@ def _torch_call(fn: Callable[[], object], what: str) -> None:
         raise crash(exc, what) from exc
 
 
+def _capped(chunks: list, cap: int) -> list:
+    """Whole evaluation chunks until ``cap`` items (at least one chunk)."""
+    out, n = [], 0
+    for chunk in chunks:
+        if out and n >= cap:
+            break
+        out.append(chunk)
+        y = chunk[1]
+        n += len(y) if hasattr(y, "__len__") else 1
+    return out
+
+
 def _diverged(lval: float, initial: float) -> bool:
     return not math.isfinite(lval) or (math.isfinite(initial) and abs(lval) > DIVERGENCE_FACTOR * max(abs(initial), 1e-3))
 
@@ -197,13 +200,15 @@ def _instruments(setup: Setup, spec: ProbeSpec, step_fn: _Step) -> list:
     cfg = setup.cfg
     val_every = cfg.probe.val_every or max(1, spec.steps // 20)
     checkpoints = sorted(set(range(0, spec.steps + 1, val_every)) | {spec.steps})
-    val = setup.val.head(EVAL_CAP) if setup.val is not None and len(setup.val) else None
-    evaluation = dict(at=checkpoints, forward=step_fn.forward, loss_fn=setup.loss_fn,
-                      train=setup.train.head(EVAL_CAP), val=val, n_classes=setup.n_classes)
+    cap = cfg.probe.eval_samples or EVAL_CAP  # a time budget may evaluate on fewer samples
+    val = _capped(setup.eval_batches("val"), cap) or None
+    evaluation = dict(at=checkpoints, forward=step_fn.forward, loss_fn=setup.criterion, output=setup.criterion.predictions,
+                      train=_capped(setup.eval_batches("train"), cap), val=val, n_classes=setup.n_classes)
     curvature = None
     if spec.full and cfg.probe.hessian.enabled and spec.hessian_steps:
-        curvature = dict(at=spec.hessian_steps, loss_fn=setup.loss_fn, hcfg=cfg.probe.hessian, seed=spec.seed,
-                         batch=setup.train.head(cfg.probe.hessian.batch_size))
+        X, y = setup.first(cfg.probe.hessian.batch_size)  # bound to the model: the Hessian calls it as training does
+        curvature = dict(at=spec.hessian_steps, loss_fn=setup.criterion, hcfg=cfg.probe.hessian, seed=spec.seed,
+                         batch=(bind(step_fn.model, X), y))
     return default_instruments(spec.steps, full=spec.full, seed=spec.seed, evaluation=evaluation, curvature=curvature)
 
 
@@ -231,29 +236,37 @@ def _interventions(setup: Setup, spec: ProbeSpec, model: nn.Module) -> dict:
     if cfg.perturb_gd is not None:
         hooks["perturb_gd"] = PerturbedGD(cfg.perturb_gd, model, spec.seed)
     if cfg.negative_curvature_step is not None:
-        hooks["negative_curvature"] = NegativeCurvatureStep(cfg.negative_curvature_step, spec.steps, model, setup.loss_fn,
-                                                            setup.train.head(cfg.hessian.batch_size), spec.seed)
+        X, y = setup.first(cfg.hessian.batch_size)  # the Hessian batch, bound to the model as the curvature instrument's
+        hooks["negative_curvature"] = NegativeCurvatureStep(cfg.negative_curvature_step, spec.steps, model, setup.criterion,
+                                                            (bind(model, X), y), spec.seed)
     return hooks
 
 
-def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -> tuple[Trace, dict]:
+def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
+              stop: Callable[[], bool] | None = None) -> tuple[Trace, dict]:
     """Train ``spec.steps`` steps with instruments attached; returns the trace and the final
     weights. A non-finite or exploding loss stops the probe cleanly (status "diverged");
-    Ctrl-C stops it with status "interrupted" and raises ProbeInterrupted carrying the trace.
+    Ctrl-C stops it with status "interrupted" and raises ProbeInterrupted carrying the trace;
+    ``stop()`` true before a step (after the first) ends it with status "stopped" (a time
+    budget): the trace is then a shorter probe (meta "steps"; "planned_steps" what was planned).
 
     Build the model and optimizer; fix the layer order with one forward pass; attach the
     instruments (hooks on the model and the optimizer); run a plain training loop; detach."""
     cfg = setup.cfg
     model, optimizer, scheduler, lr = _build(setup, spec)
     step_fn = _Step(setup, model, optimizer, scheduler)
-    n = len(setup.train)
+    bs = setup.batch_size
     rec = Recorder()
     rec.declare(LOOP_SERIES)
-    layers, acts = discover(model, setup.train.head(min(cfg.data.batch_size, n))[0])
+    try:
+        example = bind(model, setup.first(bs)[0])
+    except ProbeError:  # a forward that cannot take the target: the training step says so
+        example = None
+    layers, acts = discover(model, example)
     ctx = Context(model, optimizer, rec, layers, acts, meta={
         "kind": spec.kind, "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
         "optimizer": cfg.optimizer.name.lower(), "optimizer_args": dict(cfg.optimizer.args),
-        "batch_size": min(cfg.data.batch_size, n), "n_train": n, "n_params": sum(p.numel() for p in model.parameters()),
+        "batch_size": bs, "n_train": setup.train.n, "n_params": sum(p.numel() for p in model.parameters()),
         "chance_loss": setup.chance_loss, "n_classes": setup.n_classes, "loss": cfg.loss,
         "perturb": spec.perturb, "continued": spec.start_state is not None,
     })
@@ -266,7 +279,7 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
     in_loop = _interventions(setup, spec, model)
     hooks = [optimizer.register_step_post_hook(h) for h in in_loop.values()]
     stopper = None
-    if cfg.probe.early_stopping is not None and setup.val is not None and len(setup.val):
+    if cfg.probe.early_stopping is not None and setup.val is not None and setup.val.n != 0:  # n None: an iterable
         from optdoctor.probes.interventions import EarlyStopping
 
         stopper = EarlyStopping(cfg.probe.early_stopping, model)
@@ -281,6 +294,9 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
         if stopper is not None:
             stopper.observe(rec.rows("loss.val"), 0)  # the checkpoint at attach (step 0)
         for step in range(spec.steps):
+            if stop is not None and step and stop():
+                trace.status, trace.stopped_at = "stopped", step
+                break
             X, y = next(data)
             t0 = time.perf_counter()
             loss = step_fn.loss(X, y)
@@ -318,12 +334,14 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None) -
         instruments.finish(trace)
     if trace.status == "interrupted":
         raise ProbeInterrupted(ProbeSet({spec.name: trace}))
+    if trace.status == "stopped":
+        trace.meta.update(steps=trace.stopped_at, planned_steps=spec.steps)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return trace, state
 
 
 def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: float = LR_RANGE[1],
-                 progress: Progress | None = None) -> Trace:
+                 progress: Progress | None = None, stop: Callable[[], bool] | None = None) -> Trace:
     """Smith's LR range test (as torch-lr-finder runs it): a fresh copy of the model trained for
     ``steps`` steps with the learning rate growing exponentially from lr_min to lr_max; stops
     once the loss exceeds 4x its best (the LR is past usable). Records "lr" and "loss.train"."""
@@ -341,6 +359,10 @@ def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: 
     model.train()
     try:
         for step in range(steps):
+            if stop is not None and step and stop():
+                trace.status, trace.stopped_at = "stopped", step
+                trace.meta["stopped"] = "time budget"
+                break
             lr = lr_min * growth**step
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -378,11 +400,27 @@ def plan_variants(setup: Setup) -> list[ProbeSpec]:
             for f in cfg.probe.variants.lr_factors]
 
 
+def standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
+    """Does the inputs' scale spread matter? The baseline again, on standardised inputs."""
+    from optdoctor.probes.setup import derive
+
+    cfg = setup.cfg
+    cfg_std = cfg.model_copy(deep=True)
+    cfg_std.probe.standardize_inputs = True
+    std_setup = derive(setup, setup.loaded.model_copy(update={"config": cfg_std}), {"probe.standardize_inputs": True})
+    steps = cfg.probe.variants.steps or cfg.probe.steps
+    return ProbeSpec(name="standardized", kind="standardized", steps=steps, seed=cfg.seed, full=False), std_setup
+
+
 def run_probes(setup: Setup, progress: Progress | None = None,
-               followups: Callable[[ProbeSet], bool] | None = None) -> ProbeSet:
+               followups: Callable[..., bool] | None = None, budget=None) -> ProbeSet:
     """Baseline, then learning-rate variants; then, when ``followups(probes)`` says the
     baseline sits on a plateau, a restart from the plateau with a small perturbation (does it
     escape? a saddle) and a fresh seed (does another init get much further? a local minimum).
+
+    ``budget`` (probes/budget.py ``Budget``; ``setup`` already carries its plan): every probe
+    but the baseline starts only when it fits before the deadline (a skipped one is recorded
+    in ``budget.cut``), and any probe stops at the hard limit.
 
     On Ctrl-C raises ProbeInterrupted carrying every trace measured so far."""
     cfg = setup.cfg
@@ -390,35 +428,58 @@ def run_probes(setup: Setup, progress: Progress | None = None,
     hess_steps = fraction_steps(cfg.probe.hessian.at, cfg.probe.steps) if cfg.probe.hessian.enabled else []
     base_spec = ProbeSpec(steps=cfg.probe.steps, seed=cfg.seed, hessian_steps=hess_steps)
 
-    def run(spec: ProbeSpec) -> dict:
+    def fits(what: str, *specs: ProbeSpec) -> bool:
+        return budget is None or budget.admit_specs(what, list(specs))
+
+    def run(spec: ProbeSpec, on: Setup = setup) -> dict:
+        if budget is not None:
+            budget.begin_spec(spec)
         try:
-            with stage(f"probe {spec.name!r}", _memory_hint(setup)):
-                trace, state = run_probe(setup, spec, progress)
+            with stage(f"probe {spec.name!r}", _memory_hint(on)):
+                trace, state = run_probe(on, spec, progress, stop=budget.stop if budget is not None else None)
         except ProbeInterrupted as e:
             probes.traces.update(e.probes.traces)
             raise ProbeInterrupted(probes) from None
         except KeyboardInterrupt:  # between two probes
             raise ProbeInterrupted(probes) from None
         probes.traces[spec.name] = trace
+        if budget is not None:
+            budget.end(trace)
         return state
 
     base_state = run(base_spec)
     probes.data_stats = dict(probes.baseline.meta.get("data_stats", {}))
     for spec in plan_variants(setup):
-        run(spec)
-    if cfg.probe.lr_range:
+        if fits(spec.name, spec):
+            run(spec)
+    range_steps = min(LR_RANGE_STEPS, max(20, cfg.probe.steps))
+    if cfg.probe.lr_range and (budget is None or budget.admit("lr_range", budget.estimate_lr_range(range_steps))):
+        if budget is not None:
+            budget.begin("lr_range", budget.estimate_lr_range(range_steps))
         try:
             with stage("probe 'lr_range'", _memory_hint(setup)):
-                probes.traces["lr_range"] = run_lr_range(setup, min(LR_RANGE_STEPS, max(20, cfg.probe.steps)), progress=progress)
+                probes.traces["lr_range"] = run_lr_range(setup, range_steps, progress=progress,
+                                                         stop=budget.stop if budget is not None else None)
         except KeyboardInterrupt:
             raise ProbeInterrupted(probes) from None
-    if followups is not None and cfg.probe.variants.perturb and followups(probes):
+        if budget is not None:
+            budget.end(probes.traces["lr_range"])
+    if followups is not None and not cfg.probe.standardize_inputs and followups(probes, "standardized"):
+        spec, std_setup = standardized_probe(setup)
+        if fits(spec.name, spec):
+            run(spec, std_setup)
+    if followups is not None and cfg.probe.variants.perturb and followups(probes, "plateau"):
         # From the plateau: go on unchanged (the control) and go on after a small random kick,
         # on the same batches. A saddle lets the kicked run escape; a minimum pulls it back.
         steps = cfg.probe.variants.steps or cfg.probe.steps
-        run(ProbeSpec(name="continued", kind="continued", steps=steps, seed=cfg.seed + 1, full=False, start_state=base_state))
-        run(ProbeSpec(name="perturbed", kind="perturbed", steps=steps, seed=cfg.seed + 1, full=False,
-                      start_state=base_state, perturb=PERTURB_EPS))
+        pair = [ProbeSpec(name="continued", kind="continued", steps=steps, seed=cfg.seed + 1, full=False, start_state=base_state),
+                ProbeSpec(name="perturbed", kind="perturbed", steps=steps, seed=cfg.seed + 1, full=False,
+                          start_state=base_state, perturb=PERTURB_EPS)]
+        if fits("continued, perturbed", *pair):
+            for spec in pair:
+                run(spec)
         for i in range(1, RESEEDS + 1):  # does another start get much further? (a bad basin)
-            run(ProbeSpec(name=f"reseed_{i}", kind="reseed", steps=cfg.probe.steps, seed=cfg.seed + i, full=False))
+            spec = ProbeSpec(name=f"reseed_{i}", kind="reseed", steps=cfg.probe.steps, seed=cfg.seed + i, full=False)
+            if fits(spec.name, spec):
+                run(spec)
     return probes

@@ -1,5 +1,6 @@
 """Everything a probe needs, resolved once per diagnosis: the user's factories, the data (the
-data factory runs once; every probe reuses it), the loss, the optimizer class."""
+data factory runs once; every probe reuses it; ``probes.batches`` reads only the batches used),
+the loss, the optimizer class."""
 
 from __future__ import annotations
 
@@ -17,27 +18,11 @@ from optdoctor.config.resolve import resolve_loss, resolve_optimizer, resolve_sc
 from optdoctor.config.schema import LoadedConfig
 from optdoctor.config.loader import problem_at
 from optdoctor.errors import ConfigError, ProbeError, exhaustion
+from optdoctor.probes.batches import EVAL_CAP, Criterion, Inputs, Reader, Source, batch_len, make_source
 
-EVAL_CAP = 1024  # samples used for train/val evaluation at checkpoints
+__all__ = ["EVAL_CAP", "Setup", "prepare", "derive", "fraction_steps", "pick_device"]
 
-
-@dataclass
-class Split:
-    """One data split as tensors on the probe's device (a Dataset is materialised once:
-    probes are short and see the same batches; DataLoader overhead dominates tiny models)."""
-
-    X: Any  # Tensor, or a tuple of Tensors for multi-input models
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, idx) -> tuple[Any, torch.Tensor]:
-        X = tuple(x[idx] for x in self.X) if isinstance(self.X, tuple) else self.X[idx]
-        return X, self.y[idx]
-
-    def head(self, n: int) -> tuple[Any, torch.Tensor]:
-        return self.take(slice(0, min(n, len(self))))
+# The data (optdoctor.probes.batches): every split is a Source, read only where the probes use it.
 
 
 @dataclass
@@ -45,9 +30,10 @@ class Setup:
     loaded: LoadedConfig
     model_factory: Callable[..., nn.Module]
     model_args: dict[str, Any]
-    train: Split
-    val: Split | None
-    loss_fn: Callable
+    train: Source
+    val: Source | None
+    reader: Reader  # raw batch -> (model inputs, target)
+    loss_fn: Callable  # the config's loss on the selected output (unused with loss: model)
     optimizer_cls: type
     scheduler_cls: type | None
     device: torch.device
@@ -55,10 +41,33 @@ class Setup:
     n_classes: int | None
     data_factory: Callable | None = None
     size_checked: bool = False
+    criterion: Criterion | None = None  # (model output as it comes, target) -> loss
+
+    def __post_init__(self):
+        if self.criterion is None:
+            self.criterion = Criterion(self.loss_fn, self.cfg.loss, self.cfg.model.output)
 
     @property
     def cfg(self):
         return self.loaded.config
+
+    @property
+    def batch_size(self) -> int:
+        return self.train.batch_size
+
+    def batches(self, seed: int):
+        """Training batches ``(inputs, target)`` without end, the same for the same seed."""
+        for raw in self.train.train_batches(seed):
+            yield self.reader(raw)
+
+    def eval_batches(self, split: str = "train") -> list[tuple[Inputs, Any]]:
+        """The fixed evaluation chunks of a split (at most EVAL_CAP items)."""
+        source = self.train if split == "train" else self.val
+        return [self.reader(raw) for raw in source.sample()] if source is not None else []
+
+    def first(self, k: int) -> tuple[Inputs, Any]:
+        """One batch of the first ``k`` items of the training split's evaluation sample."""
+        return self.reader(self.train.first(k))
 
     def build_model(self, seed: int) -> nn.Module:
         if not self.size_checked:
@@ -134,37 +143,13 @@ def call_factory(fn: Callable, args: dict, what: str, key: str, loaded: LoadedCo
     return call_user(functools.partial(fn, **args), what=what)  # partial: an argument may be called "what"
 
 
-def _to_split(obj: Any, what: str, device: torch.device) -> Split:
-    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[1], torch.Tensor):
-        X, y = obj
-        if isinstance(X, (tuple, list)):
-            X = tuple(x.to(device) for x in X)
-        elif isinstance(X, torch.Tensor):
-            X = X.to(device)
-        else:
-            raise ProbeError(f"{what}: X must be a tensor (or a tuple of tensors), got {type(X).__name__}")
-        n = len(X[0]) if isinstance(X, tuple) else len(X)
-        if n != len(y):
-            raise ProbeError(f"{what}: X has {n} samples but y has {len(y)}")
-        return Split(X, y.to(device))
-    if isinstance(obj, torch.utils.data.Dataset):
-        try:
-            items = [obj[i] for i in range(len(obj))]  # type: ignore[arg-type]
-        except Exception as e:  # the user's __getitem__
-            raise ProbeError(f"{what}: reading the dataset raised {type(e).__name__}: {e}") from e
-        X = torch.stack([torch.as_tensor(x) for x, _ in items])
-        y = torch.stack([torch.as_tensor(t) for _, t in items])
-        return Split(X.to(device), y.to(device))
-    raise ProbeError(f"{what} must return (train, val), each a Dataset or a tuple (X, y) of tensors; got {type(obj).__name__}")
-
-
-def _fill_shapes(factory: Callable, args: dict, train: Split, n_out: int | None) -> dict:
+def _fill_shapes(factory: Callable, args: dict, X: torch.Tensor | None, n_out: int | None) -> dict:
     """Built-in model factories take their input/output sizes from the data when the config
-    leaves them out, so a config names a model without repeating the data's shape."""
-    if not getattr(factory, "__module__", "").startswith("optdoctor."):
+    leaves them out, so a config names a model without repeating the data's shape. ``X``: the
+    first input of the data (all of it for tensors, else the evaluation sample)."""
+    if not getattr(factory, "__module__", "").startswith("optdoctor.") or X is None:
         return args
     params = inspect.signature(factory).parameters
-    X = train.X[0] if isinstance(train.X, tuple) else train.X
     filled = dict(args)
     guesses = {
         "in_dim": X.shape[-1] if X.dim() >= 2 else 1,
@@ -180,11 +165,20 @@ def _fill_shapes(factory: Callable, args: dict, train: Split, n_out: int | None)
     return filled
 
 
-def _targets_info(y: torch.Tensor, loss: str) -> tuple[int | None, int | None, float | None]:
-    """(output size, number of classes, chance loss) from the training targets."""
-    if loss in ("cross_entropy", "nll") and not y.is_floating_point():
-        k = int(y.max().item()) + 1
-        p = torch.bincount(y.reshape(-1).long(), minlength=k).double()
+def _targets_info(y: Any, loss: str) -> tuple[int | None, int | None, float | None]:
+    """(output size, number of classes, chance loss) from training targets (all of them for
+    tensors, else the evaluation sample: at most EVAL_CAP items). With ``loss: model`` integer
+    targets are taken for classes (the model's own loss being a cross-entropy), ignoring
+    negative ids (-100: Hugging Face's "not a target")."""
+    if not isinstance(y, torch.Tensor) or y.dim() == 0:
+        return None, None, None
+    if loss in ("cross_entropy", "nll", "model") and not y.is_floating_point():
+        yy = y.reshape(-1).long()
+        yy = yy[yy >= 0]
+        if not len(yy):
+            return None, None, None
+        k = int(yy.max().item()) + 1
+        p = torch.bincount(yy, minlength=k).double()
         p = p[p > 0] / p.sum()
         return k, k, float(-(p * p.log()).sum())
     if loss == "mse":
@@ -194,7 +188,7 @@ def _targets_info(y: torch.Tensor, loss: str) -> tuple[int | None, int | None, f
         yy = y.double().reshape(len(y), -1)
         p = yy.mean(dim=0).clamp(1e-12, 1 - 1e-12)
         return yy.shape[1], None, float((-(p * p.log() + (1 - p) * (1 - p).log())).mean())
-    out = y.shape[1] if y.dim() > 1 else None
+    out = y.shape[1] if y.dim() > 1 and loss != "model" else None
     return out, None, None
 
 
@@ -222,42 +216,62 @@ def prepare(loaded: LoadedConfig, data_from: Setup | None = None) -> Setup:
     scheduler_cls = resolve_scheduler(cfg.schedule, loaded) if cfg.schedule else None
 
     if data_from is not None:
-        train, val = data_from.train, data_from.val
+        train, val, reader = data_from.train, data_from.val, data_from.reader
     else:
         with stage(f"loading the data on {device}", "less data (data.args)" + _cpu_hint(device)):
-            train, val = _load_data(data_factory, loaded, device)
-    n_out, n_classes, chance = _targets_info(train.y, cfg.loss)
-    model_args = _fill_shapes(model_factory, cfg.model.args, train, n_out)
-    return Setup(loaded, model_factory, model_args, train, val, loss_fn, optimizer_cls, scheduler_cls,
+            train, val, reader = _load_data(data_factory, loaded, device)
+    X, y = _shape_sample(train, reader)
+    n_out, n_classes, chance = _targets_info(y, cfg.loss)
+    model_args = _fill_shapes(model_factory, cfg.model.args, X, n_out)
+    return Setup(loaded, model_factory, model_args, train, val, reader, loss_fn, optimizer_cls, scheduler_cls,
                  device, chance, n_classes, data_factory)
 
 
-def _load_data(data_factory: Callable, loaded: LoadedConfig, device: torch.device):
+def _shape_sample(train: Source, reader: Reader) -> tuple[torch.Tensor | None, Any]:
+    """The first input and the targets: all of them for tensors, else the evaluation sample's."""
+    raw = train.everything()
+    if raw is not None:
+        inputs, y = reader(raw)
+    else:
+        parts = [reader(r) for r in train.sample()]
+        inputs = parts[0][0]
+        ys = [t for _, t in parts]
+        y = ys[0]
+        if all(isinstance(t, torch.Tensor) for t in ys) and len(ys) > 1:
+            try:
+                y = torch.cat(ys)
+            except RuntimeError:  # chunks padded to different lengths
+                y = ys[0]
+    ts = inputs.tensors()
+    return (ts[0] if ts else None), y
+
+
+def _config_error(loaded: LoadedConfig):
+    def make(key: str, message: str, suggestion: str | None = None) -> ConfigError:
+        return ConfigError([problem_at(loaded, key, message, suggestion)])
+
+    return make
+
+
+def _load_data(data_factory: Callable, loaded: LoadedConfig, device: torch.device) -> tuple[Source, Source | None, Reader]:
     cfg = loaded.config
     torch.manual_seed(cfg.seed)
     what = f"data factory {cfg.data.factory}"
     data = call_factory(data_factory, cfg.data.args, what, "data.args", loaded)
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ProbeError(f"{what} must return (train, val); got {type(data).__name__}")
-    train = _to_split(data[0], what + " (train)", device)
-    val = _to_split(data[1], what + " (val)", device) if data[1] is not None else None
-    if len(train) == 0:
+    train = make_source(data[0], what + " (train)", cfg.data.batch_size, device)
+    if isinstance(data[0], torch.utils.data.DataLoader) and cfg.data.batch_size is not None:
+        raise ConfigError([problem_at(loaded, "data.batch_size", "the data factory returns DataLoaders, which keep "
+                                      f"their own batch size ({train.batch_size}); remove data.batch_size")])
+    val = make_source(data[1], what + " (val)", cfg.data.batch_size or train.batch_size, device) if data[1] is not None else None
+    if train.n == 0 or not batch_len(train.sample()[0]):
         raise ProbeError(f"{what} returned an empty training set")
+    reader = Reader(cfg.data.inputs, cfg.data.target, pass_target=cfg.loss == "model", config_error=_config_error(loaded))
+    reader(train.sample()[0])  # names that do not fit the items: a config error before any probe
     if cfg.probe.standardize_inputs:
-        train, val = _standardize(train, val)
-    return train, val
-
-
-def _standardize(train: Split, val: Split | None) -> tuple[Split, Split | None]:
-    """Per-feature (per-channel for images) standardisation with the training set's statistics."""
-    X = train.X[0] if isinstance(train.X, tuple) else train.X
-    if isinstance(train.X, tuple) or not X.is_floating_point():
-        return train, val
-    dims = [0] + ([2, 3] if X.dim() == 4 else list(range(2, X.dim())) if X.dim() > 2 else [])
-    mean = X.mean(dim=dims, keepdim=True)
-    std = X.std(dim=dims, keepdim=True).clamp_min(1e-12)
-    fix = lambda s: Split((s.X - mean) / std, s.y)  # noqa: E731
-    return fix(train), (fix(val) if val is not None else None)
+        reader.fit_standardize(train.sample())
+    return train, val, reader
 
 
 def fraction_steps(fracs: list[float], steps: int) -> list[int]:
@@ -266,5 +280,5 @@ def fraction_steps(fracs: list[float], steps: int) -> list[int]:
 
 def derive(setup: Setup, patched: LoadedConfig, patch: dict) -> Setup:
     """The setup of a patched config, reusing the data when the patch leaves it alone."""
-    touches_data = any(k.startswith("data") or k == "probe.standardize_inputs" for k in patch)
+    touches_data = any(k.startswith("data") or k in ("probe.standardize_inputs", "loss") for k in patch)
     return prepare(patched, data_from=None if touches_data else setup)

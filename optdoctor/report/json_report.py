@@ -31,7 +31,7 @@ def probe_dict(p) -> dict:
 
 
 def as_dict(diag) -> dict:
-    return round6({
+    out = {
         "findings": [finding_dict(f) for f in diag.findings],
         "config": {"name": diag.name, "path": diag.config_path},
         "status": diag.status,
@@ -40,7 +40,10 @@ def as_dict(diag) -> dict:
         "probes": {p.name: probe_dict(p) for p in diag.summary.probes},
         "rules": [{"rule": o.rule, "name": o.name, "cause": o.cause, "status": o.status, **({"reason": o.reason} if o.reason else {})}
                   for o in diag.outcomes],
-    })
+    }
+    if "budget" in diag.extra:  # only with a time budget: without one the bytes are unchanged
+        out["budget"] = diag.extra["budget"]
+    return round6(out)
 
 
 @reporter("json")

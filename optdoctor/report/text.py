@@ -212,6 +212,15 @@ def _probes(console: Console, summary) -> None:
     console.print(table)
 
 
+def _budget(console: Console, b: dict) -> None:
+    """What a time budget (probe.budget / --budget) cut: the findings rest on shorter probes."""
+    head = f"   time budget {fmt(b['seconds'])} s (hard limit {fmt(b['limit'])} s): probing used {fmt(b['used'])} s"
+    console.print(Text(head + ("; nothing was cut" if not b["cut"] else "; cut to fit:"), style="yellow" if b["cut"] else "dim"),
+                  soft_wrap=True)
+    for c in b["cut"]:
+        console.print(Text(f"     - {c}", style="yellow"), soft_wrap=True)
+
+
 @reporter("text")
 def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 100) -> str:
     buf = io.StringIO()
@@ -233,4 +242,6 @@ def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 
     if skipped:
         line += " (" + "; ".join(f"{o.rule}: {o.reason}" for o in skipped[:3]) + ("; ..." if len(skipped) > 3 else "") + ")"
     console.print(Text(line, style="dim"), soft_wrap=True)
+    if "budget" in diag.extra:
+        _budget(console, diag.extra["budget"])
     return "\n".join(row.rstrip(" ") for row in buf.getvalue().split("\n"))

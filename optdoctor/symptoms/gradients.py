@@ -71,6 +71,31 @@ def gradient_depth(p: ProbeSet) -> dict:
     return out
 
 
+TIME_EARLY = 3  # measurements of the per-position gradient that count as "at the start"
+
+
+@produces(
+    ("grad.time_ratio", "loss-gradient norm at a sequence input's first position / at its last, geometric mean over the first measurements (>>1: exploding through time, <<1: vanishing through time)", "ratio"),
+    ("grad.time_steps", "length of the sequence whose positions the gradient was measured at", "count"),
+)
+def gradient_time(p: ProbeSet) -> dict:
+    """Depth in time (Pascanu, Mikolov & Bengio 2013): a recurrent layer is one layer, but its
+    backward signal crosses the recurrent matrix once per position; per-layer ratios miss it."""
+    t = p.baseline
+    if not t.has("grad.position"):
+        return {}
+    G = t.values("grad.position")  # (M, P): measurements x positions
+    if G.ndim != 2 or G.shape[1] < 2:
+        return {}
+    early = G[:TIME_EARLY]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = geomean(early[:, 0] / early[:, -1])
+    out = {"grad.time_steps": float(G.shape[1])}
+    if np.isfinite(ratio):
+        out["grad.time_ratio"] = ratio
+    return out
+
+
 @produces(
     ("update.ratio", "median over layers and steps of |dW| / |W| per optimizer step (~1e-3 is healthy)", "ratio"),
     ("update.ratio_max", "largest per-layer median of |dW| / |W|", "ratio"),

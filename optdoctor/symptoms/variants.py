@@ -65,6 +65,23 @@ def lr_variants(p: ProbeSet) -> dict:
 
 
 @produces(
+    ("data.standardize_gain", "share of the baseline's final loss that the same probe on standardised inputs removed ((baseline - standardised) / baseline; 1 if only the baseline diverged, -1 if the standardised one did): does the inputs' scale spread matter?", "fraction"),
+)
+def standardized(p: ProbeSet) -> dict:
+    """Relative to the baseline's final loss, not its initial one: unscaled inputs often start
+    at a huge loss, next to which any end point looks alike."""
+    t = p.one("standardized")
+    if t is None or not p.baseline.has("loss.train"):
+        return {}
+    base, std = final_loss(p.baseline), final_loss(t)
+    if not np.isfinite(std):
+        return {"data.standardize_gain": -1.0}
+    if not np.isfinite(base):
+        return {"data.standardize_gain": 1.0}
+    return {"data.standardize_gain": (base - std) / abs(base) if base else 0.0}
+
+
+@produces(
     ("plateau.escape", "loss removed by a small random kick at the plateau beyond going on unkicked on the same batches, relative to the plateau loss (a saddle lets the kicked run escape, a minimum pulls it back)", "fraction"),
     ("plateau.reseed_gain", "loss the best of a few freshly seeded probes reached below the baseline's, relative to the baseline's final loss", "fraction"),
 )
@@ -92,6 +109,7 @@ def plateau_tests(p: ProbeSet) -> dict:
     ("lr.range_best", "LR range test: the learning rate at the lowest smoothed loss (beyond it the loss rises)", "lr"),
     ("lr.config_over_suggested", "configured learning rate / the range test's suggested one", "ratio"),
     ("lr.config_over_best", "configured learning rate / the range test's lowest-loss one (>1: past the usable range)", "ratio"),
+    ("lr.effective_over_best", "median learning rate the baseline actually stepped with (after its schedule) / the range test's lowest-loss one", "ratio"),
 )
 def lr_range(p: ProbeSet) -> dict:
     """Smith (2017) / torch-lr-finder: exponentially smoothed loss against log(lr), skipping the
@@ -119,5 +137,12 @@ def lr_range(p: ProbeSet) -> dict:
     suggested = float(10 ** seg_lr[int(np.argmin(slope))])
     best = float(10 ** seg_lr[int(np.argmin(seg))])
     cfg_lr = float(t.meta.get("lr", float("nan")))
-    return {"lr.range_suggested": suggested, "lr.range_best": best,
-            "lr.config_over_suggested": cfg_lr / suggested, "lr.config_over_best": cfg_lr / best}
+    out = {"lr.range_suggested": suggested, "lr.range_best": best,
+           "lr.config_over_suggested": cfg_lr / suggested, "lr.config_over_best": cfg_lr / best}
+    base = p.traces.get("baseline")
+    if base is not None and base.has("lr"):  # a schedule may decay the rate far below the configured one
+        used = base.values("lr")
+        used = used[np.isfinite(used)]
+        if len(used):
+            out["lr.effective_over_best"] = float(np.median(used)) / best
+    return out

@@ -31,12 +31,13 @@ from optdoctor.probes.instruments.layers import (
     discover,
     parametrised_layers,
 )
+from optdoctor.probes.instruments.position_grads import PositionGrads
 from optdoctor.probes.instruments.update_ratios import UpdateRatios
 from optdoctor.probes.instruments.weight_symmetry import WeightSymmetry, weight_row_spread
 
 __all__ = [
     "Activations", "At", "Context", "Curvature", "DataStats", "Evaluation", "Every", "FUNCTIONS", "FunctionalActivations",
-    "GradCosine", "GradHistogram", "GradNorms", "Instrument", "InstrumentSet", "SIGMOID_SAT", "Schedule", "Series",
+    "GradCosine", "GradHistogram", "GradNorms", "Instrument", "InstrumentSet", "PositionGrads", "SIGMOID_SAT", "Schedule", "Series",
     "TANH_SAT", "UpdateRatios", "WeightSymmetry", "activation_kind", "activation_modules", "data_stats",
     "default_instruments", "discover", "is_site", "parametrised_layers", "site_name", "weight_row_spread",
 ]
@@ -51,7 +52,8 @@ def default_instruments(steps: int, *, full: bool = True, seed: int = 0, has_act
     fractions are counterfactual evidence, OD406), init symmetry, and ``evaluation``
     (``Evaluation``'s keyword arguments) when given. ``full`` (the baseline) adds gradient
     histograms, input statistics and ``curvature`` (``Curvature``'s keyword arguments) when
-    given, and the cosine of successive gradients. Activation statistics, histograms and
+    given, the cosine of successive gradients and, for sequence inputs, the gradient per
+    position (~20 times per probe). Activation statistics, histograms and
     gradient cosines are measured ~10 times per probe."""
     every = max(1, steps // 10)
     out: list[Instrument] = [GradNorms(), UpdateRatios(), WeightSymmetry()]
@@ -60,7 +62,8 @@ def default_instruments(steps: int, *, full: bool = True, seed: int = 0, has_act
     if evaluation is not None:
         out.append(Evaluation(**evaluation))
     if full:
-        out += [GradHistogram(every=every, seed=seed), GradCosine(every=every), DataStats()]
+        out += [GradHistogram(every=every, seed=seed), GradCosine(every=every), DataStats(),
+                PositionGrads(every=max(1, steps // 20))]
         if curvature is not None:
             out.append(Curvature(**curvature))
     return out

@@ -31,10 +31,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
+from optdoctor.probes.instruments.layers import layer_type
 from optdoctor.probes.recorder import Recorder
 
 NEEDS = ("forward", "grads", "update", "state")
-PER = ("step", "layer", "act", "layer_bins", "raw")
+PER = ("step", "layer", "act", "layer_bins", "position", "raw")
 # columns of a per-layer series: the trace metadata key that names them
 COLUMNS = {"layer": "layers", "act": "act_layers", "layer_bins": "layers"}
 
@@ -43,6 +44,7 @@ COLUMNS = {"layer": "layers", "act": "act_layers", "layer_bins": "layers"}
 class Series:
     """One recorded series. ``per``: "step" -> values (T,); "layer" -> (T, L), columns named by
     ``meta["layers"]``; "act" -> (T, A), columns ``meta["act_layers"]``; "layer_bins" -> (T, L, B);
+    "position" -> (T, P), one column per position of a sequence input;
     "raw" -> an instrument's intermediate, consumed in its ``finish`` (never in a trace).
     ``tag``: TensorBoard section (per-layer series get one tag per column under it);
     ``log10``: also written as log10 (quantities spanning decades across layers)."""
@@ -173,7 +175,7 @@ class InstrumentSet:
         self.ctx = ctx
         ctx.recorder.declare(self.declared())
         ctx.meta["layers"] = [n for n, _ in ctx.layers]
-        ctx.meta["layer_types"] = [type(m).__name__ for _, m in ctx.layers]
+        ctx.meta["layer_types"] = [layer_type(m) for _, m in ctx.layers]
         ctx.meta["act_layers"] = [n for n, _, _ in ctx.acts]
         ctx.meta["act_kinds"] = [k for _, _, k in ctx.acts]
         for inst in self.instruments:

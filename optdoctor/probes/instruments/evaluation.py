@@ -8,13 +8,41 @@ import torch
 
 from optdoctor.probes.instruments.base import At, Instrument, Series
 
+IGNORE_INDEX = -100  # targets not scored (PyTorch's and Hugging Face's convention)
+
+
+def accuracy(out: Any, y: Any, n_classes: int | None) -> tuple[float, int] | None:
+    """(fraction correct, targets counted) for classification outputs: (N, C) against (N,), or
+    per position (N, L, C) against (N, L) (a language model), C = ``n_classes``; targets equal
+    to -100 are not counted. None for anything else."""
+    if not (n_classes and isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)):
+        return None
+    if out.dim() < 2 or out.shape[-1] != n_classes or tuple(y.shape) != tuple(out.shape[:-1]) or y.is_floating_point():
+        return None
+    hit = out.argmax(dim=-1) == y
+    keep = y != IGNORE_INDEX
+    if not bool(keep.all()):
+        hit = hit[keep]
+    if hit.numel() == 0:
+        return None
+    return float(hit.float().mean()), hit.numel()
+
+
+def _mean(parts: list[tuple[float, int]]) -> float:
+    """Size-weighted mean; one part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0][0]
+    return sum(v * n for v, n in parts) / sum(n for _, n in parts)
+
 
 class Evaluation(Instrument):
-    """The model in eval mode, without gradients, on a fixed training batch ("loss.train_eval",
-    "acc.train") and a fixed validation batch ("loss.val", "acc.val"), at the scheduled states
+    """The model in eval mode, without gradients, on fixed training batches ("loss.train_eval",
+    "acc.train") and fixed validation batches ("loss.val", "acc.val"), at the scheduled states
     (step 0 and every ``val_every`` steps). ``forward(model, X) -> output`` and
-    ``loss_fn(output, y) -> scalar`` are the setup's (errors in them are the user's); accuracy
-    is recorded for classification outputs (N, n_classes)."""
+    ``loss_fn(output, y) -> scalar`` are the setup's (errors in them are the user's); ``output``
+    picks the predictions from the output for accuracy, recorded for classification outputs
+    (``accuracy``). ``train``/``val``: one batch ``(X, y)`` or a list of them (chunks of one
+    fixed sample: the loss is their size-weighted mean)."""
 
     series = (
         Series("loss.train_eval", "step", "loss on a fixed training batch, eval mode", tag="loss/train_eval"),
@@ -25,31 +53,34 @@ class Evaluation(Instrument):
     needs = frozenset({"state"})
 
     def __init__(self, at: list[int], forward: Callable, loss_fn: Callable, train: Any, val: Any = None,
-                 n_classes: int | None = None):
+                 n_classes: int | None = None, output: Callable[[Any], Any] | None = None):
         self.schedule = At(at)
         self.forward, self.loss_fn, self.n_classes = forward, loss_fn, n_classes
-        self.batches = [("train", train)] + ([("val", val)] if val is not None else [])
+        self.output = output or (lambda out: out)
+        chunks = lambda b: b if isinstance(b, list) else [b]  # noqa: E731
+        self.batches = [("train", chunks(train))] + ([("val", chunks(val))] if val is not None else [])
 
-    def _evaluate(self, batch) -> tuple[float, float | None]:
-        X, y = batch
+    def _evaluate(self, chunks) -> tuple[float, float | None]:
         model = self.ctx.model
         was = model.training
         model.eval()
+        losses, accs = [], []  # (value, weight)
         try:
             with torch.no_grad():
-                out = self.forward(model, X)
-                loss = float(self.loss_fn(out, y))
-                acc = None
-                if (self.n_classes and isinstance(out, torch.Tensor) and out.dim() == 2
-                        and out.shape[1] == self.n_classes):
-                    acc = float((out.argmax(dim=1) == y).float().mean())
+                for X, y in chunks:
+                    out = self.forward(model, X)
+                    n = len(y) if isinstance(y, torch.Tensor) and y.dim() else 1
+                    losses.append((float(self.loss_fn(out, y)), n))
+                    acc = accuracy(self.output(out), y, self.n_classes)
+                    if acc is not None:
+                        accs.append(acc)
         finally:
             model.train(was)
-        return loss, acc
+        return _mean(losses), (_mean(accs) if accs else None)
 
     def at_state(self, step: int) -> None:
-        for split, batch in self.batches:
-            loss, acc = self._evaluate(batch)
+        for split, chunks in self.batches:
+            loss, acc = self._evaluate(chunks)
             self.recorder.log("loss.train_eval" if split == "train" else "loss.val", step, loss)
             if acc is not None:
                 self.recorder.log(f"acc.{split}", step, acc)

@@ -49,14 +49,44 @@ def activation_kind(module: nn.Module) -> str | None:
     return None
 
 
+class ParamView:
+    """A trainable matrix that a module owns directly without calling it ``weight`` (an RNN's
+    ``weight_hh_l0``, attention's ``in_proj_weight``, a raw ``nn.Parameter`` of a custom module):
+    measured as a layer of its own, through ``.weight`` like any layer; ``owner`` is the module
+    whose call orders it."""
+
+    __slots__ = ("owner", "param_name", "weight")
+
+    def __init__(self, owner: nn.Module, param_name: str, weight: nn.Parameter):
+        self.owner, self.param_name, self.weight = owner, param_name, weight
+
+    def __repr__(self) -> str:
+        return f"ParamView({type(self.owner).__name__}.{self.param_name}, {tuple(self.weight.shape)})"
+
+
+def owner_of(layer) -> nn.Module:
+    return layer.owner if isinstance(layer, ParamView) else layer
+
+
+def layer_type(layer) -> str:
+    return type(owner_of(layer)).__name__
+
+
 def parametrised_layers(model: nn.Module) -> Layers:
-    """Modules that own a trainable weight matrix/kernel (Linear, Conv, Embedding, ...), in
-    registration order."""
+    """Trainable weight matrices/kernels, in registration order: modules with a ``weight`` of
+    two or more dimensions (Linear, Conv, Embedding, ...), and each matrix a module owns under
+    another name (``ParamView``: recurrent and attention weights, custom parameters). A module
+    whose ``weight`` is a vector (a norm layer) is not a layer."""
     out = []
     for name, m in model.named_modules():
         w = getattr(m, "weight", None)
-        if isinstance(w, nn.Parameter) and w.requires_grad and w.dim() >= 2:
-            out.append((name or "model", m))
+        if isinstance(w, nn.Parameter):
+            if w.requires_grad and w.dim() >= 2:
+                out.append((name or "model", m))
+            continue
+        for pname, p in m.named_parameters(recurse=False):
+            if p.requires_grad and p.dim() >= 2:
+                out.append((f"{name}.{pname}" if name else pname, ParamView(m, pname, p)))
     return out
 
 
@@ -65,7 +95,9 @@ def activation_modules(model: nn.Module) -> Acts:
 
 
 def _call(model: nn.Module, inputs) -> None:
-    if isinstance(inputs, dict):
+    if hasattr(inputs, "args") and hasattr(inputs, "kwargs"):  # probes.batches.Call: bound to this model
+        model(*inputs.args, **inputs.kwargs)
+    elif isinstance(inputs, dict):
         model(**inputs)
     elif isinstance(inputs, tuple):
         model(*inputs)
@@ -92,18 +124,23 @@ def discover(model: nn.Module, inputs=None) -> tuple[Layers, Acts]:
     order: dict[str, int] = {}  # name -> rank of its first call
     sites: Acts = []
 
-    def make(name):
-        def hook(_m, _inp, _out):
-            order.setdefault(name, len(order))
-
-        return hook
-
     def on_site(name, module, kind, _out):
         if name not in order:
             order[name] = len(order)
             sites.append((name, module, kind))
 
-    handles = [m.register_forward_hook(make(n)) for n, m in layers + [(n, m) for n, m, _ in acts]]
+    owners: dict[int, tuple[nn.Module, list[str]]] = {}  # one hook per module, for all its entries
+    for n, m in layers + [(n, m) for n, m, _ in acts]:
+        owners.setdefault(id(owner_of(m)), (owner_of(m), []))[1].append(n)
+
+    def make_all(names):
+        def hook(_m, _inp, _out):
+            for n in names:
+                order.setdefault(n, len(order))
+
+        return hook
+
+    handles = [m.register_forward_hook(make_all(names)) for m, names in owners.values()]
     watch = FunctionalActivations(model, on_site, skip={m for _, m, _ in acts})
     was = model.training
     try:

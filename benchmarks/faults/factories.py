@@ -1,0 +1,414 @@
+"""Data and model factories of the fault benchmark, written the way users write them.
+
+Configs in ``cases/`` name these as ``../factories.py:NAME``; ``verify.py`` calls the same
+functions, so ground truth and diagnosis see the same model and data. Only torch here, plus
+scikit-learn for its bundled datasets (imported lazily: ``pip install -e .[bench]``).
+
+Data factories return ``((X_train, y_train), (X_val, y_val))`` tensors: class labels as int64,
+regression targets as float (N, 1). The split is fixed by ``seed`` (default 0), so the 3
+verification seeds vary the model's initialisation and the batch order, not the data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# --- data: small real datasets shipped inside scikit-learn ----------------------------------
+
+
+def _sk(name: str):
+    import sklearn.datasets as skd
+
+    return {"digits": skd.load_digits, "breast_cancer": skd.load_breast_cancer, "wine": skd.load_wine,
+            "iris": skd.load_iris, "diabetes": skd.load_diabetes}[name](return_X_y=True)
+
+
+def _standardize(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z-score per feature with the training split's statistics; constant features stay 0."""
+    mean, std = train.mean(0), train.std(0)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    return (train - mean) / std, (val - mean) / std
+
+
+def table(name: str = "wine", scale: str = "standard", n_train: int | None = None, random_labels: bool = False,
+          image: bool = False, scale_target: bool = True, offset: float = 0.0, seed: int = 0):
+    """One of scikit-learn's bundled datasets, split 70/30 (stratified for classes).
+
+    scale: "standard" (z-score), "raw" (as shipped: breast_cancer spans 1e-3..4e3), "unit" (/ max).
+    n_train: keep only the first n training samples (tiny-data overfitting).
+    random_labels: replace the training labels by random ones (validation keeps the true ones).
+    image: digits as (1, 8, 8) images. scale_target: z-score a regression target (diabetes).
+    offset: added to every (scaled) feature, e.g. 100 for features far from zero mean.
+    """
+    from sklearn.model_selection import train_test_split
+
+    X, y = _sk(name)
+    regression = name == "diabetes"
+    Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=0.3, random_state=seed,
+                                          stratify=None if regression else y)
+    Xtr, Xva = torch.tensor(Xtr, dtype=torch.float32), torch.tensor(Xva, dtype=torch.float32)
+    if scale == "standard":
+        Xtr, Xva = _standardize(Xtr, Xva)
+    elif scale == "unit":
+        m = Xtr.abs().max(0).values  # a feature constant 0 in train (digits' border) keeps the global max
+        m = torch.where(m > 0, m, Xtr.abs().max())
+        Xtr, Xva = Xtr / m, Xva / m
+    elif scale != "raw":
+        raise ValueError(f"scale must be standard, raw or unit, not {scale!r}")
+    Xtr, Xva = Xtr + offset, Xva + offset
+    if regression:
+        ytr = torch.tensor(ytr, dtype=torch.float32).unsqueeze(1)
+        yva = torch.tensor(yva, dtype=torch.float32).unsqueeze(1)
+        if scale_target:
+            mu, sd = ytr.mean(), ytr.std()
+            ytr, yva = (ytr - mu) / sd, (yva - mu) / sd
+    else:
+        ytr, yva = torch.tensor(ytr, dtype=torch.int64), torch.tensor(yva, dtype=torch.int64)
+    if n_train is not None:
+        Xtr, ytr = Xtr[:n_train], ytr[:n_train]
+    if random_labels:
+        g = torch.Generator().manual_seed(seed + 1)
+        ytr = torch.randint(int(ytr.max()) + 1, ytr.shape, generator=g)
+    if image:
+        Xtr, Xva = Xtr.reshape(-1, 1, 8, 8), Xva.reshape(-1, 1, 8, 8)
+    return (Xtr, ytr), (Xva, yva)
+
+
+def digits_rows(scale: str = "unit", n_train: int | None = None, seed: int = 0):
+    """Digits as sequences: 8 time steps (rows) of 8 pixels, for RNNs and transformers."""
+    (Xtr, ytr), (Xva, yva) = table("digits", scale=scale, n_train=n_train, seed=seed)
+    return (Xtr.reshape(-1, 8, 8), ytr), (Xva.reshape(-1, 8, 8), yva)
+
+
+# --- data: synthetic tasks with known structure ---------------------------------------------
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def teacher(n_features: int = 10, hidden: int = 16, n_train: int = 512, n_val: int = 256, noise: float = 0.05,
+            seed: int = 0):
+    """y = v . tanh(W x), a random one-hidden-layer teacher; targets standardised."""
+    g = _gen(seed)
+    W = torch.randn(hidden, n_features, generator=g) / math.sqrt(n_features)
+    v = torch.randn(hidden, 1, generator=g) / math.sqrt(hidden)
+    X = torch.randn(n_train + n_val, n_features, generator=g)
+    y = torch.tanh(X @ W.T * 2) @ v
+    y = (y - y.mean()) / y.std() + noise * torch.randn(y.shape, generator=g)
+    return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
+
+
+def polynomial(degree: int = 5, x_max: float = 5.0, n_train: int = 512, n_val: int = 256, standardize: bool = False,
+               seed: int = 0):
+    """Polynomial regression with the monomials x, x^2, ..., x^degree as features, x ~ U(0, x_max).
+
+    Unscaled, feature k has scale ~x_max^k (3125 for k=5). The target is a fixed polynomial,
+    standardised, so only the features' scales differ between the fault and its fix.
+    """
+    g = _gen(seed)
+    x = torch.rand(n_train + n_val, 1, generator=g) * x_max
+    X = torch.cat([x ** k for k in range(1, degree + 1)], 1)
+    t = x / x_max
+    y = torch.sin(3 * t) + t ** 2
+    y = (y - y.mean()) / y.std() + 0.05 * torch.randn(y.shape, generator=g)
+    Xtr, Xva = X[:n_train], X[n_train:]
+    if standardize:
+        Xtr, Xva = _standardize(Xtr, Xva)
+    return (Xtr, y[:n_train]), (Xva, y[n_train:])
+
+
+def correlated(n_features: int = 10, rho: float = 0.999, decorrelate: bool = False, n_train: int = 512,
+               n_val: int = 256, seed: int = 0):
+    """Linear regression on features sharing one common factor: x_j = sqrt(rho) z + sqrt(1-rho) e_j.
+
+    The target depends on contrasts between features (weights summing to zero), i.e. on the
+    directions of variance 1 - rho: the input covariance has condition number ~ n rho / (1 - rho).
+    decorrelate=True whitens the inputs (the one-change fix).
+    """
+    g = _gen(seed)
+    n = n_train + n_val
+    z = torch.randn(n, 1, generator=g)
+    X = math.sqrt(rho) * z + math.sqrt(1 - rho) * torch.randn(n, n_features, generator=g)
+    w = torch.randn(n_features, 1, generator=g)
+    w = w - w.mean()
+    y = X @ w
+    y = (y - y.mean()) / y.std() + 0.05 * torch.randn(y.shape, generator=g)
+    if decorrelate:  # PCA whitening with the training split's covariance
+        Xc = X - X[:n_train].mean(0)
+        cov = Xc[:n_train].T @ Xc[:n_train] / n_train
+        evals, evecs = torch.linalg.eigh(cov)
+        X = Xc @ evecs / evals.clamp_min(1e-12).sqrt()
+    return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
+
+
+def sequence(length: int = 20, n_features: int = 4, n_train: int = 1024, n_val: int = 512, seed: int = 0):
+    """Long-range dependency: x_t ~ N(0, I); the label is the sign of x_0[0], the first step's
+    first feature. A model must carry one bit across ``length`` steps."""
+    g = _gen(seed)
+    X = torch.randn(n_train + n_val, length, n_features, generator=g)
+    y = (X[:, 0, 0] > 0).long()
+    return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
+
+
+def xor(n_train: int = 256, n_val: int = 128, noise: float = 0.1, seed: int = 0):
+    """XOR of two signs, as a regression target in {0, 1} (for MSE/MAE)."""
+    g = _gen(seed)
+
+    def split(n):
+        b = torch.randint(0, 2, (n, 2), generator=g).float()
+        X = (b * 2 - 1) + noise * torch.randn(n, 2, generator=g)
+        return X, (b[:, :1] != b[:, 1:]).float()
+
+    return split(n_train), split(n_val)
+
+
+def bag_of_words(vocab: int = 300, n_train: int = 1500, n_val: int = 500, doc_len: int = 30, n_topic: int = 20,
+                 seed: int = 0):
+    """Binary 'sentiment' of word-count documents: each class favours its own n_topic words,
+    the rest of each document is drawn from the whole vocabulary. log(1 + counts) features."""
+    g = _gen(seed)
+    n = 20000 if n_train + n_val > 20000 else n_train + n_val
+    y = torch.randint(0, 2, (n,), generator=g)
+    X = torch.zeros(n, vocab)
+    n_signal = doc_len // 6
+    common = torch.randint(0, vocab, (n, doc_len - n_signal), generator=g)
+    X.scatter_add_(1, common, torch.ones_like(common, dtype=torch.float32))
+    topic = torch.randint(0, n_topic, (n, n_signal), generator=g) + y[:, None] * n_topic
+    X.scatter_add_(1, topic, torch.ones_like(topic, dtype=torch.float32))
+    X = torch.log1p(X)
+    # the validation set is drawn after the largest training set, so it does not depend on n_train
+    return (X[:n_train], y[:n_train]), (X[-n_val:], y[-n_val:])
+
+
+def sine(frequency: float = 3.0, n_train: int = 256, n_val: int = 128, damped: bool = False, seed: int = 0):
+    """y = sin(frequency x) on [-pi, pi] (times exp(-x^2/8) when damped)."""
+    g = _gen(seed)
+
+    def split(n):
+        x = (torch.rand(n, 1, generator=g) * 2 - 1) * math.pi
+        y = torch.sin(frequency * x)
+        return x, y * torch.exp(-x ** 2 / 8) if damped else y
+
+    return split(n_train), split(n_val)
+
+
+def line(slope: float = 2.0, n_train: int = 256, n_val: int = 128, seed: int = 0):
+    """y = slope * x + small noise, x ~ N(0, 1): one input, one output."""
+    g = _gen(seed)
+    x = torch.randn(n_train + n_val, 1, generator=g)
+    y = slope * x + 0.05 * torch.randn(x.shape, generator=g)
+    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+
+
+# --- models ---------------------------------------------------------------------------------
+
+ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
+
+
+def _init_(model: nn.Module, init: str, std: float, gain: float, bias: float | None, weight_mean: float,
+           skip_last: bool) -> nn.Module:
+    """Re-initialise every Linear/Conv weight (all but the last layer when skip_last).
+
+    init: default (PyTorch's), zero, constant (= std), normal (N(weight_mean, std^2)),
+    uniform (U(-std, std)), orthogonal (x gain), xavier (x gain), kaiming.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if skip_last:
+        layers = layers[:-1]
+    for m in layers:
+        w = m.weight
+        if init == "zero":
+            nn.init.zeros_(w)
+        elif init == "constant":
+            nn.init.constant_(w, std)
+        elif init == "normal":
+            nn.init.normal_(w, weight_mean, std)
+        elif init == "uniform":
+            nn.init.uniform_(w, -std, std)
+        elif init == "orthogonal":
+            nn.init.orthogonal_(w, gain)
+        elif init == "xavier":
+            nn.init.xavier_normal_(w, gain)
+        elif init == "kaiming":
+            nn.init.kaiming_normal_(w, nonlinearity="relu")
+        elif init != "default":
+            raise ValueError(f"unknown init {init!r}")
+        if m.bias is not None:
+            if init == "zero":
+                nn.init.zeros_(m.bias)
+            if bias is not None:
+                nn.init.constant_(m.bias, bias)
+    return model
+
+
+def mlp(in_dim: int, out_dim: int, width: int = 64, depth: int = 2, act: str = "relu", batchnorm: bool = False,
+        dropout: float = 0.0, init: str = "default", std: float = 0.01, gain: float = 1.0, bias: float | None = None,
+        weight_mean: float = 0.0, init_last: bool = True) -> nn.Module:
+    """``depth`` hidden layers [Linear, (BatchNorm), act, (Dropout)], then a Linear head."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    d = in_dim
+    for _ in range(depth):
+        layers.append(nn.Linear(d, width))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(ACTS[act]())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        d = width
+    layers.append(nn.Linear(d, out_dim))
+    net = nn.Sequential(*layers)
+    _init_(net, init, std, gain, bias, weight_mean, skip_last=not init_last)
+    if bias is not None:
+        nn.init.zeros_(layers[-1].bias)
+    return net
+
+
+def linear(in_dim: int, out_dim: int, init: str = "default", std: float = 0.01) -> nn.Module:
+    """Logistic / linear regression: one Linear layer."""
+    return _init_(nn.Sequential(nn.Flatten(), nn.Linear(in_dim, out_dim)), init, std, 1.0, None, 0.0, False)
+
+
+class _DeepLinear(nn.Module):
+    def __init__(self, in_dim, out_dim, width, depth):
+        super().__init__()
+        dims = [in_dim] + [width] * depth + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def deep_linear(in_dim: int, out_dim: int, width: int = 16, depth: int = 3, init: str = "default",
+                std: float = 0.01, gain: float = 1.0) -> nn.Module:
+    """A product of depth+1 weight matrices, no activations and no biases (Saxe et al. 2014)."""
+    return _init_(_DeepLinear(in_dim, out_dim, width, depth), init, std, gain, None, 0.0, False)
+
+
+class _Block(nn.Module):
+    def __init__(self, width, act, norm):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(width) if norm else nn.Identity()
+        self.fc1, self.act, self.fc2 = nn.Linear(width, width), ACTS[act](), nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(self.act(self.norm(x)))))
+
+
+def resnet(in_dim: int, out_dim: int, width: int = 64, blocks: int = 3, act: str = "relu", norm: bool = True,
+           init: str = "default", std: float = 0.01, gain: float = 1.0, bias: float | None = None) -> nn.Module:
+    """Residual MLP: Linear stem, pre-activation residual blocks, Linear head."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, width), *[_Block(width, act, norm) for _ in range(blocks)],
+                        nn.Linear(width, out_dim))
+    return _init_(net, init, std, gain, bias, 0.0, False)
+
+
+def cnn(out_dim: int = 10, channels: tuple = (8, 16), batchnorm: bool = False, act: str = "relu",
+        init: str = "default", std: float = 0.01, gain: float = 1.0, bias: float | None = None,
+        weight_mean: float = 0.0, size: int = 8) -> nn.Module:
+    """Conv(3x3, pad 1) [+BatchNorm] + act per entry of ``channels``, a 2x2 max-pool after the
+    second, average pooling to 4x4, Linear head. Input (N, 1, size, size)."""
+    layers: list[nn.Module] = []
+    c = 1
+    for i, ch in enumerate(channels):
+        layers.append(nn.Conv2d(c, ch, 3, padding=1))
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(ch))
+        layers.append(ACTS[act]())
+        if i == 1:
+            layers.append(nn.MaxPool2d(2))
+        c = ch
+    layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c * 16, out_dim)]
+    net = nn.Sequential(*layers)
+    return _init_(net, init, std, gain, bias, weight_mean, False)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, kind, in_dim, hidden, out_dim, nonlinearity, recurrent_gain):
+        super().__init__()
+        cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind]
+        kw = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
+        self.rnn = cls(in_dim, hidden, batch_first=True, **kw)
+        self.head = nn.Linear(hidden, out_dim)
+        if recurrent_gain is not None:  # orthogonal recurrent matrix x gain: spectral radius = gain
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("weight_hh"):
+                    for chunk in p.data.split(hidden):
+                        nn.init.orthogonal_(chunk, recurrent_gain)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def recurrent(in_dim: int, out_dim: int, kind: str = "lstm", hidden: int = 32, nonlinearity: str = "tanh",
+              recurrent_gain: float | None = None) -> nn.Module:
+    """nn.RNN / nn.GRU / nn.LSTM over (N, T, in_dim); a Linear head on the last step's state."""
+    return _Recurrent(kind, in_dim, hidden, out_dim, nonlinearity, recurrent_gain)
+
+
+class _Transformer(nn.Module):
+    def __init__(self, in_dim, out_dim, d_model, heads, layers, max_len):
+        super().__init__()
+        self.embed = nn.Linear(in_dim, d_model)
+        self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(d_model, heads, 2 * d_model, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, out_dim)
+
+    def forward(self, x):
+        h = self.embed(x) + self.pos[: x.shape[1]]
+        return self.head(self.norm(self.encoder(h)).mean(1))
+
+
+def transformer(in_dim: int, out_dim: int, d_model: int = 32, heads: int = 4, layers: int = 2,
+                max_len: int = 64) -> nn.Module:
+    """Pre-LN transformer encoder (LayerNorm, GELU), mean-pooled, Linear head; input (N, T, in_dim)."""
+    return _Transformer(in_dim, out_dim, d_model, heads, layers, max_len)
+
+
+class _TwoWeight(nn.Module):
+    def __init__(self, init):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(float(init)))
+        self.b = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x):
+        return self.a * self.b * x
+
+
+def two_weight(init: float = 1e-4) -> nn.Module:
+    """f(x) = a b x: the smallest network with a saddle at a = b = 0."""
+    return _TwoWeight(init)
+
+
+class _Frequency(nn.Module):
+    def __init__(self, frequency):
+        super().__init__()
+        self.frequency = nn.Parameter(torch.tensor(float(frequency)))
+        self.amplitude = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return self.amplitude * torch.sin(self.frequency * x)
+
+
+def frequency_model(frequency: float = 4.8) -> nn.Module:
+    """y = amplitude sin(frequency x), starting from the given frequency (the loss in the
+    frequency has a basin per frequency that correlates with the target)."""
+    return _Frequency(frequency)
+
+
+# --- losses ---------------------------------------------------------------------------------
+
+
+def mae(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error (L1)."""
+    return (output - y).abs().mean()

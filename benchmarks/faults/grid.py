@@ -1,0 +1,408 @@
+"""The fault benchmark's grid: datasets x models x optimizers x mechanisms -> case specs.
+
+A case is data: a readable id (``cause/mechanism/model/data``), its true cause ("healthy" for
+controls), the mechanism and its family (the unit of the dev/test split), the optdoctor probe
+config (a dict, CONTRACT.md section 1) and the one-change fix (a config patch; ``None`` deletes a
+key). Nothing here looks at optdoctor's output: which cases are kept is decided by
+``verify.py`` (a plain training loop), and the split by ``split_of`` (a seeded hash).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+F = "../factories.py"  # configs live in cases/, the factories one folder up
+PROBE_STEPS = 150
+SPLIT_SEED = "optdoctor-faults-v1"
+
+
+# --- datasets: factory args, shapes, loss, and what "trains well" / "fails" mean on them ----
+# quality = validation accuracy (classes) or R^2 (regression). good: a healthy run reaches it;
+# fail: a failed run stays at or below it (about halfway between chance and good).
+
+@dataclass(frozen=True)
+class Data:
+    factory: str
+    args: dict
+    in_dim: Any  # int, or (T, d) for sequences, or "img"
+    out_dim: int
+    loss: str
+    good: float
+    fail: float
+    batch_size: int = 64
+
+
+DATA = {
+    "digits": Data("table", {"name": "digits", "scale": "unit"}, 64, 10, "cross_entropy", 0.90, 0.50),
+    "digits_std": Data("table", {"name": "digits", "scale": "standard"}, 64, 10, "cross_entropy", 0.90, 0.50),
+    "digits_img": Data("table", {"name": "digits", "scale": "unit", "image": True}, "img", 10, "cross_entropy",
+                       0.90, 0.50),
+    "digits_rows": Data("digits_rows", {}, (8, 8), 10, "cross_entropy", 0.85, 0.50),
+    "breast_cancer": Data("table", {"name": "breast_cancer"}, 30, 2, "cross_entropy", 0.92, 0.78),
+    "wine": Data("table", {"name": "wine"}, 13, 3, "cross_entropy", 0.90, 0.62),
+    "iris": Data("table", {"name": "iris"}, 4, 3, "cross_entropy", 0.86, 0.60, 32),
+    "diabetes": Data("table", {"name": "diabetes"}, 10, 1, "mse", 0.30, 0.10, 32),
+    "teacher": Data("teacher", {}, 10, 1, "mse", 0.80, 0.40),
+    "linreg": Data("correlated", {"rho": 0.0}, 10, 1, "mse", 0.95, 0.50),
+    "bow": Data("bag_of_words", {}, 300, 2, "cross_entropy", 0.80, 0.62),
+    "seq": Data("sequence", {"length": 10}, (10, 4), 2, "cross_entropy", 0.90, 0.65),
+    "seq_long": Data("sequence", {"length": 30}, (30, 4), 2, "cross_entropy", 0.90, 0.65),
+    "poly": Data("polynomial", {"standardize": True}, 5, 1, "mse", 0.95, 0.50),
+    "line": Data("line", {}, 1, 1, "mse", 0.98, 0.50),
+    "xor": Data("xor", {}, 2, 1, "mse", 0.90, 0.40),
+    "sine": Data("sine", {"frequency": 3.0}, 1, 1, "mse", 0.95, 0.50),
+}
+
+# --- models as users write them --------------------------------------------------------------
+
+
+def model(kind: str, data: Data, **kw) -> dict:
+    """The model block for a model kind on a dataset (sizes filled in from the data)."""
+    if kind in ("mlp", "linear", "deep_linear", "resnet"):
+        d = data.in_dim
+        d = 64 if d == "img" else (d[0] * d[1] if isinstance(d, tuple) else d)
+        return {"factory": f"{F}:{kind}", "args": {"in_dim": d, "out_dim": data.out_dim, **kw}}
+    if kind == "cnn":
+        return {"factory": f"{F}:cnn", "args": {"out_dim": data.out_dim, **kw}}
+    if kind in ("rnn", "gru", "lstm", "transformer"):
+        args = {"in_dim": data.in_dim[1], "out_dim": data.out_dim}
+        if kind != "transformer":
+            args["kind"] = kind
+        return {"factory": f"{F}:{'transformer' if kind == 'transformer' else 'recurrent'}", "args": {**args, **kw}}
+    return {"factory": f"{F}:{kind}", "args": dict(kw)}
+
+
+OPT = {
+    "sgd": {"name": "sgd", "lr": 0.1},
+    "momentum": {"name": "sgd", "lr": 0.05, "args": {"momentum": 0.9}},
+    "adam": {"name": "adam", "lr": 1e-3},
+    "adamw": {"name": "adamw", "lr": 3e-3, "args": {"weight_decay": 1e-2}},
+    "rmsprop": {"name": "rmsprop", "lr": 1e-3},
+    "adagrad": {"name": "adagrad", "lr": 0.05},
+}
+
+
+@dataclass
+class Case:
+    id: str
+    cause: str  # a cause id, or "healthy"
+    mechanism: str
+    family: str
+    config: dict
+    fix: dict | None  # config patch; None for healthy controls
+    good: float
+    fail: float
+    split: str = ""
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def config(data_key: str, model_block: dict, opt: dict, *, data_args: dict | None = None, loss: str | None = None,
+           schedule: dict | None = None, steps: int = PROBE_STEPS, batch_size: int | None = None) -> dict:
+    d = DATA[data_key]
+    cfg = {
+        "seed": 0,
+        "model": model_block,
+        "data": {"factory": f"{F}:{d.factory}", "args": {**d.args, **(data_args or {})},
+                 "batch_size": batch_size or d.batch_size},
+        "loss": loss or d.loss,
+        "optimizer": copy.deepcopy(opt),
+        "probe": {"steps": steps},
+    }
+    if schedule:
+        cfg["schedule"] = schedule
+    return cfg
+
+
+def patch(cfg: dict, fix: dict) -> dict:
+    """``cfg`` with ``fix`` merged in (nested dicts merge; a None value deletes the key)."""
+    out = copy.deepcopy(cfg)
+
+    def merge(dst, src):
+        for k, v in src.items():
+            if v is None:
+                dst.pop(k, None)
+            elif isinstance(v, dict) and isinstance(dst.get(k), dict):
+                merge(dst[k], v)
+            else:
+                dst[k] = copy.deepcopy(v)
+
+    merge(out, fix)
+    return out
+
+
+# --- mechanisms: (cause, mechanism, family) -> instances over models x data x optimizers -----
+
+def _cases() -> list[Case]:
+    cases: list[Case] = []
+
+    def add(cause, mechanism, family, model_kind, data_key, opt, fix, *, model_kw=None, data_args=None,
+            loss=None, schedule=None, steps=PROBE_STEPS, tag="", good=None, fail=None):
+        d = DATA[data_key]
+        label = model_kind + (f"-{tag}" if tag else "")
+        cfg = config(data_key, model(model_kind, d, **(model_kw or {})), opt, data_args=data_args, loss=loss,
+                     schedule=schedule, steps=steps)
+        cid = f"{cause}/{mechanism}/{label}/{data_key}"
+        cfg["name"] = cid.replace("/", "__")
+        cases.append(Case(cid, cause, mechanism, family, cfg, fix, d.good if good is None else good,
+                          d.fail if fail is None else fail))
+
+    vec = ["digits", "wine", "breast_cancer", "iris", "teacher"]
+
+    # lr_too_high ------------------------------------------------------------------------------
+    for dk in ["digits", "wine", "breast_cancer", "teacher"]:
+        add("lr_too_high", "sgd-huge-lr", "sgd-huge-lr", "mlp", dk, {"name": "sgd", "lr": 8.0},
+            {"optimizer": {"lr": 0.1}})
+    for mk, dk in [("mlp", "digits"), ("cnn", "digits_img"), ("resnet", "wine"), ("transformer", "seq"),
+                   ("mlp", "breast_cancer")]:
+        add("lr_too_high", "adam-huge-lr", "adam-huge-lr", mk, dk, {"name": "adam", "lr": 1.0},
+            {"optimizer": {"lr": 1e-3}})
+    for mk, dk, kw in [("mlp", "iris", {"act": "tanh"}), ("cnn", "digits_img", {"batchnorm": True}),
+                       ("mlp", "teacher", {}), ("mlp", "wine", {})]:
+        add("lr_too_high", "momentum-high-lr", "momentum-high-lr", mk, dk,
+            {"name": "sgd", "lr": 2.0, "args": {"momentum": 0.9}}, {"optimizer": {"lr": 0.01}}, model_kw=kw,
+            tag="bn" if kw.get("batchnorm") else "")
+    for mk, dk in [("mlp", "wine"), ("mlp", "digits"), ("lstm", "digits_rows")]:
+        add("lr_too_high", "rmsprop-high-lr", "rmsprop-high-lr", mk, dk, {"name": "rmsprop", "lr": 0.3},
+            {"optimizer": {"lr": 1e-3}})
+    for mk, dk in [("mlp", "digits"), ("mlp", "wine"), ("resnet", "breast_cancer")]:
+        add("lr_too_high", "schedule-lr-growth", "schedule-lr-growth", mk, dk, {"name": "sgd", "lr": 0.1},
+            {"schedule": None}, schedule={"name": "ExponentialLR", "args": {"gamma": 1.05}})
+    for mk, dk in [("mlp", "digits"), ("mlp", "teacher"), ("cnn", "digits_img")]:
+        add("lr_too_high", "cyclic-max-lr", "cyclic-max-lr", mk, dk, {"name": "sgd", "lr": 0.001},
+            {"schedule": {"args": {"max_lr": 0.2}}},
+            schedule={"name": "CyclicLR", "args": {"base_lr": 0.001, "max_lr": 10.0, "step_size_up": 40,
+                                                   "cycle_momentum": False}})
+
+    # lr_too_low -------------------------------------------------------------------------------
+    for mk, dk in [("mlp", "digits"), ("cnn", "digits_img"), ("mlp", "wine"), ("gru", "seq"),
+                   ("transformer", "digits_rows")]:
+        add("lr_too_low", "adam-tiny-lr", "adam-tiny-lr", mk, dk, {"name": "adam", "lr": 1e-7},
+            {"optimizer": {"lr": 3e-3}})
+    for mk, dk in [("mlp", "breast_cancer"), ("mlp", "iris"), ("linear", "diabetes"), ("resnet", "digits")]:
+        add("lr_too_low", "sgd-tiny-lr", "sgd-tiny-lr", mk, dk, {"name": "sgd", "lr": 1e-5},
+            {"optimizer": {"lr": 0.1}})
+    for mk, dk in [("mlp", "wine"), ("mlp", "teacher"), ("linear", "breast_cancer")]:
+        add("lr_too_low", "adagrad-tiny-lr", "adagrad-tiny-lr", mk, dk, {"name": "adagrad", "lr": 1e-5},
+            {"optimizer": {"lr": 0.05}})
+    for mk, dk in [("mlp", "digits"), ("mlp", "wine"), ("cnn", "digits_img")]:
+        add("lr_too_low", "schedule-fast-decay", "schedule-fast-decay", mk, dk,
+            {"name": "sgd", "lr": 0.05, "args": {"momentum": 0.9}}, {"schedule": None},
+            schedule={"name": "ExponentialLR", "args": {"gamma": 0.7}})
+
+    # ill_conditioning -------------------------------------------------------------------------
+    for mk, dk, opt in [("linear", "breast_cancer", {"name": "sgd", "lr": 0.01}),
+                        ("linear", "wine", {"name": "sgd", "lr": 0.01}),
+                        ("mlp", "breast_cancer", {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}),
+                        ("mlp", "wine", {"name": "sgd", "lr": 0.01}),
+                        ("linear", "digits_std", {"name": "sgd", "lr": 0.05})]:
+        add("ill_conditioning", "raw-features", "raw-features", mk, dk, opt, {"data": {"args": {"scale": "standard"}}},
+            data_args={"scale": "raw"})
+    for mk, opt in [("linear", {"name": "sgd", "lr": 0.01}), ("mlp", {"name": "adam", "lr": 1e-3}),
+                    ("mlp", {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}})]:
+        add("ill_conditioning", "unscaled-target", "unscaled-target", mk, "diabetes", opt,
+            {"data": {"args": {"scale_target": True}}}, data_args={"scale_target": False},
+            tag=opt["name"] + ("-mom" if "args" in opt else ""))
+    for mk, kw, opt in [("linear", {"degree": 5, "x_max": 5.0}, {"name": "sgd", "lr": 0.01}),
+                        ("linear", {"degree": 3, "x_max": 10.0}, {"name": "sgd", "lr": 0.01}),
+                        ("mlp", {"degree": 4, "x_max": 5.0}, {"name": "adam", "lr": 1e-3}),
+                        ("linear", {"degree": 4, "x_max": 4.0}, {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}})]:
+        add("ill_conditioning", "unscaled-polynomial", "unscaled-polynomial", mk, "poly", opt,
+            {"data": {"args": {"standardize": True}}}, data_args={**kw, "standardize": False},
+            model_kw={"in_dim": kw["degree"]}, tag=f"deg{kw['degree']}-{opt['name']}")
+    for mk, dk, opt in [("linear", "wine", {"name": "sgd", "lr": 0.01}),
+                        ("mlp", "breast_cancer", {"name": "sgd", "lr": 0.01}),
+                        ("mlp", "iris", {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}),
+                        ("linear", "digits_std", {"name": "sgd", "lr": 0.01})]:
+        add("ill_conditioning", "offset-features", "offset-features", mk, dk, opt, {"data": {"args": {"offset": 0.0}}},
+            data_args={"offset": 50.0})
+    for mk, rho, opt in [("linear", 0.999, {"name": "sgd", "lr": 0.05}),
+                         ("linear", 0.9999, {"name": "sgd", "lr": 0.05, "args": {"momentum": 0.9}}),
+                         ("mlp", 0.999, {"name": "sgd", "lr": 0.05}),
+                         ("deep_linear", 0.999, {"name": "sgd", "lr": 0.02})]:
+        add("ill_conditioning", "correlated-features", "correlated-features", mk, "linreg", opt,
+            {"data": {"args": {"decorrelate": True}}}, data_args={"rho": rho}, tag=f"rho{rho}")
+
+    # bad_init ---------------------------------------------------------------------------------
+    for mk, dk, opt in [("mlp", "wine", OPT["momentum"]), ("mlp", "digits", OPT["adam"]),
+                        ("cnn", "digits_img", OPT["momentum"]), ("resnet", "teacher", OPT["adam"])]:
+        add("bad_init", "zero-init", "zero-init", mk, dk, opt, {"model": {"args": {"init": "default"}}},
+            model_kw={"init": "zero"})
+    for mk, dk, kw in [("mlp", "digits", {"act": "tanh"}), ("cnn", "digits_img", {}), ("mlp", "teacher", {"act": "tanh"}),
+                       ("mlp", "bow", {})]:
+        add("bad_init", "constant-init", "constant-init", mk, dk, OPT["momentum"],
+            {"model": {"args": {"init": "default"}}}, model_kw={"init": "constant", "std": 0.05, **kw})
+    for dk in ["digits", "wine", "breast_cancer", "teacher"]:
+        add("bad_init", "too-large-init", "too-large-init", "mlp", dk, OPT["momentum"],
+            {"model": {"args": {"init": "default"}}}, model_kw={"act": "tanh", "depth": 3, "init": "normal", "std": 3.0},
+            tag="tanh-std3")
+    for dk in ["digits", "wine", "teacher", "breast_cancer"]:
+        add("bad_init", "too-small-init", "too-small-init", "mlp", dk, OPT["momentum"],
+            {"model": {"args": {"init": "kaiming"}}}, model_kw={"depth": 6, "init": "uniform", "std": 1e-3},
+            tag="relu-uniform1e-3")
+    for dk in ["digits", "wine", "teacher"]:
+        add("bad_init", "orthogonal-small-gain", "orthogonal-small-gain", "mlp", dk, OPT["momentum"],
+            {"model": {"args": {"gain": 1.0}}}, model_kw={"act": "tanh", "depth": 8, "init": "orthogonal", "gain": 0.2},
+            tag="tanh-d8")
+
+    # vanishing_gradients ----------------------------------------------------------------------
+    for dk in ["digits", "wine", "breast_cancer", "teacher"]:
+        add("vanishing_gradients", "sigmoid-depth", "sigmoid-depth", "mlp", dk, OPT["momentum"],
+            {"model": {"args": {"depth": 2}}}, model_kw={"act": "sigmoid", "depth": 8}, tag="sigmoid-d8")
+    for ch, opt in [([8, 8, 8, 8, 16], OPT["momentum"]), ([8, 8, 8, 8, 8, 16], OPT["sgd"])]:
+        add("vanishing_gradients", "sigmoid-cnn-depth", "sigmoid-cnn-depth", "cnn", "digits_img", opt,
+            {"model": {"args": {"channels": [8, 16]}}}, model_kw={"act": "sigmoid", "channels": ch},
+            tag=f"sigmoid-c{len(ch)}-{opt['name']}{'-mom' if 'args' in opt else ''}")
+    for dk in ["digits", "wine", "teacher", "breast_cancer"]:
+        add("vanishing_gradients", "tanh-depth", "tanh-depth", "mlp", dk, OPT["momentum"],
+            {"model": {"args": {"depth": 2}}}, model_kw={"act": "tanh", "depth": 20, "width": 32}, tag="tanh-d20")
+    for opt in [OPT["adam"], OPT["rmsprop"], {"name": "sgd", "lr": 0.1, "args": {"momentum": 0.9}}]:
+        add("vanishing_gradients", "rnn-time", "rnn-time", "rnn", "seq_long", opt,
+            {"model": {"args": {"kind": "lstm"}}}, tag=opt["name"] + ("-mom" if "args" in opt else ""))
+
+    # exploding_gradients ----------------------------------------------------------------------
+    for dk in ["digits", "wine", "teacher"]:
+        add("exploding_gradients", "orthogonal-gain-depth", "orthogonal-gain-depth", "mlp", dk,
+            {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}, {"model": {"args": {"gain": 1.0}}},
+            model_kw={"act": "tanh", "depth": 12, "init": "orthogonal", "gain": 1.6}, tag="tanh-d12-g1.6")
+    for dk in ["digits", "breast_cancer", "wine", "teacher", "iris"]:
+        add("exploding_gradients", "orthogonal-gain-depth", "orthogonal-gain-depth", "mlp", dk,
+            {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}, {"model": {"args": {"gain": 1.414}}},
+            model_kw={"act": "relu", "depth": 10, "init": "orthogonal", "gain": 3.0}, tag="relu-d10-g3")
+    for dk in ["teacher", "linreg", "wine", "diabetes", "iris"]:
+        add("exploding_gradients", "deep-linear-gain", "deep-linear-gain", "deep_linear", dk,
+            {"name": "sgd", "lr": 0.01}, {"model": {"args": {"gain": 1.0}}},
+            model_kw={"depth": 10, "width": 32, "init": "orthogonal", "gain": 1.6}, tag="d10-g1.6")
+    for dk, opt in [("seq", OPT["adam"]), ("digits_rows", OPT["adam"]), ("seq", OPT["momentum"])]:
+        add("exploding_gradients", "rnn-recurrent-gain", "rnn-recurrent-gain", "rnn", dk, opt,
+            {"model": {"args": {"recurrent_gain": 1.0}}}, model_kw={"recurrent_gain": 3.0},
+            tag="gain3-" + opt["name"] + ("-mom" if "args" in opt else ""))
+    for dk, opt, gain in [("seq", OPT["adam"], 2.0), ("digits_rows", OPT["momentum"], 2.0),
+                          ("seq", OPT["momentum"], 3.0), ("seq_long", OPT["momentum"], 1.5),
+                          ("digits_rows", OPT["sgd"], 3.0)]:
+        add("exploding_gradients", "relu-rnn-gain", "relu-rnn-gain", "rnn", dk, opt,
+            {"model": {"args": {"recurrent_gain": 0.9}}}, model_kw={"nonlinearity": "relu", "recurrent_gain": gain},
+            tag=f"relu-gain{gain:g}-" + opt["name"] + ("-mom" if "args" in opt else ""))
+
+    # overfitting (longer probes: memorising takes a while) -------------------------------------
+    big = {"width": 256, "depth": 2}
+    for dk, n in [("digits", 40), ("wine", 15), ("breast_cancer", 20), ("iris", 9), ("digits_std", 60)]:
+        add("overfitting", "tiny-data", "tiny-data", "mlp", dk, OPT["adam"], {"data": {"args": {"n_train": None}}},
+            model_kw=big, data_args={"n_train": n}, steps=200, tag="w256")
+    for dk, n in [("digits", 200), ("wine", None), ("breast_cancer", None), ("iris", None)]:
+        add("overfitting", "random-labels", "random-labels", "mlp", dk, {"name": "adam", "lr": 3e-3},
+            {"data": {"args": {"random_labels": False}}}, model_kw=big,
+            data_args={"random_labels": True, **({"n_train": n} if n else {})}, steps=200, tag="w256")
+    for dk, n in [("digits", 100), ("breast_cancer", 60), ("wine", 40)]:
+        add("overfitting", "oversized-model", "oversized-model", "mlp", dk, OPT["adam"],
+            {"model": {"args": {"width": 8, "depth": 1}}}, model_kw={"width": 1024, "depth": 3},
+            data_args={"n_train": n}, steps=200, tag="w1024-d3")
+    for n, opt in [(30, OPT["adam"]), (50, OPT["adamw"]), (40, OPT["rmsprop"])]:
+        add("overfitting", "bow-tiny-data", "bow-tiny-data", "mlp", "bow", opt, {"data": {"args": {"n_train": 1500}}},
+            model_kw=big, data_args={"n_train": n}, steps=200, tag=f"w256-n{n}-{opt['name']}")
+
+    # saddle_point -----------------------------------------------------------------------------
+    for dk, opt in [("linreg", {"name": "sgd", "lr": 0.05}), ("teacher", {"name": "sgd", "lr": 0.05}),
+                    ("wine", {"name": "sgd", "lr": 0.05}), ("linreg", {"name": "sgd", "lr": 0.02, "args": {"momentum": 0.9}})]:
+        add("saddle_point", "deep-linear-small-init", "deep-linear-small-init", "deep_linear", dk, opt,
+            {"model": {"args": {"init": "default"}}}, model_kw={"depth": 3, "width": 16, "init": "normal", "std": 1e-3},
+            tag="d3-" + opt["name"] + ("-mom" if "args" in opt else ""))
+    for init, opt in [(1e-6, {"name": "sgd", "lr": 0.01}), (1e-8, {"name": "sgd", "lr": 0.02}),
+                      (1e-6, {"name": "sgd", "lr": 0.002, "args": {"momentum": 0.9}})]:
+        add("saddle_point", "two-weight", "two-weight", "two_weight", "line", opt, {"model": {"args": {"init": 0.5}}},
+            model_kw={"init": init}, tag=f"init{init}-" + opt["name"] + ("-mom" if "args" in opt else ""))
+    for opt in [{"name": "sgd", "lr": 0.05}, {"name": "sgd", "lr": 0.02},
+                {"name": "sgd", "lr": 0.005, "args": {"momentum": 0.9}}]:
+        add("saddle_point", "xor-mae-plateau", "xor-mae-plateau", "mlp", "xor", opt,
+            {"model": {"args": {"init": "default"}}}, loss=f"{F}:mae",
+            model_kw={"act": "tanh", "width": 8, "depth": 1, "init": "normal", "std": 1e-5},
+            tag=f"tanh-{opt['name']}{'-mom' if 'args' in opt else ''}-lr{opt['lr']:g}")
+
+    # local_minimum ----------------------------------------------------------------------------
+    for f0, freq, opt in [(4.8, 3.0, {"name": "sgd", "lr": 0.05}), (5.0, 3.0, {"name": "sgd", "lr": 0.02, "args": {"momentum": 0.9}}),
+                          (4.8, 3.0, {"name": "adam", "lr": 0.01}), (3.6, 2.0, {"name": "sgd", "lr": 0.05})]:
+        add("local_minimum", "sine-frequency", "sine-frequency", "frequency_model", "sine", opt,
+            {"model": {"args": {"frequency": freq - 0.4}}}, model_kw={"frequency": f0}, data_args={"frequency": freq},
+            tag=f"f{f0}-target{freq}-" + opt["name"] + ("-mom" if "args" in opt else ""))
+    for f0, freq, opt in [(4.8, 3.0, {"name": "sgd", "lr": 0.05}), (5.0, 3.0, {"name": "adam", "lr": 0.01})]:
+        add("local_minimum", "damped-sine-frequency", "damped-sine-frequency", "frequency_model", "sine", opt,
+            {"model": {"args": {"frequency": freq - 0.4}}}, model_kw={"frequency": f0},
+            data_args={"frequency": freq, "damped": True}, tag=f"f{f0}-" + opt["name"], good=0.9, fail=0.5)
+
+    # dead_relu --------------------------------------------------------------------------------
+    for mk, dk in [("mlp", "wine"), ("mlp", "digits"), ("mlp", "breast_cancer"), ("mlp", "teacher"),
+                   ("cnn", "digits_img"), ("resnet", "iris")]:
+        add("dead_relu", "negative-bias", "negative-bias", mk, dk, OPT["momentum"], {"model": {"args": {"bias": None}}},
+            model_kw={"bias": -3.0})
+    for mk, dk, data_args in [("mlp", "digits", None), ("cnn", "digits_img", None),
+                              ("mlp", "breast_cancer", {"scale": "unit"})]:
+        add("dead_relu", "negative-weight-mean", "negative-weight-mean", mk, dk, OPT["momentum"],
+            {"model": {"args": {"init": "default"}}}, model_kw={"init": "normal", "weight_mean": -0.1, "std": 0.05},
+            data_args=data_args)
+
+    # healthy controls across the same grid ----------------------------------------------------
+    opts = itertools.cycle(["adam", "momentum", "adamw", "sgd", "rmsprop", "adagrad"])
+    grid = [("mlp", "relu", {}), ("mlp", "tanh", {"act": "tanh"}), ("mlp", "bn", {"batchnorm": True}),
+            ("resnet", "", {}), ("linear", "", {})]
+    for (mk, tag, kw), dk in itertools.product(grid, vec + ["diabetes", "bow", "digits_std"]):
+        if mk == "linear" and dk == "teacher":
+            continue  # a linear model cannot fit the tanh teacher: not a healthy setup
+        for on in (next(opts), next(opts)):
+            add("healthy", f"{mk}{'-' + tag if tag else ''}", f"healthy-{mk}", mk, dk, OPT[on], None, model_kw=kw,
+                tag=on)
+    for tag, kw in [("", {}), ("bn", {"batchnorm": True}), ("tanh", {"act": "tanh"})]:
+        for on in ["adam", "momentum", "adamw"]:
+            add("healthy", f"cnn{'-' + tag if tag else ''}", "healthy-cnn", "cnn", "digits_img", OPT[on], None,
+                model_kw=kw, tag=on)
+    for mk in ["rnn", "gru", "lstm", "transformer"]:
+        for dk, on in [("seq", "adam"), ("digits_rows", "rmsprop" if mk != "transformer" else "adamw")]:
+            add("healthy", mk, "healthy-sequence", mk, dk, OPT[on], None, tag=on)
+    for dk, on in [("linreg", "sgd"), ("teacher", "momentum"), ("diabetes", "adam"), ("wine", "momentum")]:
+        add("healthy", "deep_linear", "healthy-deep-linear", "deep_linear", dk, OPT[on], None,
+            model_kw={"depth": 2, "width": 16}, tag=on)
+    for dk, on in [("poly", "sgd"), ("poly", "adam"), ("line", "sgd"), ("sine", "adam")]:
+        mk = "linear" if dk != "sine" else "mlp"
+        add("healthy", "synthetic-regression", "healthy-synthetic", mk, dk, OPT[on], None,
+            model_kw={"in_dim": 5} if dk == "poly" else ({"act": "tanh"} if dk == "sine" else {}), tag=on)
+    for on in ["momentum", "adam"]:
+        add("healthy", "xor", "healthy-synthetic", "mlp", "xor", OPT[on], None, model_kw={"act": "tanh", "width": 8,
+                                                                                       "depth": 1}, tag="tanh-" + on)
+    # a healthy small-data case (early-stopped scale: 200 samples of bag-of-words)
+    add("healthy", "mlp", "healthy-mlp", "mlp", "bow", OPT["adamw"], None, data_args={"n_train": 600}, tag="n600-adamw")
+    return cases
+
+
+def split_of(cause: str, family: str, families: list[str]) -> str:
+    """dev or test, by mechanism family: within one cause, families are ordered by a seeded hash
+    (sha256 of SPLIT_SEED:family) and the first half (rounded up) goes to dev, the rest to test,
+    so that every cause with two or more families has at least one in each split."""
+    order = sorted(set(families), key=lambda f: hashlib.sha256(f"{SPLIT_SEED}:{f}".encode()).hexdigest())
+    return "dev" if order.index(family) < (len(order) + 1) // 2 else "test"
+
+
+def all_cases() -> list[Case]:
+    cases = _cases()
+    ids = [c.id for c in cases]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ValueError(f"duplicate case ids: {sorted(dup)}")
+    by_cause: dict[str, list[str]] = {}
+    for c in cases:
+        by_cause.setdefault(c.cause, []).append(c.family)
+    for c in cases:
+        c.split = split_of(c.cause, c.family, by_cause[c.cause])
+    return cases
+
+
+if __name__ == "__main__":
+    import collections
+
+    cs = all_cases()
+    print(len(cs), "candidate cases")
+    for (cause, split), n in sorted(collections.Counter((c.cause, c.split) for c in cs).items()):
+        fams = sorted({c.family for c in cs if c.cause == cause and c.split == split})
+        print(f"{cause:22s} {split:5s} {n:3d}  {', '.join(fams)}")

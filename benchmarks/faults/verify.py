@@ -1,0 +1,337 @@
+"""Ground truth for the fault benchmark: a plain training loop, written independently of
+optdoctor (only torch and the same factories), run over 3 seeds on each faulty config and on its
+one-change fix, and on each healthy control.
+
+    python benchmarks/faults/verify.py [--filter SUBSTR] [--out benchmarks/faults/cases.json]
+
+writes the manifest (every candidate, kept or dropped with the reason and the numbers) and the
+kept cases' YAML configs under cases/. The benchmark run reads the manifest; it never re-verifies.
+
+Each run trains for VERIFY_FACTOR x the probe's steps (a realistic budget: "fails" means it
+still fails when trained 2x longer than optdoctor probes it; the issue allows 2-3x and this
+shared 2-core machine set the choice) and measures, on the full train
+and validation sets: quality q (accuracy for classes, R^2 for regression), losses, the initial
+loss, the peak minibatch loss, the train loss when the probe's budget ends, and divergence.
+L_ref is the loss of the best constant predictor on the validation set (label entropy for
+cross-entropy, variance for MSE, mean |y - median| for MAE): losses are compared to it.
+
+Acceptance (every one of the 3 seeds must pass; see README.md):
+- trains well: finite and q_val >= good; for healthy controls and the fixes of overfitting
+  cases also: the validation loss ends within 0.05 L_ref of its minimum (no overfitting). (The
+  other fixes need not be free of mild overfitting: they only have to remove the failure.)
+- fails (most causes): diverged, or q_val <= fail.
+- per cause, the fault must also show its signature:
+  lr_too_high: fails, and diverged or the peak minibatch loss >= 1.5 x the initial one;
+  lr_too_low: finite, and the train loss at the end is >= 0.7 x the initial (it barely moved);
+  overfitting: train quality >= 0.98, q_train - q_val >= 0.05, validation loss rose >= 0.05 L_ref
+      above its minimum (the healthy bound: a healthy control must stay below it);
+  saddle_point: finite, and the train loss when the probe's budget ends is >= 0.8 x the initial
+      loss (a plateau the probe sits on), while the fix trains well;
+  local_minimum: fails, finite, and converged: train loss over the last third moved <= 0.02 L_ref;
+  ill_conditioning, bad_init, vanishing_gradients, exploding_gradients, dead_relu: fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as Fn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+from benchmarks.faults import grid  # noqa: E402
+
+SEEDS = (0, 1, 2)
+VERIFY_FACTOR = 2
+EVAL_EVERY = 25
+HEALTHY_RISE = 0.05
+OVERFIT_RISE, OVERFIT_GAP, OVERFIT_TRAIN = 0.05, 0.05, 0.98
+PEAK_FACTOR, LOW_DROP, PLATEAU, CONVERGED = 1.5, 0.7, 0.8, 0.02
+
+
+def _factories():
+    spec = importlib.util.spec_from_file_location("faults_factories", HERE / "factories.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+FACT = _factories()
+
+
+def _fn(spec: str):
+    return getattr(FACT, spec.rpartition(":")[2])
+
+
+def _loss(name: str):
+    return {"cross_entropy": Fn.cross_entropy, "mse": Fn.mse_loss}.get(name) or _fn(name)
+
+
+def _quality(out: torch.Tensor, y: torch.Tensor, classes: bool) -> float:
+    if classes:
+        return float((out.argmax(1) == y).float().mean())
+    return float(1 - ((out - y) ** 2).mean() / y.var(unbiased=False))
+
+
+def _ref_loss(y: torch.Tensor, loss: str) -> float:
+    if loss == "cross_entropy":
+        p = torch.bincount(y).float() / len(y)
+        p = p[p > 0]
+        return float(-(p * p.log()).sum())
+    if loss == "mse":
+        return float(y.var(unbiased=False))
+    return float((y - y.median()).abs().mean())
+
+
+def train(cfg: dict, seed: int, steps: int) -> dict:
+    """One plain training run; the numbers the acceptance criteria need."""
+    (Xtr, ytr), (Xva, yva) = _fn(cfg["data"]["factory"])(**cfg["data"]["args"])
+    classes = not ytr.is_floating_point()
+    torch.manual_seed(seed)
+    model = _fn(cfg["model"]["factory"])(**cfg["model"]["args"])
+    loss_fn = _loss(cfg["loss"])
+    o = cfg["optimizer"]
+    opt_cls = {c.lower(): getattr(torch.optim, c) for c in dir(torch.optim)}[o["name"].lower()]
+    opt = opt_cls(model.parameters(), lr=o["lr"], **o.get("args", {}))
+    sched = None
+    if cfg.get("schedule"):
+        sched = getattr(torch.optim.lr_scheduler, cfg["schedule"]["name"])(opt, **cfg["schedule"].get("args", {}))
+    bs = cfg["data"]["batch_size"]
+    g = torch.Generator().manual_seed(seed)
+    probe_steps = cfg["probe"]["steps"]
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            otr, ova = model(Xtr), model(Xva)
+            r = (float(loss_fn(otr, ytr)), float(loss_fn(ova, yva)), _quality(otr, ytr, classes),
+                 _quality(ova, yva, classes))
+        model.train()
+        return r
+
+    curve = [(0, *evaluate())]  # (step, train loss, val loss, q_train, q_val)
+    first = peak = None
+    diverged = False
+    perm, pos, step = torch.randperm(len(Xtr), generator=g), 0, 0
+    while step < steps:
+        if pos + bs > len(Xtr):
+            perm, pos = torch.randperm(len(Xtr), generator=g), 0
+        idx = perm[pos:pos + bs] if len(Xtr) >= bs else perm
+        pos += bs
+        loss = loss_fn(model(Xtr[idx]), ytr[idx])
+        lv = loss.item()
+        first = lv if first is None else first
+        peak = lv if peak is None else max(peak, lv)
+        if not math.isfinite(lv) or lv > 1e6 * max(first, 1e-3):
+            diverged = True
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        step += 1
+        if step % EVAL_EVERY == 0 or step == steps:
+            curve.append((step, *evaluate()))
+            if not all(math.isfinite(v) for v in curve[-1][1:3]):
+                diverged = True
+                break
+    last = curve[-1]
+    at_probe = min(curve, key=lambda c: abs(c[0] - probe_steps))
+    two_thirds = min(curve, key=lambda c: abs(c[0] - 2 * steps // 3))
+    val_min = min(c[2] for c in curve if math.isfinite(c[2])) if not diverged else float("nan")
+
+    def r(v):
+        return None if v is None or not math.isfinite(v) else float(f"{v:.5g}")
+
+    return {
+        "seed": seed, "steps": step, "diverged": diverged,
+        "loss_init": r(curve[0][1]), "loss_probe_end": r(at_probe[1]), "loss_final": r(last[1]),
+        "loss_two_thirds": r(two_thirds[1]), "val_init": r(curve[0][2]), "val_min": r(val_min),
+        "val_final": r(last[2]), "peak_batch_loss_ratio": r(peak / first) if first else None,
+        "q_train": r(last[3]), "q_val": r(last[4]), "l_ref": r(_ref_loss(yva, cfg["loss"])),
+    }
+
+
+def trains_well(run: dict, good: float, check_rise: bool = True) -> tuple[bool, str]:
+    if run["diverged"]:
+        return False, "diverged"
+    if run["q_val"] is None or run["q_val"] < good:
+        return False, f"q_val {run['q_val']} < good {good}"
+    rise = run["val_final"] - run["val_min"]
+    if check_rise and rise > HEALTHY_RISE * run["l_ref"]:
+        return False, f"val loss rose {rise:.3g} > {HEALTHY_RISE} L_ref"
+    return True, ""
+
+
+def shows_fault(cause: str, run: dict, fail: float) -> tuple[bool, str]:
+    fails = run["diverged"] or run["q_val"] is None or run["q_val"] <= fail
+    finite = not run["diverged"]
+    if cause == "lr_too_high":
+        ok = fails and (run["diverged"] or (run["peak_batch_loss_ratio"] or 0) >= PEAK_FACTOR)
+        return ok, "" if ok else "no failure with a loss spike/divergence"
+    if cause == "lr_too_low":
+        ok = finite and run["loss_final"] >= LOW_DROP * run["loss_init"]
+        return ok, "" if ok else "train loss moved more than 30%"
+    if cause == "overfitting":
+        if not finite:
+            return False, "diverged"
+        rise = run["val_final"] - run["val_min"]
+        ok = (run["q_train"] >= OVERFIT_TRAIN and run["q_train"] - run["q_val"] >= OVERFIT_GAP
+              and rise >= OVERFIT_RISE * run["l_ref"])
+        return ok, "" if ok else (f"q_train {run['q_train']}, q_val {run['q_val']}, val rise {rise:.3g} "
+                                  f"(L_ref {run['l_ref']})")
+    if cause == "saddle_point":
+        ok = finite and run["loss_probe_end"] >= PLATEAU * run["loss_init"]
+        return ok, "" if ok else "no plateau over the probe's budget"
+    if cause == "local_minimum":
+        ok = fails and finite and abs(run["loss_final"] - run["loss_two_thirds"]) <= CONVERGED * run["l_ref"]
+        return ok, "" if ok else "did not fail, diverged, or did not converge"
+    return fails, "" if fails else f"q_val {run['q_val']} > fail {fail}"
+
+
+def verify(case: grid.Case) -> dict:
+    steps = VERIFY_FACTOR * case.config["probe"]["steps"]
+    rec = {"id": case.id, "cause": case.cause, "mechanism": case.mechanism, "family": case.family,
+           "split": case.split, "good": case.good, "fail": case.fail, "verify_steps": steps,
+           "config": case.config, "fix": case.fix}
+    t0 = time.perf_counter()
+    reasons = []
+    try:
+        if case.cause == "healthy":
+            rec["runs"] = [train(case.config, s, steps) for s in SEEDS]
+            for run in rec["runs"]:
+                ok, why = trains_well(run, case.good)
+                if not ok:
+                    reasons.append(f"healthy seed {run['seed']}: {why}")
+        else:
+            rec["runs"] = [train(case.config, s, steps) for s in SEEDS]
+            for run in rec["runs"]:
+                ok, why = shows_fault(case.cause, run, case.fail)
+                if not ok:
+                    reasons.append(f"fault seed {run['seed']}: {why}")
+            if not reasons:  # the fix only matters once the fault is shown
+                fixed = grid.patch(case.config, case.fix)
+                rec["fix_runs"] = [train(fixed, s, steps) for s in SEEDS]
+                for run in rec["fix_runs"]:
+                    ok, why = trains_well(run, case.good, check_rise=case.cause == "overfitting")
+                    if not ok:
+                        reasons.append(f"fix seed {run['seed']}: {why}")
+    except Exception as e:  # a broken candidate is dropped, with the error as its reason
+        reasons.append(f"error: {type(e).__name__}: {e}")
+    rec["kept"] = not reasons
+    rec["dropped_because"] = reasons
+    rec["seconds"] = round(time.perf_counter() - t0, 2)
+    return rec
+
+
+def write_yaml(rec: dict, folder: Path) -> None:
+    import yaml
+
+    head = (f"# {rec['id']}  (true cause: {rec['cause']}; mechanism family: {rec['family']}; split: {rec['split']})\n"
+            f"# generated by benchmarks/faults/verify.py from grid.py; one-change fix: {json.dumps(rec['fix'])}\n")
+    (folder / (rec["config"]["name"] + ".yaml")).write_text(head + yaml.safe_dump(rec["config"], sort_keys=False))
+
+
+def stats(recs: list[dict]) -> str:
+    """Kept/dropped per (cause, mechanism family, split), with the drop reasons counted by kind."""
+    import collections
+    import re
+
+    rows = collections.OrderedDict()
+    for r in recs:
+        key = (r["cause"], r["family"], r["split"])
+        row = rows.setdefault(key, {"kept": 0, "dropped": 0, "why": collections.Counter()})
+        row["kept" if r["kept"] else "dropped"] += 1
+        for why in {re.sub(r"(?<![\w.])-?\d+(\.\d+)?(e[-+]?\d+)?", "#", re.sub(r"seed \d+: ", "", w))
+                    for w in r["dropped_because"]}:
+            row["why"][why] += 1
+    lines = ["| cause | mechanism family | split | kept | dropped | why dropped (cases) |",
+             "| --- | --- | --- | ---: | ---: | --- |"]
+    for (cause, fam, split), row in rows.items():
+        why = "; ".join(f"{w} ({n})" for w, n in row["why"].most_common())
+        lines.append(f"| {cause} | {fam} | {split} | {row['kept']} | {row['dropped']} | {why} |")
+    kept = [r for r in recs if r["kept"]]
+    lines.append("")
+    lines.append(f"Kept {len(kept)} of {len(recs)} candidates; healthy {sum(r['cause'] == 'healthy' for r in kept)} "
+                 f"({sum(r['cause'] == 'healthy' for r in kept) / max(len(kept), 1):.0%}); dev "
+                 f"{sum(r['split'] == 'dev' for r in kept)}, test {sum(r['split'] == 'test' for r in kept)}.")
+    return "\n".join(lines)
+
+
+def assign_splits(recs: list[dict]) -> None:
+    """The split rule (grid.split_of) applied to the families that kept at least one case, so that
+    a cause whose dev (or test) families were all dropped still gets one in each split when it
+    has two surviving families. Families with nothing kept keep their candidate split."""
+    kept_fams: dict[str, list[str]] = {}
+    for r in recs:
+        if r["kept"]:
+            kept_fams.setdefault(r["cause"], []).append(r["family"])
+    for r in recs:
+        if r["kept"]:
+            r["split"] = grid.split_of(r["cause"], r["family"], kept_fams[r["cause"]])
+
+
+def write_manifest(out: Path, by_id: dict) -> list[dict]:
+    order = {c.id: i for i, c in enumerate(grid.all_cases())}
+    allrecs = sorted((r for r in by_id.values() if r["id"] in order), key=lambda r: order[r["id"]])
+    assign_splits(allrecs)
+    manifest = {"about": "fault benchmark manifest: every candidate of grid.py with its verification "
+                         "(benchmarks/faults/verify.py); kept cases are the benchmark",
+                "seeds": list(SEEDS), "verify_factor": VERIFY_FACTOR, "eval_every": EVAL_EVERY, "cases": allrecs}
+    out.write_text(json.dumps(manifest, indent=1) + "\n")
+    return allrecs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--filter", action="append", default=[], help="only candidates whose id contains this (repeatable)")
+    ap.add_argument("--only-dropped", action="store_true",
+                    help="of those, only the ones the manifest has dropped or lacks (after relaxing a criterion)")
+    ap.add_argument("--out", default=str(HERE / "cases.json"))
+    ap.add_argument("--dry", action="store_true", help="print the outcome, write nothing")
+    ap.add_argument("--stats", action="store_true", help="print kept/dropped per mechanism from the manifest; train nothing")
+    args = ap.parse_args()
+    if args.stats:
+        print(stats(json.loads(Path(args.out).read_text())["cases"]))
+        return
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    partial = bool(args.filter or args.only_dropped)
+    old = {r["id"]: r for r in json.loads(out.read_text())["cases"]} if out.exists() and partial else {}
+    cases = [c for c in grid.all_cases() if not args.filter or any(f in c.id for f in args.filter)]
+    if args.only_dropped:
+        cases = [c for c in cases if not old.get(c.id, {}).get("kept")]
+    cases.sort(key=lambda c: c.split != "dev")  # dev first: the split rules are tuned on
+    recs = []
+    for i, c in enumerate(cases):
+        rec = verify(c)
+        recs.append(rec)
+        if not args.dry:  # the manifest grows case by case: an interrupted run keeps its work
+            write_manifest(out, {**old, **{r["id"]: r for r in recs}})
+        q = [r["q_val"] for r in rec["runs"]] if "runs" in rec else []
+        fq = [r["q_val"] for r in rec.get("fix_runs", [])]
+        print(f"[{i + 1}/{len(cases)}] {'KEPT' if rec['kept'] else 'drop'} {c.id} {rec['seconds']}s q={q} fix_q={fq} "
+              f"{'; '.join(rec['dropped_because'][:2])}", flush=True)
+    if args.dry:
+        return
+    allrecs = write_manifest(out, {**old, **{r["id"]: r for r in recs}})
+    folder = HERE / "cases"
+    folder.mkdir(exist_ok=True)
+    for p in folder.glob("*.yaml"):
+        p.unlink()
+    for r in allrecs:
+        if r["kept"]:
+            write_yaml(r, folder)
+    print(f"kept {sum(r['kept'] for r in allrecs)} of {len(allrecs)}")
+
+
+if __name__ == "__main__":
+    main()
