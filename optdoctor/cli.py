@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 import traceback
 from enum import Enum
 from pathlib import Path
@@ -176,13 +177,11 @@ def diagnose(
 ) -> None:
     """Run short probe trainings of CONFIG and diagnose what goes wrong."""
     from optdoctor.config import load_config
+    from optdoctor.probes.budget import process_start
     from optdoctor.settings import resolve_rules
 
-    import time
-
-    from optdoctor.probes.budget import process_start
-
-    started = process_start()
+    started = process_start()  # the budget counts from the process's start (interpreter and imports included)
+    verify_started = time.perf_counter()  # --verify's time limit is relative to the diagnosis from here (torch import included)
     try:
         seconds = _parse_budget_option(budget)
         outputs = _parse_outputs(output, format.value)
@@ -200,7 +199,8 @@ def diagnose(
         _QUICK_EXIT["on"] = timer is not None
         progress, done = (None, lambda: None) if check else _progress()
         try:
-            diag = run_diagnosis(loaded, chosen.selection, rules=chosen.rules, progress=progress, budget=timer)
+            diag = run_diagnosis(loaded, chosen.selection, rules=chosen.rules, progress=progress, budget=timer,
+                                 started=verify_started)
         finally:
             done()
     except OptdoctorError as e:

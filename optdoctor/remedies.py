@@ -11,7 +11,10 @@ A rule's remedy may carry a machine-applicable patch of the probe config:
         patch: {schedule: {name: OneCycleLR, args: {max_lr: "$lr", total_steps: "$steps"}}}
 
 Values: ``"x0.1"`` (or ``"*0.1"``) multiplies the current number; ``"$lr"`` and ``"$steps"``
-stand for the configured learning rate and probe steps; anything else is set as is. Setting
+stand for the configured learning rate and probe steps, ``"$lr.range_suggested"`` (any
+``$symptom``) for a number the diagnosis measured (the LR range test's suggestion), each
+optionally scaled: ``"$steps/4"``, ``"$lr.range_best*0.3"``; anything else is set as is. A
+symptom the diagnosis lacks makes the patch not applicable. Setting
 ``optimizer.name`` drops ``optimizer.args`` unless the patch sets them too (another optimiser's
 arguments rarely fit). A patch of ``model.args.X`` or ``data.args.X`` applies only if the
 factory takes ``X``: for the user's own factories that do not, the remedy stays text and the
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,6 +36,7 @@ from pydantic import ValidationError
 
 from optdoctor.config.schema import LoadedConfig, ProbeConfig
 
+PLACEHOLDER = re.compile(r"^\s*\$([A-Za-z_][\w.]*)\s*(?:([*/])\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?\s*$")
 MULTIPLY = re.compile(r"^\s*[x×*]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 
@@ -56,12 +61,18 @@ class Verification:
     still_fires: bool | None = None  # None: the rule could not be evaluated on the verification probe
     symptoms: dict[str, list[float]] = field(default_factory=dict)  # name -> [before, after]
     probe: str | None = None  # the verification probe (its TensorBoard run), if one ran
+    cost: float | None = None  # median time per step / the baseline's (measured: not deterministic)
+    seeds: dict[str, Any] | None = None  # {"fixed": k, "of": n, "after": [...]}: tried again on n more seeds
+    seeds_note: str = ""  # why it was not tried on more seeds
+    interventions: dict[str, Any] = field(default_factory=dict)  # what in-loop remedies did (negative-curvature steps, kicks)
+    recommended: bool = False
+    why: str = ""  # the recommendation's trade-off, in words
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def _resolve_value(value: Any, current: Any, cfg: ProbeConfig) -> Any:
+def _resolve_value(value: Any, current: Any, cfg: ProbeConfig, symptoms: dict[str, float] | None = None) -> Any:
     if isinstance(value, str):
         m = MULTIPLY.match(value)
         if m:
@@ -69,12 +80,24 @@ def _resolve_value(value: Any, current: Any, cfg: ProbeConfig) -> Any:
                 raise NotApplicable(f"cannot multiply {current!r}: not a number")
             product = current * float(m.group(1))
             return max(1, round(product)) if isinstance(current, int) else product  # sizes stay integers
-        if value == "$lr":
-            return cfg.optimizer.lr
-        if value == "$steps":
-            return cfg.probe.steps
+        p = PLACEHOLDER.match(value)
+        if p:
+            name, op, factor = p.groups()
+            if name == "lr":
+                base: float | int = cfg.optimizer.lr
+            elif name == "steps":
+                base = cfg.probe.steps
+            else:
+                found = (symptoms or {}).get(name)
+                if found is None or not math.isfinite(found):
+                    raise NotApplicable(f"needs {name}, which this diagnosis did not measure")
+                base = found
+            if op is None:
+                return base
+            out = base * float(factor) if op == "*" else base / float(factor)
+            return max(1, round(out)) if isinstance(base, int) else out  # step counts stay integers
     if isinstance(value, dict):
-        return {k: _resolve_value(v, (current or {}).get(k) if isinstance(current, dict) else None, cfg) for k, v in value.items()}
+        return {k: _resolve_value(v, (current or {}).get(k) if isinstance(current, dict) else None, cfg, symptoms) for k, v in value.items()}
     return value
 
 
@@ -96,8 +119,27 @@ def _default(factory: Callable | None, name: str) -> Any:
     return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 
-def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str, Callable] | None = None) -> LoadedConfig:
-    """A copy of the config with the patch applied; NotApplicable says why it cannot be."""
+def _args_for(old: str, new: str, args: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The model's arguments when a patch swaps one built-in model for another (e.g. ``mlp`` for
+    ``resmlp``, residual paths): those the new factory takes are kept, the rest dropped. Only
+    between optdoctor's own models: the user's own model is changed in their code."""
+    if old == new:
+        return args
+    if not (old.startswith("optdoctor.models:") and new.startswith("optdoctor.models:")):
+        raise NotApplicable(f"{old} is your own model: make this change ({new.partition(':')[2]}) in your code")
+    import importlib
+
+    factory = getattr(importlib.import_module("optdoctor.models"), new.partition(":")[2], None)
+    if factory is None:
+        raise NotApplicable(f"optdoctor.models has no model {new.partition(':')[2]!r}")
+    set_here = {k.split(".", 2)[2] for k in patch if k.startswith("model.args.")}
+    return {k: v for k, v in args.items() if _takes(factory, k) or k in set_here}
+
+
+def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str, Callable] | None = None,
+                symptoms: dict[str, float] | None = None) -> LoadedConfig:
+    """A copy of the config with the patch applied; NotApplicable says why it cannot be.
+    ``symptoms``: the diagnosis' measurements, for ``$symptom`` placeholders."""
     cfg = loaded.config
     data = cfg.model_dump()
     factories = factories or {}
@@ -120,9 +162,11 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
         current = node.get(parts[-1])
         if current is None and parts[0] in ("model", "data") and len(parts) == 3:
             current = _default(factories.get(parts[0]), parts[2])  # "x4" of an argument left at its default
-        node[parts[-1]] = _resolve_value(copy.deepcopy(value), current, cfg)
+        node[parts[-1]] = _resolve_value(copy.deepcopy(value), current, cfg, symptoms)
         if key == "optimizer.name" and not sets_args:
             data["optimizer"]["args"] = {}
+        if key == "model.factory":
+            data["model"]["args"] = _args_for(cfg.model.factory, node[parts[-1]], data["model"].get("args") or {}, patch)
     try:
         new = ProbeConfig.model_validate(data)
     except ValidationError as e:

@@ -172,9 +172,14 @@ def test_hessian_out_of_memory_suggests_its_batch(tmp_path, monkeypatch):
 
 
 def test_optimizer_that_cannot_step_is_exit_3(tmp_path):
-    r = runner.invoke(app, ["diagnose", str(config(tmp_path, optimizer="lbfgs"))])
+    """An optimiser whose step() wants a closure optdoctor does not know to give (L-BFGS it does:
+    tests/test_remedy_mechanisms.py)."""
+    (tmp_path / "opt.py").write_text(
+        "import torch\nclass NeedsClosure(torch.optim.SGD):\n"
+        "    def step(self, closure):\n        closure()\n        return super().step()\n")
+    r = runner.invoke(app, ["diagnose", str(config(tmp_path, optimizer='"opt.py:NeedsClosure"'))])
     assert r.exit_code == 3, r.output
-    assert "optimizer lbfgs.step() raised TypeError" in r.stderr and "closure" in r.stderr
+    assert "optimizer opt.py:NeedsClosure.step() raised TypeError" in r.stderr and "closure" in r.stderr
 
 
 def test_unwritable_output_is_exit_2(tmp_path):

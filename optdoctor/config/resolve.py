@@ -20,9 +20,38 @@ from optdoctor.errors import ConfigError, Problem, ProbeError, did_you_mean, sor
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# Packages of optimisers beyond torch.optim that optdoctor's remedies name: the extra that
+# installs each (a remedy needing an absent one is reported "not applicable: pip install ...").
+OPTIONAL_OPTIMIZERS = {"pytorch_optimizer": "optdoctor[optimizers]", "heavyball": "heavyball"}
+
+
+def optimizer_available(name: str) -> str | None:
+    """``pip install ...`` when the optimiser ``name`` lives in one of the optional packages of
+    ``OPTIONAL_OPTIMIZERS`` and that package is not installed; else None (a torch.optim name, a
+    file, or any other module: importing it reports its own errors). Looks the package up only."""
+    import importlib.util
+
+    target = name.partition(":")[0]
+    top = target.split(".")[0]
+    if ":" not in name or target.endswith(".py") or top not in OPTIONAL_OPTIMIZERS:
+        return None
+    if importlib.util.find_spec(top) is not None:
+        return None
+    return f"pip install '{OPTIONAL_OPTIMIZERS[top]}'"
+
+
 def resolve_optimizer(cfg: OptimizerConfig, loaded: LoadedConfig | None = None) -> type[torch.optim.Optimizer]:
-    """The ``torch.optim`` class named (case-insensitively) by ``cfg.name``, its args checked."""
-    cls = _pick(_subclasses(torch.optim, torch.optim.Optimizer), cfg.name, "optimizer", loaded)
+    """The ``torch.optim`` class named (case-insensitively) by ``cfg.name``, or the class a
+    ``"package.module:Class"`` names (e.g. ``pytorch_optimizer:Shampoo``), its args checked."""
+    if ":" in cfg.name:
+        missing = optimizer_available(cfg.name)
+        if missing:
+            raise ConfigError([problem_at(loaded, "optimizer.name", f"optimizer {cfg.name!r} needs a package that is not installed: {missing}")])
+        cls = resolve_callable(cfg.name, loaded.base_dir if loaded else ".", "optimizer.name", loaded)
+        if not (isinstance(cls, type) and callable(getattr(cls, "step", None)) and callable(getattr(cls, "zero_grad", None))):
+            raise ConfigError([problem_at(loaded, "optimizer.name", f"{cfg.name} is not an optimizer class (it needs step() and zero_grad())")])
+    else:
+        cls = _pick(_subclasses(torch.optim, torch.optim.Optimizer), cfg.name, "optimizer", loaded)
     provided = {"params": "the model's parameters, which optdoctor passes", "lr": "optimizer.lr"}
     _raise_if(check_kwargs(cls, cfg.args, "optimizer.args", loaded, provided))
     return cls

@@ -53,7 +53,8 @@ class DataConfig(FactoryConfig):
 
 
 class OptimizerConfig(_Strict):
-    name: str = Field(description="any torch.optim class name, case-insensitive")
+    name: str = Field(description='any torch.optim class name (case-insensitive), or "package.module:Class" (e.g. '
+                                  '"pytorch_optimizer:Shampoo", from the optional extra optdoctor[optimizers])')
     lr: float = Field(gt=0, description="learning rate")
     args: dict[str, Any] = Field(default_factory=dict, description="other keyword arguments of that class")
 
@@ -106,7 +107,41 @@ class VariantsConfig(_Strict):
 class VerifyConfig(_Strict):
     enabled: bool = Field(False, description="re-run a probe with each patched remedy of the top findings and report what it changed")
     max_findings: int = Field(3, ge=1, le=20, description="verify the remedies of at most this many findings (most important first)")
-    max_remedies: int = Field(3, ge=1, le=10, description="at most this many patched remedies per finding")
+    max_remedies: int = Field(6, ge=1, le=12, description="at most this many patched remedies per finding")
+    seeds: int = Field(2, ge=0, le=8, description="extra seeds on which each remedy that fixed the run is tried again (robustness), time allowing")
+    time_factor: float | None = Field(1.5, gt=1, description="--verify may take at most this multiple of the plain diagnosis' time; remedies "
+                                                            "(then extra seeds) that would not fit are skipped and reported as such. "
+                                                            "null: no limit (and then the set tried is deterministic)")
+
+
+class PerturbGDConfig(_Strict):
+    """Perturbed gradient descent (Jin, Ge, Netrapalli, Kakade & Jordan 2017)."""
+
+    threshold: float = Field(gt=0, description="kick when the global gradient norm falls below this (g_thres)")
+    radius: float = Field(gt=0, description="the kick is drawn uniformly from a ball of this radius in parameter space (r)")
+    interval: int = Field(10, ge=1, description="at least this many steps between two kicks (t_thres)")
+
+
+class NegativeCurvatureConfig(_Strict):
+    """A step along the Hessian's most negative eigenvector (Lanczos), e.g. off a saddle."""
+
+    at: list[float] = Field(default_factory=lambda: [0.25], description="when, as fractions of probe.steps (after that many steps)")
+    radius: float = Field(0.05, gt=0, description="first step length tried along the eigenvector (parameter-space norm)")
+    doublings: int = Field(8, ge=0, le=20, description="step lengths radius * 2^k, k = 0..doublings, are tried on the Hessian batch; the best is taken")
+    max_iter: int = Field(40, ge=4, le=200, description="Lanczos iterations at most")
+
+    @field_validator("at")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not 0.0 < x <= 1.0]
+        if bad:
+            raise ValueError(f"fractions of probe.steps must lie in (0, 1], got {bad}")
+        return sorted(set(v))
+
+
+class EarlyStoppingConfig(_Strict):
+    patience: int = Field(3, ge=1, description="stop after this many validations without a new validation-loss minimum")
+    restore_best: bool = Field(True, description="end with the weights of the validation minimum (the best checkpoint)")
 
 
 class ProbeSettings(_Strict):
@@ -123,6 +158,9 @@ class ProbeSettings(_Strict):
     standardize_inputs: bool = Field(False, description="standardise each input feature with the training set's mean and std before probing")
     lr_range: bool = Field(True, description="run a short LR range test (Smith 2017) on a copy of the model")
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    perturb_gd: PerturbGDConfig | None = Field(None, description="perturbed gradient descent: a random kick when the gradient is small (null: off)")
+    negative_curvature_step: NegativeCurvatureConfig | None = Field(None, description="steps along the Hessian's lambda_min eigenvector (null: off)")
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="stop at the validation minimum and keep its checkpoint (null: off)")
     budget: float | str | None = Field(
         None, description='time budget of the whole diagnosis: "30s", "2m", "1m30s" or seconds; the probes are planned from a '
                           'timed calibration to fit it and stopped so that it never overruns by more than 20% (what was cut '

@@ -63,11 +63,13 @@ def evaluate_probes(probes: ProbeSet, rules: list[Rule], selection: Selection | 
 
 
 def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, *, rules: list[Rule] | None = None,
-                  progress: Callable[[str, int, int], None] | None = None, budget=None) -> Diagnosis:
+                  progress: Callable[[str, int, int], None] | None = None, budget=None,
+                  started: float | None = None) -> Diagnosis:
     """Probe, extract, evaluate (then vote across seeds and verify remedies, as configured).
     On Ctrl-C, diagnoses what was measured so far (status "interrupted") instead of losing it.
     ``rules``: default the shipped pack; the command loads them before (a broken rule pack
-    fails fast, exit 2, before anything is probed).
+    fails fast, exit 2, before anything is probed). ``started``: when the command began
+    (``time.perf_counter()``), for --verify's time limit; default: when this call began.
 
     With ``probe.budget`` (or a ``budget``: probes/budget.py ``Budget``, e.g. counting from the
     process's start), the probes are planned from a timed calibration to fit it and stopped at
@@ -111,7 +113,7 @@ def run_diagnosis(loaded: LoadedConfig, selection: Selection | None = None, *, r
     diag = Diagnosis(loaded.name, loaded.path, findings, outcomes, symptoms, probes, status, 0.0, loaded)
     if status == "completed" and loaded.config.probe.verify.enabled:
         try:
-            verify_findings(diag, rules, setup, progress, budget)
+            verify_findings(diag, rules, setup, progress, budget, started=min(t0, started or t0))
         except (ProbeInterrupted, KeyboardInterrupt):  # keep the diagnosis and what was verified
             diag.status = "interrupted"
     diag.summary = summarize(diag.probes, diag.findings)

@@ -6,6 +6,8 @@ tried in a probe of its own (same seed, same budget) and judged by the symptom i
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from typing import Callable
 
 from optdoctor.diagnose.model import Diagnosis
@@ -20,6 +22,10 @@ from optdoctor.trace import ProbeSet
 VERIFY_MIN_GAIN = 0.1
 CONFIRM_BONUS = 0.1  # confidence added when a tried remedy fixed it
 REFUTE_PENALTY = 0.2  # confidence removed when every applicable remedy failed
+# The recommendation: among the fixes that held on every seed tried, the cheapest per step
+# whose loss is within this factor of the best loss reached (a fix 3x slower per step must buy
+# more than a slightly lower loss).
+RECOMMEND_LOSS_SLACK = 2.0
 
 
 def gain(before: float, after: float, reference: float | None) -> float:
@@ -36,64 +42,165 @@ def gain(before: float, after: float, reference: float | None) -> float:
 
 
 def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Callable[[str, int, int], None] | None = None,
-                    budget=None) -> None:
+                    budget=None, started: float | None = None) -> None:
     """For the top findings, re-run the baseline probe (same seed and budget) with each patched
-    remedy applied, record what it changed, rank the remedies by that, and move the finding's
-    confidence: up when a remedy fixed it, down when none of the applicable ones helped."""
-    from optdoctor.errors import OptdoctorError
-    from optdoctor.probes.runner import ProbeSpec, run_probe
-    from optdoctor.probes.setup import derive
-    from optdoctor.remedies import NotApplicable, Verification, apply_patch
+    remedy applied, record what it changed and what it cost per step, try the ones that fixed it
+    on more seeds, rank the remedies, recommend one, and move the finding's confidence: up when a
+    remedy fixed it, down when none of the applicable ones helped.
+
+    ``started``: when the plain diagnosis began (``time.perf_counter()``): with
+    ``probe.verify.time_factor`` it bounds the time --verify may add; remedies (then extra seeds)
+    that would not fit are reported as skipped for time. ``budget``: the diagnosis' time budget
+    (probes/budget.py ``Budget``), if any: a probe it has no time for is not tried, and one
+    running is stopped at its hard limit."""
+    from optdoctor.remedies import Verification
 
     loaded = diag.loaded
     vcfg = loaded.config.probe.verify
     by_id = {r.id: r for r in rules}
-    factories = {"model": base_setup.model_factory, "data": base_setup.data_factory}
+    clock = _Budget(vcfg.time_factor, started)
+    base_step = diag.probes.baseline.meta.get("step_seconds") if "baseline" in diag.probes.traces else None
     todo = [f for f in diag.findings if f.severity in ("warning", "error")][: vcfg.max_findings]
+    plans = []
     for f in todo:
         rule = by_id[f.rule]
-        metric = rule.verify
-        before = diag.symptoms.get(metric)
-        reference = _reference(diag.symptoms)
+        before = diag.symptoms.get(rule.verify)
         results = []
         for i, remedy in enumerate([r for r in rule.remedies if r.patch][: vcfg.max_remedies]):
-            v = Verification(remedy=f.remedies[rule.remedies.index(remedy)], patch=dict(remedy.patch), metric=metric, before=before)
-            try:
-                patched = apply_patch(loaded, remedy.patch, factories)
-                setup = derive(base_setup, patched, remedy.patch)
-                name = f"verify_{rule.id}_{i + 1}"
-                spec = ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=patched.config.seed)
-                if budget is not None and not budget.admit_specs(name, [spec]):
-                    v.applicable, v.reason = False, "not tried: the time budget ran out"
-                    results.append(v)
-                    continue
-                if budget is not None:
-                    budget.begin_spec(spec)
-                trace, _ = run_probe(setup, spec, progress, stop=budget.stop if budget is not None else None)
-                if budget is not None:
-                    budget.end(trace)
-            except NotApplicable as e:
-                v.applicable, v.reason = False, str(e)
-                results.append(v)
-                continue
-            except (OptdoctorError, ValueError, TypeError) as e:
-                v.applicable, v.reason = False, f"the patched probe could not run: {e}"
-                results.append(v)
-                continue
-            trace.meta["verifies"] = {"rule": rule.id, "remedy": v.remedy}
-            v.probe = name
-            diag.probes.traces[name] = trace
-            judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), reference)
+            v = Verification(remedy=f.remedies[rule.remedies.index(remedy)], patch=dict(remedy.patch), metric=rule.verify, before=before)
             results.append(v)
+            if not clock.fits():
+                v.applicable, v.reason = False, clock.reason()
+                continue
+            t = time.perf_counter()
+            _try(v, f, rule, f"verify_{rule.id}_{i + 1}", loaded.config.seed, diag, base_setup, progress, clock, base_step,
+                 budget)
+            if v.probe:
+                clock.spent(time.perf_counter() - t)
+        plans.append((f, rule, results))
+    for f, rule, results in plans:  # robustness, once every remedy had its first try
+        for v in results:
+            if v.helped and vcfg.seeds:
+                _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
         if results:
             conclude(f, results)
     diag.findings.sort(key=Finding.sort_key)
 
 
+class _Budget:
+    """The time --verify may still spend: (time_factor - 1) x the plain diagnosis' time. A probe
+    is started only when the median of the tries so far (probe, setup and judgement) still fits."""
+
+    def __init__(self, factor: float | None, started: float | None):
+        self.t0 = time.perf_counter()
+        self.limit = math.inf if factor is None or started is None else (factor - 1) * (self.t0 - started)
+        self.factor = factor
+        self.durations: list[float] = []
+
+    def spent(self, seconds: float) -> None:
+        self.durations.append(seconds)
+
+    def fits(self, n: int = 1) -> bool:
+        estimate = statistics.median(self.durations) if self.durations else 0.0
+        return time.perf_counter() - self.t0 + n * estimate <= self.limit
+
+    def reason(self) -> str:
+        return (f"skipped for time: --verify's limit, {self.factor - 1:.0%} of the plain diagnosis' time ({self.limit:.1f} s), "
+                "was reached; probe.verify.time_factor: null lifts it")
+
+
+class _OutOfBudget(Exception):
+    """The diagnosis' time budget (``probe.budget``) has no time left for this probe."""
+
+
+def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progress, clock: _Budget, budget=None):
+    """The verification probe of one patch on one seed: its trace (NotApplicable when the patch
+    cannot be applied or needs a package that is absent; _OutOfBudget when the time budget
+    cannot fit it)."""
+    from optdoctor.config.resolve import optimizer_available
+    from optdoctor.probes.runner import ProbeSpec, run_probe
+    from optdoctor.probes.setup import derive
+    from optdoctor.remedies import NotApplicable, apply_patch
+
+    loaded = diag.loaded
+    factories = {"model": base_setup.model_factory, "data": base_setup.data_factory}
+    patched = apply_patch(loaded, patch, factories, diag.symptoms)
+    missing = optimizer_available(patched.config.optimizer.name)
+    if missing:
+        raise NotApplicable(f"optimizer {patched.config.optimizer.name} is not installed: {missing}")
+    setup = derive(base_setup, patched, patch)
+    spec = ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=seed)
+    if budget is None:
+        trace, _ = run_probe(setup, spec, progress)
+        return trace
+    if not budget.admit_specs(name, [spec]):
+        raise _OutOfBudget(name)
+    trace = None
+    budget.begin_spec(spec)
+    try:
+        trace, _ = run_probe(setup, spec, progress, stop=budget.stop)
+    finally:
+        budget.end(trace)
+    return trace
+
+
+def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_setup, progress, clock: _Budget,
+         base_step: float | None, budget=None) -> None:
+    from optdoctor.errors import OptdoctorError
+    from optdoctor.remedies import NotApplicable
+
+    try:
+        trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget)
+    except _OutOfBudget:
+        v.applicable, v.reason = False, "not tried: the time budget ran out"
+        return
+    except NotApplicable as e:
+        v.applicable, v.reason = False, str(e)
+        return
+    except (OptdoctorError, ValueError, TypeError) as e:
+        v.applicable, v.reason = False, f"the patched probe could not run: {e}"
+        return
+    trace.meta["verifies"] = {"rule": rule.id, "remedy": v.remedy}
+    v.probe = name
+    diag.probes.traces[name] = trace
+    judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), _reference(diag.symptoms))
+    step = trace.meta.get("step_seconds")
+    if step and base_step:
+        v.cost = step / base_step
+    v.interventions = {k: trace.meta[k] for k in ("negative_curvature", "perturb_gd") if trace.meta.get(k)}
+
+
+def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clock: _Budget, n: int, budget=None) -> None:
+    """The remedy again on ``n`` more seeds (time allowing): on how many it still fixes the run,
+    judged against the baseline as on the first seed."""
+    from optdoctor.errors import OptdoctorError
+    from optdoctor.remedies import NotApplicable
+
+    if not clock.fits(n):
+        v.seeds_note = "not tried on more seeds (time)"
+        return
+    fixed, losses = 0, []
+    for k in range(1, n + 1):
+        t = time.perf_counter()
+        try:
+            trace = _run(v.patch, diag.loaded.config.seed + k, f"{v.probe}_s{k}", diag, base_setup, progress, clock, budget)
+        except _OutOfBudget:
+            v.seeds_note = "not tried on more seeds (time budget)"
+            return
+        except (NotApplicable, OptdoctorError, ValueError, TypeError):
+            continue
+        after = _after(trace, diag.probes)
+        g = gain(v.before, after.get(v.metric, math.nan), _reference(diag.symptoms)) if v.before is not None else None
+        fixed += bool(g is not None and g >= VERIFY_MIN_GAIN and holds(rule, after) is not True)
+        losses.append(after.get(v.metric))
+        clock.spent(time.perf_counter() - t)
+    v.seeds = {"fixed": fixed, "of": n, "after": losses}
+
+
 def attempts(diag: Diagnosis) -> dict[str, list[dict]]:
     """What was tried per rule, without what was measured: saved beside the traces."""
-    keep = ("remedy", "patch", "applicable", "reason", "probe")
-    return {f.rule: [{k: v[k] for k in keep} for v in f.verification] for f in diag.findings if f.verification}
+    keep = ("remedy", "patch", "applicable", "reason", "probe", "seeds", "seeds_note")  # extra seeds' probes are not saved: their outcome is
+    return {f.rule: [{k: v.get(k) for k in keep} for v in f.verification] for f in diag.findings if f.verification}
 
 
 def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -> None:
@@ -109,12 +216,17 @@ def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -
         results = []
         for a in tried[f.rule]:
             v = Verification(remedy=a["remedy"], patch=dict(a["patch"]), applicable=a["applicable"], reason=a["reason"],
-                             metric=rule.verify, before=diag.symptoms.get(rule.verify), probe=a.get("probe"))
+                             metric=rule.verify, before=diag.symptoms.get(rule.verify), probe=a.get("probe"),
+                             seeds=a.get("seeds"), seeds_note=a.get("seeds_note") or "")
             trace = diag.probes.traces.get(v.probe) if v.probe else None
             if v.applicable and trace is None:
                 v.applicable, v.reason = False, "its verification probe was not saved"
             if v.applicable:
                 judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), _reference(diag.symptoms))
+                base_step = diag.probes.baseline.meta.get("step_seconds") if "baseline" in diag.probes.traces else None
+                if trace.meta.get("step_seconds") and base_step:
+                    v.cost = trace.meta["step_seconds"] / base_step
+                v.interventions = {k: trace.meta[k] for k in ("negative_curvature", "perturb_gd") if trace.meta.get(k)}
             results.append(v)
         if results:
             conclude(f, results)
@@ -143,9 +255,48 @@ def judge(v, f: Finding, rule: Rule, before: dict[str, float], after: dict[str, 
     v.symptoms = {n: [before[n], after[n]] for n in f.evidence if n in after and n in before}
 
 
+def recommend(results: list) -> tuple[object | None, str]:
+    """The remedy to use, and why: among those that fixed the run (on every extra seed tried,
+    when any fixed it everywhere), the cheapest per step whose loss is within
+    ``RECOMMEND_LOSS_SLACK`` of the best loss reached. Returns (None, "") when none fixed it."""
+    fixes = [v for v in results if v.helped and v.after is not None]
+    if not fixes:
+        return None, ""
+    robust = [v for v in fixes if not v.seeds or v.seeds["fixed"] == v.seeds["of"]]
+    pool = robust or fixes
+    best = min(v.after for v in pool)
+    near = [v for v in pool if v.after <= RECOMMEND_LOSS_SLACK * best or v.after - best < 1e-12]
+    pick = min(near, key=lambda v: (v.cost or 1.0, v.after))
+    why = f"loss {pick.after:.3g}"
+    if pick.cost:
+        why += f" at {pick.cost:.2g}x the baseline's time per step"
+    if pick.seeds:
+        why += f", fixed on {pick.seeds['fixed']}/{pick.seeds['of']} more seeds"
+    others = [v for v in pool if v is not pick]
+    lower = [v for v in others if v.after < pick.after]
+    if lower:
+        o = min(lower, key=lambda v: v.after)
+        why += (f"; {_first(o.remedy)} reached {o.after:.3g} but costs {o.cost or 1:.2g}x per step"
+                if (o.cost or 1) > (pick.cost or 1) else f"; {_first(o.remedy)} reached {o.after:.3g}")
+    if not robust:
+        why += " (no fix held on every extra seed)"
+    return pick, why
+
+
+def _first(text: str) -> str:
+    for stop in (":", ";", " (", ". ", ","):
+        i = text.find(stop)
+        if 0 < i < 60:
+            return text[:i]
+    return text[:60]
+
+
 def conclude(f: Finding, results: list) -> None:
-    """Rank the tried remedies (best first) and move the finding's confidence."""
+    """Rank the tried remedies (best first), recommend one, and move the finding's confidence."""
     results.sort(key=lambda v: (not v.applicable, -(v.gain if v.gain is not None else -9e9)))
+    pick, why = recommend(results)
+    if pick is not None:
+        pick.recommended, pick.why = True, why
     f.verification = [v.as_dict() for v in results]
     tried = [v for v in results if v.applicable]
     if any(v.helped for v in tried):

@@ -77,13 +77,11 @@ def _share(jobs: list[tuple[str, Callable]], progress) -> dict:
 
 def run_probes_across_ranks(setup: Setup, progress=None, followups: Callable[..., bool] | None = None,
                             budget=None) -> ProbeSet:
-    """``runner.run_probes`` with its probes split across the ranks of a process group."""
-    if budget is not None:  # a plan from one process's timing does not split across ranks yet
-        from optdoctor.errors import UsageError
-
-        raise UsageError("a time budget (--budget / probe.budget) is not supported under torchrun yet; "
-                         "run without it, or on one process")
+    """``runner.run_probes`` with its probes split across the ranks of a process group. A time
+    ``budget`` (``setup`` already carries its plan) stops each rank's probes at its hard limit;
+    probes are not skipped for it here (every rank must run its share of the same list)."""
     _init()
+    stop = budget.stop if budget is not None else None
     cfg = setup.cfg
     hess_steps = fraction_steps(cfg.probe.hessian.at, cfg.probe.steps) if cfg.probe.hessian.enabled else []
     base = ProbeSpec(steps=cfg.probe.steps, seed=cfg.seed, hessian_steps=hess_steps)
@@ -91,7 +89,7 @@ def run_probes_across_ranks(setup: Setup, progress=None, followups: Callable[...
 
     def probe(spec: ProbeSpec, keep_state: bool = False):
         def job(prog):
-            trace, state = run_probe(setup, spec, prog)
+            trace, state = run_probe(setup, spec, prog, stop=stop)
             return (trace, state if keep_state else None)
 
         return job
@@ -99,14 +97,14 @@ def run_probes_across_ranks(setup: Setup, progress=None, followups: Callable[...
     jobs = [(s.name, probe(s, keep_state=s is base)) for s in specs]
     if cfg.probe.lr_range:
         steps = min(LR_RANGE_STEPS, max(20, cfg.probe.steps))
-        jobs.append(("lr_range", lambda prog: (run_lr_range(setup, steps, progress=prog), None)))
+        jobs.append(("lr_range", lambda prog: (run_lr_range(setup, steps, progress=prog, stop=stop), None)))
     results = _share(jobs, progress)
     probes = ProbeSet({name: trace for name, (trace, _) in results.items()})
     probes.data_stats = dict(probes.baseline.meta.get("data_stats", {}))
     base_state = results[base.name][1]
     if followups is not None and not cfg.probe.standardize_inputs and followups(probes, "standardized"):
         spec, std_setup = standardized_probe(setup)
-        for name, (trace, _) in _share([(spec.name, lambda prog: (run_probe(std_setup, spec, prog)[0], None))], progress).items():
+        for name, (trace, _) in _share([(spec.name, lambda prog: (run_probe(std_setup, spec, prog, stop=stop)[0], None))], progress).items():
             probes.traces[name] = trace
     if followups is not None and cfg.probe.variants.perturb and followups(probes, "plateau"):
         steps = cfg.probe.variants.steps or cfg.probe.steps

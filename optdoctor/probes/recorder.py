@@ -39,6 +39,11 @@ class Recorder:
             value = value.detach()
         self._rows[name].append((step, value))
 
+    def rows(self, name: str) -> list:
+        """The (step, value) rows of ``name`` so far (the list itself: a remedy in the loop reads
+        the validation checkpoints, and early stopping re-measures the last one)."""
+        return self._rows.get(name, [])
+
     def last(self, name: str) -> Any:
         rows = self._rows.get(name)
         return rows[-1][1] if rows else None

@@ -8,6 +8,8 @@ One probe = one ``ProbeSpec`` (a variant of the user's setup) -> one ``Trace``.
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -112,12 +114,35 @@ class _Step:
     def loss(self, X, y):
         return self.criterion(self.forward(self.model, X), y)
 
-    def update(self, loss) -> None:
-        """Backward, optimizer step, scheduler step."""
+    def update(self, loss, X=None, y=None) -> None:
+        """Backward, optimizer step, scheduler step. A closure-based optimizer (L-BFGS) gets a
+        closure whose first call returns this loss, whose gradient is already there (the one
+        the instruments measure, in the step pre-hook, before any line search); later calls
+        re-evaluate the same batch."""
         _torch_call(loss.backward, self.bwd)
-        _torch_call(self.optimizer.step, self.opt)  # instruments: gradients before it, updates and states after it
+        if needs_closure(self.optimizer):
+            first = [loss]
+
+            def closure():
+                if first:
+                    return first.pop()
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    again = self.loss(X, y)
+                    _torch_call(again.backward, self.bwd)
+                return again
+
+            _torch_call(lambda: self.optimizer.step(closure), self.opt)
+        else:
+            _torch_call(self.optimizer.step, self.opt)  # instruments: gradients before it, updates and states after it
         if self.scheduler is not None:
             _torch_call(self.scheduler.step, self.sched)
+
+
+def needs_closure(optimizer) -> bool:
+    """Whether ``optimizer.step`` must be given a closure that re-evaluates the loss: L-BFGS, or
+    any class that says so with ``requires_closure = True``."""
+    return isinstance(optimizer, torch.optim.LBFGS) or bool(getattr(optimizer, "requires_closure", False))
 
 
 def _torch_call(fn: Callable[[], object], what: str) -> None:
@@ -187,6 +212,36 @@ def _instruments(setup: Setup, spec: ProbeSpec, step_fn: _Step) -> list:
     return default_instruments(spec.steps, full=spec.full, seed=spec.seed, evaluation=evaluation, curvature=curvature)
 
 
+def _remeasure_last(instruments: InstrumentSet, rec: Recorder) -> None:
+    """After early stopping restored the best checkpoint: the last checkpoint's evaluation rows
+    measure the weights the probe ends with (the best ones), so that ``val.final`` is theirs."""
+    from optdoctor.probes.instruments.evaluation import Evaluation
+
+    for inst in instruments.instruments:
+        if isinstance(inst, Evaluation):
+            for split, batch in inst.batches:
+                loss, acc = inst._evaluate(batch)
+                for name, value in ((f"loss.{'train_eval' if split == 'train' else 'val'}", loss), (f"acc.{split}", acc)):
+                    rows = rec.rows(name)
+                    if rows and value is not None:
+                        rows[-1] = (rows[-1][0], value)
+
+
+def _interventions(setup: Setup, spec: ProbeSpec, model: nn.Module) -> dict:
+    """The in-loop remedies the config switches on, by trace metadata key (``interventions.py``)."""
+    from optdoctor.probes.interventions import NegativeCurvatureStep, PerturbedGD
+
+    cfg = setup.cfg.probe
+    hooks: dict = {}
+    if cfg.perturb_gd is not None:
+        hooks["perturb_gd"] = PerturbedGD(cfg.perturb_gd, model, spec.seed)
+    if cfg.negative_curvature_step is not None:
+        X, y = setup.first(cfg.hessian.batch_size)  # the Hessian batch, bound to the model as the curvature instrument's
+        hooks["negative_curvature"] = NegativeCurvatureStep(cfg.negative_curvature_step, spec.steps, model, setup.criterion,
+                                                            (bind(model, X), y), spec.seed)
+    return hooks
+
+
 def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
               stop: Callable[[], bool] | None = None) -> tuple[Trace, dict]:
     """Train ``spec.steps`` steps with instruments attached; returns the trace and the final
@@ -220,6 +275,15 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
     clip = None
     step = 0
     model.train()
+    # Remedies acting in the loop (probe settings): post-hooks registered before the instruments'.
+    in_loop = _interventions(setup, spec, model)
+    hooks = [optimizer.register_step_post_hook(h) for h in in_loop.values()]
+    stopper = None
+    if cfg.probe.early_stopping is not None and setup.val is not None and setup.val.n != 0:  # n None: an iterable
+        from optdoctor.probes.interventions import EarlyStopping
+
+        stopper = EarlyStopping(cfg.probe.early_stopping, model)
+    seconds: list[float] = []  # wall time of each step (forward, backward, optimizer step): a remedy's cost
     try:
         instruments.attach(ctx)  # measures the initial state (evaluation, curvature) too
         if cfg.probe.clip_grad_norm:  # after the instruments' hook: they see the unclipped gradient
@@ -227,11 +291,14 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
                 lambda *_: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.probe.clip_grad_norm))
         data = batches(setup, spec.seed)
         initial = None
+        if stopper is not None:
+            stopper.observe(rec.rows("loss.val"), 0)  # the checkpoint at attach (step 0)
         for step in range(spec.steps):
             if stop is not None and step and stop():
                 trace.status, trace.stopped_at = "stopped", step
                 break
             X, y = next(data)
+            t0 = time.perf_counter()
             loss = step_fn.loss(X, y)
             lval = float(loss.detach())
             rec.log("loss.train", step, lval)
@@ -241,14 +308,28 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
                 trace.status, trace.stopped_at = "diverged", step
                 break
             optimizer.zero_grad(set_to_none=True)
-            step_fn.update(loss)
+            step_fn.update(loss, X, y)
+            seconds.append(time.perf_counter() - t0)
             if progress:
                 progress(spec.name, step + 1, spec.steps)
+            if stopper is not None and stopper.observe(rec.rows("loss.val"), step + 1):
+                trace.stopped_at = step + 1
+                break
+        if stopper is not None:
+            if stopper.finish():
+                _remeasure_last(instruments, rec)
+            ctx.meta["early_stopping"] = stopper.records
     except KeyboardInterrupt:
         trace.status, trace.stopped_at = "interrupted", step
     finally:
         if clip is not None:
             clip.remove()
+        for h in hooks:
+            h.remove()
+        for key, hook in in_loop.items():
+            ctx.meta[key] = hook.records
+        if seconds:  # includes the instruments' own time, as every probe does: compare probes, not runs
+            ctx.meta["step_seconds"] = statistics.median(seconds)
         instruments.detach()
         instruments.finish(trace)
     if trace.status == "interrupted":
@@ -296,7 +377,7 @@ def run_lr_range(setup: Setup, steps: int, lr_min: float = LR_RANGE[0], lr_max: 
                 break
             best = min(best, lval)
             optimizer.zero_grad(set_to_none=True)
-            step_fn.update(loss)
+            step_fn.update(loss, X, y)
             if progress:
                 progress("lr_range", step + 1, steps)
     finally:

@@ -130,12 +130,30 @@ def _verification(console: Console, f) -> None:
         changes = [f"{n} {fmt(a)} → {fmt(b)}" for n, (a, b) in list(v["symptoms"].items())[:2]]
         if changes:
             line += "; " + ", ".join(changes)
+        if v.get("cost"):
+            line += f"; {v['cost']:.2g}x time/step"
+        if v.get("seeds"):
+            line += f"; fixed on {v['seeds']['fixed']}/{v['seeds']['of']} more seeds"
+        elif v.get("seeds_note"):
+            line += f"; {v['seeds_note']}"
+        for e in v.get("interventions", {}).get("negative_curvature", []):
+            if e.get("eta"):
+                line += (f"; escape at step {e['step']}: lambda_min {fmt(e['lambda_min'])}, a step of {fmt(e['eta'])} along its "
+                         f"eigenvector took the batch loss {fmt(e['loss_before'])} → {fmt(e['loss_after'])}")
+            else:
+                line += f"; at step {e['step']}: {e.get('outcome', 'no step')}"
+        kicks = v.get("interventions", {}).get("perturb_gd", [])
+        if kicks:
+            line += f"; {len(kicks)} kick(s) at step(s) {', '.join(str(k['step']) for k in kicks[:5])}"
         if v.get("improved"):
             line += " — better, but the finding still holds"
         elif not v["helped"]:
             line += " — did not help" + (" (the finding still holds)" if v["still_fires"] else "")
         table.add_row(mark, line)
     console.print(table)
+    pick = next((v for v in f.verification if v.get("recommended")), None)
+    if pick is not None:
+        console.print(Text(f"   recommended: {_short(pick['remedy'])} ({pick['why']})", style="bold green"))
 
 
 def _short(text: str) -> str:
