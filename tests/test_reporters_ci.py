@@ -370,3 +370,11 @@ def test_hand_made_outcome_without_finding_and_finding_without_outcome():
     assert [c.get("name") for c in root.iter("testcase")] == ["OD301 bad-init", "OD101 vanishing-gradients"]
     assert root.get("failures") == "1"
     validate_sarif(json.loads(sarif.render_sarif(d)))
+
+
+def test_text_report_prints_brackets_in_remedies_as_written(diag):
+    """Remedy texts are data, not rich markup: "pip install 'optdoctor[optimizers]'" must survive."""
+    f = diag.findings[0]
+    f.remedies = ["pip install 'optdoctor[optimizers]' then use [bold]Shampoo[/bold]"] + list(f.remedies)
+    out = REPORTERS["text"](diag)
+    assert "optdoctor[optimizers]" in out and "[bold]Shampoo[/bold]" in out

@@ -224,7 +224,7 @@ def _budget(console: Console, b: dict) -> None:
 @reporter("text")
 def render_text(diag, fail_on: str = "error", color: bool = False, width: int = 100) -> str:
     buf = io.StringIO()
-    console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False,
+    console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False, markup=False,
                       color_system="standard" if color else None)
     n = len(diag.summary.probes)
     console.print(Text(f"optdoctor · {diag.name} ({diag.config_path}) · {n} probe{'s' * (n != 1)} · {diag.seconds:.1f} s", style="dim"),
