@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 # ------------------------------------------------------------------ images as dict items
@@ -138,3 +139,50 @@ def recurrent(cell: str = "gru", hidden: int = 32, layers: int = 1) -> Recurrent
         raise ValueError(f"cell must be gru or lstm, got {cell!r}")
     return RecurrentClassifier(cell, hidden, layers)
 
+
+
+# --- a ResNet-20 on scikit-learn's handwritten digits (8x8 images, shipped with scikit-learn) ---
+
+
+class _Block(nn.Module):
+    """A basic residual block whose activations are F.relu calls, as torchvision writes them."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.short = None
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.short is None else self.short(x)))
+
+
+def resnet20(out_dim: int = 10, width: int = 16, blocks: int = 3) -> nn.Module:
+    """ResNet-20 (He et al. 2016, the CIFAR variant: 3 stages of 3 basic blocks, 0.27M parameters)."""
+    layers = [nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    c = width
+    for stage in range(3):
+        for b in range(blocks):
+            layers.append(_Block(c, width * 2**stage, 2 if stage > 0 and b == 0 else 1))
+            c = width * 2**stage
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, out_dim)]
+    return nn.Sequential(*layers)
+
+
+def digits_images(n_val: int = 397):
+    """scikit-learn's 1797 handwritten digits as (N, 1, 8, 8) images scaled to [0, 1] (the data
+    ships inside scikit-learn: nothing is downloaded); a fixed split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    X, y = X[perm], y[perm]
+    return (X[n_val:], y[n_val:]), (X[:n_val], y[:n_val])
