@@ -100,7 +100,6 @@ class _Step:
         self.model, self.criterion = model, setup.criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.fwd = f"the model's forward ({cfg.model.factory})"
-        self.loss_what = f"the loss ({cfg.loss})"
         # Autograd runs the backward of the user's model and loss (an in-place op on a saved
         # tensor, an op without a gradient); the optimizer is the config's torch.optim class.
         self.bwd = f"the backward pass of the model ({cfg.model.factory}) and loss ({cfg.loss})"
