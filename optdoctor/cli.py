@@ -151,18 +151,28 @@ def _progress():
     return line, line.done
 
 
+# Rule selection options shared by `diagnose` and `replay` (one definition: settings.resolve_rules
+# reads them the same way for both).
+FAIL_ON = typer.Option(None, "--fail-on", help="exit 1 when a finding is at or above this severity [default: error, or the settings file's]")
+SELECT = typer.Option([], "--select", help="only these rule ids, id prefixes (OD1) or names; replaces the settings file's selection")
+EXTEND_SELECT = typer.Option([], "--extend-select", help="add these to the selection")
+IGNORE = typer.Option([], "--ignore", help="skip these rule ids, id prefixes or names")
+PARAM = typer.Option([], "--param", metavar="ID.PARAM=VALUE", help="override a rule parameter, e.g. OD101.ratio_max=1e-3")
+RULES = typer.Option([], "--rules", help="rule files or folders to use instead of the shipped pack")
+
+
 @app.command()
 def diagnose(
     config: Path = typer.Argument(..., help="probe config (YAML); it imports your model/data code"),
     format: Format = typer.Option(Format("text"), "--format", "-f", help="report format on stdout (or in a plain --output FILE)"),
     output: List[str] = typer.Option([], "--output", "-o", metavar="[FORMAT=]FILE",
                                      help="write a report to FILE (--format's format) or FORMAT=FILE; repeat for several formats from one run"),
-    fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", help="exit 1 when a finding is at or above this severity [default: error, or the settings file's]"),
-    select: List[str] = typer.Option([], "--select", help="only these rule ids, id prefixes (OD1) or names; replaces the settings file's selection"),
-    extend_select: List[str] = typer.Option([], "--extend-select", help="add these to the selection"),
-    ignore: List[str] = typer.Option([], "--ignore", help="skip these rule ids, id prefixes or names"),
-    param: List[str] = typer.Option([], "--param", metavar="ID.PARAM=VALUE", help="override a rule parameter, e.g. OD101.ratio_max=1e-3"),
-    rules: List[Path] = typer.Option([], "--rules", help="rule files or folders to use instead of the shipped pack"),
+    fail_on: Optional[FailOn] = FAIL_ON,
+    select: List[str] = SELECT,
+    extend_select: List[str] = EXTEND_SELECT,
+    ignore: List[str] = IGNORE,
+    param: List[str] = PARAM,
+    rules: List[Path] = RULES,
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="override probe.steps"),
     seed: Optional[int] = typer.Option(None, "--seed", help="override seed"),
     check: bool = typer.Option(False, "--check", help="CI preset: one CPU thread, no progress output, probes capped at --max-steps; stable report bytes"),
@@ -317,12 +327,12 @@ def _emit(diag, outputs: list[tuple[str, Path | None]], fail_on: str, tensorboar
 def replay(
     traces: Path = typer.Argument(..., help="folder written by `diagnose --save-trace`"),
     format: Format = typer.Option(Format("text"), "--format", "-f"),
-    fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", help="exit 1 when a finding is at or above this severity [default: error, or the settings file's]"),
-    select: List[str] = typer.Option([], "--select", help="only these rule ids, id prefixes (OD1) or names; replaces the settings file's selection"),
-    extend_select: List[str] = typer.Option([], "--extend-select", help="add these to the selection"),
-    ignore: List[str] = typer.Option([], "--ignore", help="skip these rule ids, id prefixes or names"),
-    param: List[str] = typer.Option([], "--param", metavar="ID.PARAM=VALUE", help="override a rule parameter, e.g. OD101.ratio_max=1e-3"),
-    rules: List[Path] = typer.Option([], "--rules", help="rule files or folders to use instead of the shipped pack"),
+    fail_on: Optional[FailOn] = FAIL_ON,
+    select: List[str] = SELECT,
+    extend_select: List[str] = EXTEND_SELECT,
+    ignore: List[str] = IGNORE,
+    param: List[str] = PARAM,
+    rules: List[Path] = RULES,
 ) -> None:
     """Re-diagnose saved traces without probing again (e.g. after editing rules), with the
     settings file of the config they came from and the same flags as `diagnose`."""
