@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
+from optdoctor.config.schedule import scaled_schedule_args
 from optdoctor.config.schema import LoadedConfig, ProbeConfig
 
 PLACEHOLDER = re.compile(r"^\s*\$([A-Za-z_][\w.]*)\s*(?:([*/])\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?\s*$")
@@ -163,6 +164,11 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
         if current is None and parts[0] in ("model", "data") and len(parts) == 3:
             current = _default(factories.get(parts[0]), parts[2])  # "x4" of an argument left at its default
         node[parts[-1]] = _resolve_value(copy.deepcopy(value), current, cfg, symptoms)
+        m = MULTIPLY.match(value) if isinstance(value, str) else None
+        if key == "optimizer.lr" and m and isinstance(data.get("schedule"), dict) and "schedule" not in patch:
+            # "x0.1" of the rate also scales the rates a schedule sets itself (CyclicLR's max_lr, ...)
+            sch = data["schedule"]
+            sch["args"] = scaled_schedule_args(sch.get("args") or {}, float(m.group(1)))
         if key == "optimizer.name" and not sets_args:
             data["optimizer"]["args"] = {}
         if key == "model.factory":

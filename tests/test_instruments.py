@@ -349,6 +349,7 @@ def test_grad_norms_schedule():
 # --------------------------------------------------------------------------- update ratios
 
 OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1),
     "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
 }
@@ -362,7 +363,7 @@ def test_update_ratios_equal_hand_computed(case, opt_name):
     layers, _ = forward_ordered(model, data[0][0])
     mods = dict(model.named_modules())
     before: list[torch.Tensor] = []
-    expected_ratio, expected_norm = [], []
+    expected_ratio, expected_norm, expected_first_order = [], [], []
 
     def hook(step, phase):
         if phase == "before_step":
@@ -371,6 +372,10 @@ def test_update_ratios_equal_hand_computed(case, opt_name):
             after = [mods[n].weight.detach() for n in case.layers]
             expected_ratio.append([ref_norm(a - b) / ref_norm(b) for a, b in zip(after, before)])
             expected_norm.append([ref_norm(b) for b in before])
+            # hand loop: sum over layers and elements of g * (W_before - W_after), in float64
+            grads = [mods[n].weight.grad.detach().double().flatten().tolist() for n in case.layers]
+            expected_first_order.append(sum(gi * (bi - ai) for g, a, b in zip(grads, after, before)
+                                            for gi, ai, bi in zip(g, a.double().flatten().tolist(), b.double().flatten().tolist())))
 
     opt = OPTIMIZERS[opt_name]([p for p in model.parameters() if p.requires_grad])
     trace = train(model, [UpdateRatios(every=1)], data, opt, hook)
@@ -378,6 +383,9 @@ def test_update_ratios_equal_hand_computed(case, opt_name):
     np.testing.assert_allclose(trace.values("update.ratio"), expected_ratio, rtol=1e-4)
     np.testing.assert_allclose(trace.values("weight.norm"), expected_norm, rtol=1e-5)
     assert trace.steps("update.ratio").tolist() == [0, 1, 2]
+    np.testing.assert_allclose(trace.values("update.first_order"), expected_first_order, rtol=1e-4, atol=1e-10)
+    if opt_name == "sgd" and all(isinstance(mods[n], nn.Linear) for n in case.layers):
+        assert np.all(trace.values("update.first_order") > 0)  # plain SGD: lr |g|^2 > 0
 
 
 def test_update_ratio_of_a_frozen_step_is_zero_and_weights_are_untouched():
@@ -1233,3 +1241,40 @@ def test_layer_scales_equal_hand_loop_and_skip_non_tensor_outputs():
                 assert got[0, j] == pytest.approx(ref_std(o.detach().double().flatten().tolist()), rel=1e-5)
             else:
                 assert math.isnan(got[0, j])
+
+
+def test_weight_init_gain_equals_hand_computation_and_knows_standard_inits():
+    """std(W) * sqrt(fan_in), by hand, per layer; NaN for embeddings and recurrent matrices."""
+    from optdoctor.probes.instruments import parametrised_layers
+    from optdoctor.probes.instruments.weight_symmetry import weight_init_gain
+
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.rnn = nn.GRU(8, 8, batch_first=True)
+            self.conv = nn.Conv1d(8, 16, 3)
+            self.fc = nn.Linear(16, 4)
+
+    net = Net()
+    layers = parametrised_layers(net)
+    got = weight_init_gain(layers).numpy()
+    want = []
+    for _, m in layers:
+        if isinstance(m, (nn.Linear, nn.Conv1d)):
+            w = m.weight.detach().double().flatten().tolist()
+            mean = sum(w) / len(w)
+            std = (sum((v - mean) ** 2 for v in w) / (len(w) - 1)) ** 0.5
+            fan_in = m.weight[0].numel()  # in_channels * kernel for the conv
+            want.append(std * fan_in ** 0.5)
+        else:
+            want.append(float("nan"))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert np.isnan(got[0]) and np.isfinite(got[-1])
+    big = nn.Linear(512, 512)  # the standard inits, on a layer large enough to read them off
+    for init, gain in [(lambda w: None, 1 / 3 ** 0.5), (lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), 2 ** 0.5),
+                       (lambda w: nn.init.xavier_normal_(w), 1.0), (lambda w: nn.init.uniform_(w, -1e-3, 1e-3), 1e-3 / 3 ** 0.5 * 512 ** 0.5)]:
+        init(big.weight)
+        assert float(weight_init_gain([("x", big)])[0]) == pytest.approx(gain, rel=0.05)

@@ -126,3 +126,23 @@ def test_verify_says_when_the_obvious_remedy_does_not_fix_it():
     assert f["cause"] == "overfitting" and f["confirmed"] is not True
     assert not any(v["helped"] for v in f["verification"])
     assert all(v["still_fires"] for v in f["verification"] if v["applicable"])
+
+
+def test_multiplying_the_lr_scales_the_rates_a_schedule_sets_itself(loaded):
+    """CyclicLR overrides the optimizer's rate with base_lr/max_lr: "x0.1" must scale those too,
+    or the remedy probe runs at the same peak; a patch that sets the schedule itself wins."""
+    sched = {"name": "CyclicLR", "args": {"base_lr": 0.001, "max_lr": 10.0, "step_size_up": 40, "cycle_momentum": False}}
+    cfg = loaded.config.model_copy(update={"schedule": loaded.config.schedule.model_validate(sched)
+                                           if loaded.config.schedule else None})
+    if cfg.schedule is None:
+        from optdoctor.config.schema import ProbeConfig
+
+        cfg = ProbeConfig.model_validate({**loaded.config.model_dump(), "schedule": sched})
+    with_sched = loaded.model_copy(update={"config": cfg})
+    new = apply_patch(with_sched, {"optimizer.lr": "x0.1"}, mlp_factories())
+    assert new.config.schedule.args == {"base_lr": pytest.approx(1e-4), "max_lr": pytest.approx(1.0), "step_size_up": 40,
+                                        "cycle_momentum": False}
+    assert new.config.optimizer.lr == pytest.approx(0.01)
+    own = apply_patch(with_sched, {"optimizer.lr": "x0.1", "schedule": None}, mlp_factories())
+    assert own.config.schedule is None
+    assert apply_patch(with_sched, {"optimizer.lr": 0.05}, mlp_factories()).config.schedule.args["max_lr"] == 10.0

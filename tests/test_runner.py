@@ -495,3 +495,22 @@ def test_data_statistics_describe_the_inputs_the_model_trains_on(tmp_path):
     assert spread() > 100
     cfg.write_text(body + "probe: {standardize_inputs: true}\n")
     assert spread() == pytest.approx(1.0, rel=0.2)  # a 192-sample subset of standardised features
+
+
+@pytest.mark.parametrize("schedule, key", [
+    ({"name": "CyclicLR", "args": {"base_lr": 0.001, "max_lr": 1.0, "step_size_up": 5, "cycle_momentum": False}}, "max_lr"),
+    ({"name": "OneCycleLR", "args": {"max_lr": 0.5, "total_steps": 40}}, "max_lr"),
+])
+def test_lr_variant_scales_a_schedule_that_sets_the_rate_itself(tmp_path, schedule, key):
+    """A 0.1x variant under CyclicLR/OneCycleLR must run at 0.1x the baseline's rates at every
+    step: the schedule's absolute rates (max_lr, base_lr, ...) are scaled with the optimizer's."""
+    from optdoctor.config.schedule import scaled_schedule_args
+
+    setup = setup_for(tmp_path, schedule=schedule)
+    base, _ = run_probe(setup, ProbeSpec(steps=20, seed=0))
+    low, _ = run_probe(setup, ProbeSpec(steps=20, seed=0, lr_factor=0.1, kind="lr_variant", full=False))
+    np.testing.assert_allclose(low.values("lr"), 0.1 * base.values("lr"), rtol=1e-6)
+    assert base.values("lr").max() > 10 * base.values("lr").min()  # the schedule did move the rate
+    args = scaled_schedule_args({**schedule["args"], "cycle_momentum": True}, 0.1)
+    assert args[key] == pytest.approx(0.1 * schedule["args"][key]) and args["cycle_momentum"] is True
+    assert scaled_schedule_args(schedule["args"], 1.0) == schedule["args"]

@@ -393,6 +393,7 @@ def rich_probeset() -> ProbeSet:
     }).series)  # fmt: skip
     base.hessian = hess_rows()
     base.series["weight.row_spread"] = (np.array([0]), np.array([[1.0, 0.5, 0.0, 0.9]]))  # one layer of identical rows
+    base.series["weight.init_gain"] = (np.array([0]), np.array([[0.6, 0.5, 1.4, 0.0]]))  # hidden median 0.6 (head left out)
     base.series["grad.position"] = (np.array([0, 10]), np.array([[0.1, 0.5, 1.0], [0.2, 0.6, 1.0]]))
     base.series["layer.out_scale"] = (np.array([0]), np.array([[1.0, 2.0, 4.0, 0.5]]))
     base.series["lr"] = (np.arange(40), np.full(40, 0.1))
@@ -520,3 +521,27 @@ def test_layer_scale_ratio_leaves_the_head_out():
     assert s["layer.scale_factor.init"] == pytest.approx(4.1 ** (1 / 3))
     few = extract(probes(trace({"layer.out_scale": (np.array([0]), np.array([[1.0, np.nan, 0.3]]))})))
     assert "layer.scale_ratio.init" not in few
+
+
+def test_init_gain_is_the_hidden_layers_median_and_needs_two_of_them():
+    from optdoctor.symptoms.activations import init_gain
+
+    def ps(row):
+        t = trace({"loss.train": np.ones(5)})
+        t.series["weight.init_gain"] = (np.array([0]), np.array([row]))
+        return probes(t)
+
+    assert init_gain(ps([0.01, 0.02, np.nan, 0.5, 9.0]))["weight.init_gain"] == pytest.approx(0.02)  # median of 0.01, 0.02, 0.5
+    assert init_gain(ps([0.01, np.nan, 9.0])) == {}  # one hidden layer: no trend to speak of
+    assert init_gain(ps([np.nan, np.nan])) == {}
+
+
+def test_step_gain_reads_the_step_taken_not_lr_times_g_squared():
+    """Adam's step is ~lr per coordinate: its first-order gain is g . dW, not lr |g|^2."""
+    from optdoctor.symptoms.gradients import gradient_depth
+
+    t = trace({"loss.train": np.full(20, 2.0), "grad.global_norm": np.full(20, 1e-3)}, lr=1e-3)
+    assert gradient_depth(probes(t))["grad.step_gain"] == pytest.approx(1e-3 * 1e-6 / 2.0)  # fallback: lr |g|^2 / loss
+    t.series["update.first_order"] = (np.arange(0, 20, 2), np.full(10, 4e-4))
+    s = gradient_depth(probes(t))
+    assert s["grad.step_gain"] == pytest.approx(2e-4) and s["grad.step_gain_init"] == pytest.approx(2e-4)

@@ -34,7 +34,8 @@ def _standardize(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def table(name: str = "wine", scale: str = "standard", n_train: int | None = None, random_labels: bool = False,
-          image: bool = False, scale_target: bool = True, offset: float = 0.0, seed: int = 0):
+          image: bool = False, scale_target: bool = True, offset: float = 0.0, spread: float = 0.0,
+          multiply: float = 1.0, label_noise: float = 0.0, seed: int = 0):
     """One of scikit-learn's bundled datasets, split 70/30 (stratified for classes).
 
     scale: "standard" (z-score), "raw" (as shipped: breast_cancer spans 1e-3..4e3), "unit" (/ max).
@@ -42,6 +43,10 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
     random_labels: replace the training labels by random ones (validation keeps the true ones).
     image: digits as (1, 8, 8) images. scale_target: z-score a regression target (diabetes).
     offset: added to every (scaled) feature, e.g. 100 for features far from zero mean.
+    spread: feature j (of d) is multiplied by 10 ** (spread * (j / (d - 1) - 1/2)), i.e. the
+        features' units span ``spread`` decades (mixed units: grams next to kilometres).
+    multiply: every feature times this (e.g. 16 turns digits' 0..16 into 0..256 pixel values).
+    label_noise: this fraction of the training labels replaced by random ones (validation clean).
     """
     from sklearn.model_selection import train_test_split
 
@@ -59,6 +64,10 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
     elif scale != "raw":
         raise ValueError(f"scale must be standard, raw or unit, not {scale!r}")
     Xtr, Xva = Xtr + offset, Xva + offset
+    if spread:
+        f = 10 ** (spread * (torch.arange(Xtr.shape[1]) / max(Xtr.shape[1] - 1, 1) - 0.5))
+        Xtr, Xva = Xtr * f, Xva * f
+    Xtr, Xva = Xtr * multiply, Xva * multiply
     if regression:
         ytr = torch.tensor(ytr, dtype=torch.float32).unsqueeze(1)
         yva = torch.tensor(yva, dtype=torch.float32).unsqueeze(1)
@@ -72,6 +81,10 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
     if random_labels:
         g = torch.Generator().manual_seed(seed + 1)
         ytr = torch.randint(int(ytr.max()) + 1, ytr.shape, generator=g)
+    if label_noise:
+        g = torch.Generator().manual_seed(seed + 2)
+        flip = torch.rand(ytr.shape, generator=g) < label_noise
+        ytr = torch.where(flip, torch.randint(int(ytr.max()) + 1, ytr.shape, generator=g), ytr)
     if image:
         Xtr, Xva = Xtr.reshape(-1, 1, 8, 8), Xva.reshape(-1, 1, 8, 8)
     return (Xtr, ytr), (Xva, yva)
@@ -91,14 +104,19 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def teacher(n_features: int = 10, hidden: int = 16, n_train: int = 512, n_val: int = 256, noise: float = 0.05,
-            seed: int = 0):
-    """y = v . tanh(W x), a random one-hidden-layer teacher; targets standardised."""
+            spread: float = 0.0, seed: int = 0):
+    """y = v . tanh(W x), a random one-hidden-layer teacher; targets standardised.
+
+    spread: the inputs the model sees are x_j * 10 ** (spread * (j / (d - 1) - 1/2)) (features in
+    mixed units); the target is computed from the unscaled x, so only the units change."""
     g = _gen(seed)
     W = torch.randn(hidden, n_features, generator=g) / math.sqrt(n_features)
     v = torch.randn(hidden, 1, generator=g) / math.sqrt(hidden)
     X = torch.randn(n_train + n_val, n_features, generator=g)
     y = torch.tanh(X @ W.T * 2) @ v
     y = (y - y.mean()) / y.std() + noise * torch.randn(y.shape, generator=g)
+    if spread:
+        X = X * 10 ** (spread * (torch.arange(n_features) / max(n_features - 1, 1) - 0.5))
     return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
 
 
@@ -247,8 +265,9 @@ def _init_(model: nn.Module, init: str, std: float, gain: float, bias: float | N
 
 def mlp(in_dim: int, out_dim: int, width: int = 64, depth: int = 2, act: str = "relu", batchnorm: bool = False,
         dropout: float = 0.0, init: str = "default", std: float = 0.01, gain: float = 1.0, bias: float | None = None,
-        weight_mean: float = 0.0, init_last: bool = True) -> nn.Module:
-    """``depth`` hidden layers [Linear, (BatchNorm), act, (Dropout)], then a Linear head."""
+        weight_mean: float = 0.0, init_last: bool = True, bn_bias: float | None = None) -> nn.Module:
+    """``depth`` hidden layers [Linear, (BatchNorm), act, (Dropout)], then a Linear head.
+    bn_bias: the BatchNorm shift (beta) every BatchNorm starts from (PyTorch's: 0)."""
     layers: list[nn.Module] = [nn.Flatten()]
     d = in_dim
     for _ in range(depth):
@@ -264,6 +283,14 @@ def mlp(in_dim: int, out_dim: int, width: int = 64, depth: int = 2, act: str = "
     _init_(net, init, std, gain, bias, weight_mean, skip_last=not init_last)
     if bias is not None:
         nn.init.zeros_(layers[-1].bias)
+    return _bn_shift(net, bn_bias)
+
+
+def _bn_shift(net: nn.Module, bn_bias: float | None) -> nn.Module:
+    if bn_bias is not None:
+        for m in net.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                nn.init.constant_(m.bias, bn_bias)
     return net
 
 
@@ -311,7 +338,7 @@ def resnet(in_dim: int, out_dim: int, width: int = 64, blocks: int = 3, act: str
 
 def cnn(out_dim: int = 10, channels: tuple = (8, 16), batchnorm: bool = False, act: str = "relu",
         init: str = "default", std: float = 0.01, gain: float = 1.0, bias: float | None = None,
-        weight_mean: float = 0.0, size: int = 8) -> nn.Module:
+        weight_mean: float = 0.0, size: int = 8, bn_bias: float | None = None) -> nn.Module:
     """Conv(3x3, pad 1) [+BatchNorm] + act per entry of ``channels``, a 2x2 max-pool after the
     second, average pooling to 4x4, Linear head. Input (N, 1, size, size)."""
     layers: list[nn.Module] = []
@@ -326,7 +353,7 @@ def cnn(out_dim: int = 10, channels: tuple = (8, 16), batchnorm: bool = False, a
         c = ch
     layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c * 16, out_dim)]
     net = nn.Sequential(*layers)
-    return _init_(net, init, std, gain, bias, weight_mean, False)
+    return _bn_shift(_init_(net, init, std, gain, bias, weight_mean, False), bn_bias)
 
 
 class _Recurrent(nn.Module):
@@ -412,3 +439,9 @@ def frequency_model(frequency: float = 4.8) -> nn.Module:
 def mae(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute error (L1)."""
     return (output - y).abs().mean()
+
+
+def ce_sum(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch instead of averaged (a common slip: the effective
+    learning rate is batch_size times the configured one)."""
+    return nn.functional.cross_entropy(output, y, reduction="sum")

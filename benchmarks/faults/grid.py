@@ -18,6 +18,10 @@ from typing import Any
 F = "../factories.py"  # configs live in cases/, the factories one folder up
 PROBE_STEPS = 150
 SPLIT_SEED = "optdoctor-faults-v1"
+# Batch 2 (added after the first test-split measurement): new mechanism families, split among
+# themselves by their own seed, so that batch 1's split stays exactly as it was and batch 2's
+# test families are mechanisms no rule was tuned on.
+SPLIT_SEEDS = {1: SPLIT_SEED, 2: "optdoctor-faults-v2"}
 
 
 # --- datasets: factory args, shapes, loss, and what "trains well" / "fails" mean on them ----
@@ -97,6 +101,7 @@ class Case:
     good: float
     fail: float
     split: str = ""
+    batch: int = 1
     note: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -141,7 +146,7 @@ def _cases() -> list[Case]:
     cases: list[Case] = []
 
     def add(cause, mechanism, family, model_kind, data_key, opt, fix, *, model_kw=None, data_args=None,
-            loss=None, schedule=None, steps=PROBE_STEPS, tag="", good=None, fail=None):
+            loss=None, schedule=None, steps=PROBE_STEPS, tag="", good=None, fail=None, batch=1):
         d = DATA[data_key]
         label = model_kind + (f"-{tag}" if tag else "")
         cfg = config(data_key, model(model_kind, d, **(model_kw or {})), opt, data_args=data_args, loss=loss,
@@ -149,7 +154,7 @@ def _cases() -> list[Case]:
         cid = f"{cause}/{mechanism}/{label}/{data_key}"
         cfg["name"] = cid.replace("/", "__")
         cases.append(Case(cid, cause, mechanism, family, cfg, fix, d.good if good is None else good,
-                          d.fail if fail is None else fail))
+                          d.fail if fail is None else fail, batch=batch))
 
     vec = ["digits", "wine", "breast_cancer", "iris", "teacher"]
 
@@ -373,14 +378,136 @@ def _cases() -> list[Case]:
                                                                                        "depth": 1}, tag="tanh-" + on)
     # a healthy small-data case (early-stopped scale: 200 samples of bag-of-words)
     add("healthy", "mlp", "healthy-mlp", "mlp", "bow", OPT["adamw"], None, data_args={"n_train": 600}, tag="n600-adamw")
+
+    # ===== batch 2: new mechanism families (split among themselves, SPLIT_SEEDS[2]) ============
+    def add2(*a, **k):
+        add(*a, **k, batch=2)
+
+    # lr_too_high
+    for mk, dk in [("mlp", "digits"), ("mlp", "wine"), ("cnn", "digits_img"), ("resnet", "breast_cancer")]:
+        add2("lr_too_high", "loss-sum-reduction", "loss-sum-reduction", mk, dk, {"name": "sgd", "lr": 0.1},
+             {"loss": "cross_entropy"}, loss=f"{F}:ce_sum")
+    for mk, dk in [("mlp", "digits"), ("mlp", "breast_cancer"), ("cnn", "digits_img")]:
+        add2("lr_too_high", "adagrad-high-lr", "adagrad-high-lr", mk, dk, {"name": "adagrad", "lr": 5.0},
+             {"optimizer": {"lr": 0.05}})
+    for mk, dk in [("gru", "seq"), ("lstm", "digits_rows"), ("transformer", "digits_rows")]:
+        add2("lr_too_high", "adamw-high-lr-sequence", "adamw-high-lr-sequence", mk, dk,
+             {"name": "adamw", "lr": 0.3, "args": {"weight_decay": 1e-2}}, {"optimizer": {"lr": 3e-3}})
+    for mk, dk, kw in [("cnn", "digits_img", {"batchnorm": True}), ("resnet", "digits", {}), ("mlp", "iris", {})]:
+        add2("lr_too_high", "nesterov-high-lr", "nesterov-high-lr", mk, dk,
+             {"name": "sgd", "lr": 3.0, "args": {"momentum": 0.9, "nesterov": True}}, {"optimizer": {"lr": 0.02}},
+             model_kw=kw, tag="bn" if kw else "")
+
+    # lr_too_low
+    for mk, dk in [("mlp", "digits"), ("gru", "seq"), ("cnn", "digits_img")]:
+        add2("lr_too_low", "rmsprop-tiny-lr", "rmsprop-tiny-lr", mk, dk, {"name": "rmsprop", "lr": 1e-7},
+             {"optimizer": {"lr": 1e-3}})
+    for mk, dk in [("mlp", "wine"), ("resnet", "breast_cancer"), ("cnn", "digits_img")]:
+        add2("lr_too_low", "momentum-tiny-lr", "momentum-tiny-lr", mk, dk,
+             {"name": "sgd", "lr": 1e-6, "args": {"momentum": 0.9}}, {"optimizer": {"lr": 0.05}})
+    for mk, dk, opt in [("mlp", "digits", OPT["adam"]), ("transformer", "seq", OPT["adamw"]),
+                        ("mlp", "teacher", OPT["momentum"])]:
+        add2("lr_too_low", "warmup-too-long", "warmup-too-long", mk, dk, opt, {"schedule": None},
+             schedule={"name": "LinearLR", "args": {"start_factor": 1e-4, "total_iters": 100000}}, tag=opt["name"])
+
+    # ill_conditioning
+    for mk, dk, opt in [("linear", "wine", {"name": "sgd", "lr": 0.01}),
+                        ("mlp", "breast_cancer", {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}),
+                        ("mlp", "iris", {"name": "sgd", "lr": 0.01}), ("linear", "digits_std", {"name": "sgd", "lr": 0.01})]:
+        add2("ill_conditioning", "mixed-units", "mixed-units", mk, dk, opt, {"data": {"args": {"spread": 0.0}}},
+             data_args={"spread": 4.0}, tag="spread4")
+    for mk, opt in [("linear", {"name": "sgd", "lr": 0.01}), ("mlp", {"name": "sgd", "lr": 0.01}),
+                    ("mlp", {"name": "sgd", "lr": 0.005, "args": {"momentum": 0.9}})]:
+        add2("ill_conditioning", "unnormalized-pixels", "unnormalized-pixels", mk, "digits", opt,
+             {"data": {"args": {"scale": "unit", "multiply": 1.0}}}, data_args={"scale": "raw", "multiply": 16.0},
+             tag="px255-" + opt["name"] + ("-mom" if "args" in opt else ""))
+    for mk, opt in [("mlp", {"name": "sgd", "lr": 0.01}), ("mlp", {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}),
+                    ("resnet", {"name": "sgd", "lr": 0.01})]:
+        add2("ill_conditioning", "teacher-mixed-units", "teacher-mixed-units", mk, "teacher", opt,
+             {"data": {"args": {"spread": 0.0}}}, data_args={"spread": 4.0},
+             tag="spread4-" + opt["name"] + ("-mom" if "args" in opt else ""))
+
+    # bad_init
+    for dk in ["digits", "wine", "teacher"]:
+        add2("bad_init", "xavier-deep-relu", "xavier-deep-relu", "mlp", dk, {"name": "sgd", "lr": 0.05,
+             "args": {"momentum": 0.9}}, {"model": {"args": {"init": "kaiming"}}},
+             model_kw={"depth": 12, "init": "xavier", "gain": 1.0}, tag="d12")
+    for dk, opt in [("digits_img", OPT["momentum"]), ("digits_img", OPT["sgd"])]:
+        add2("bad_init", "small-normal-cnn", "small-normal-cnn", "cnn", dk, opt, {"model": {"args": {"init": "default"}}},
+             model_kw={"init": "normal", "std": 1e-3, "channels": [8, 16, 16]}, tag="std1e-3-" + opt["name"] + ("-mom" if "args" in opt else ""))
+    for dk in ["digits", "wine", "breast_cancer"]:
+        add2("bad_init", "large-normal-relu", "large-normal-relu", "mlp", dk, OPT["momentum"],
+             {"model": {"args": {"init": "default"}}}, model_kw={"depth": 4, "width": 128, "init": "normal", "std": 1.0},
+             tag="d4-std1")
+
+    # vanishing_gradients
+    for opt in [OPT["momentum"], OPT["adam"]]:
+        add2("vanishing_gradients", "tanh-cnn-depth", "tanh-cnn-depth", "cnn", "digits_img", opt,
+             {"model": {"args": {"channels": [8, 16]}}}, model_kw={"act": "tanh", "channels": [8] * 9 + [16]},
+             tag="tanh-c10-" + opt["name"])
+    for dk in ["digits", "wine", "teacher"]:
+        add2("vanishing_gradients", "sigmoid-depth-adam", "sigmoid-depth-adam", "mlp", dk, OPT["adam"],
+             {"model": {"args": {"depth": 2}}}, model_kw={"act": "sigmoid", "depth": 12}, tag="sigmoid-d12")
+
+    # exploding_gradients
+    for dk in ["digits", "wine", "teacher"]:
+        add2("exploding_gradients", "resnet-no-norm-kaiming", "resnet-no-norm-kaiming", "resnet", dk,
+             {"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}, {"model": {"args": {"norm": True}}},
+             model_kw={"norm": False, "blocks": 12, "init": "kaiming"}, tag="b12")
+    for opt in [{"name": "sgd", "lr": 0.01, "args": {"momentum": 0.9}}, {"name": "sgd", "lr": 0.02}]:
+        add2("exploding_gradients", "cnn-large-gain", "cnn-large-gain", "cnn", "digits_img", opt,
+             {"model": {"args": {"gain": 1.414}}}, model_kw={"channels": [16] * 6, "init": "orthogonal", "gain": 3.0},
+             tag="c6-g3-" + opt["name"] + ("-mom" if "args" in opt else ""))
+
+    # overfitting
+    for n, opt in [(30, OPT["adam"]), (50, OPT["adamw"])]:
+        add2("overfitting", "cnn-tiny-data", "cnn-tiny-data", "cnn", "digits_img", opt,
+             {"data": {"args": {"n_train": None}}}, model_kw={"channels": [32, 64]}, data_args={"n_train": n},
+             steps=200, tag=f"c32-n{n}-{opt['name']}")
+    for mk, n in [("gru", 40), ("lstm", 60)]:
+        add2("overfitting", "sequence-tiny-data", "sequence-tiny-data", mk, "digits_rows", OPT["adam"],
+             {"data": {"args": {"n_train": None}}}, model_kw={"hidden": 128}, data_args={"n_train": n}, steps=200,
+             tag=f"h128-n{n}")
+    for dk, frac in [("digits", 0.4), ("breast_cancer", 0.4), ("wine", 0.5)]:
+        add2("overfitting", "label-noise", "label-noise", "mlp", dk, {"name": "adam", "lr": 3e-3},
+             {"data": {"args": {"label_noise": 0.0}}}, model_kw={"width": 512, "depth": 2},
+             data_args={"label_noise": frac}, steps=200, tag=f"w512-noise{frac}")
+
+    # dead_relu
+    for mk, dk in [("mlp", "digits"), ("mlp", "wine"), ("cnn", "digits_img")]:
+        add2("dead_relu", "bn-negative-shift", "bn-negative-shift", mk, dk, OPT["momentum"],
+             {"model": {"args": {"bn_bias": None}}}, model_kw={"batchnorm": True, "bn_bias": -3.0}, tag="bn-3")
+
+    # healthy controls: new families
+    for mk, dk, on in [("gru", "seq_long", "adam"), ("lstm", "seq", "momentum"), ("gru", "digits_rows", "adamw"),
+                       ("lstm", "digits_rows", "adam"), ("rnn", "digits_rows", "adam"), ("gru", "seq", "rmsprop")]:
+        add2("healthy", mk, "healthy-recurrent", mk, dk, OPT[on], None, tag=on)
+    for dk, on, kw in [("seq", "adamw", {"d_model": 64}), ("digits_rows", "adam", {"layers": 3}),
+                       ("seq_long", "adam", {}), ("digits_rows", "rmsprop", {"d_model": 16, "heads": 2})]:
+        add2("healthy", "transformer", "healthy-transformer", "transformer", dk, OPT[on], None, model_kw=kw,
+             tag=on + "".join(f"-{k}{v}" for k, v in kw.items()))
+    for mk, dk, on, sch in [("mlp", "digits", "momentum", {"name": "CosineAnnealingLR", "args": {"T_max": 300}}),
+                            ("cnn", "digits_img", "sgd", {"name": "OneCycleLR", "args": {"max_lr": 0.2, "total_steps": 400}}),
+                            ("mlp", "wine", "adam", {"name": "StepLR", "args": {"step_size": 100, "gamma": 0.5}}),
+                            ("resnet", "breast_cancer", "adamw",
+                             {"name": "LinearLR", "args": {"start_factor": 0.1, "total_iters": 30}}),
+                            ("mlp", "teacher", "momentum", {"name": "CosineAnnealingWarmRestarts", "args": {"T_0": 50}})]:
+        add2("healthy", mk + "-" + sch["name"], "healthy-schedules", mk, dk, OPT[on], None, schedule=sch, tag=on)
+    for dk, on, kw in [("digits_img", "adam", {"channels": [16, 16, 32, 32], "batchnorm": True}),
+                       ("digits_img", "momentum", {"channels": [16, 16, 32, 32], "batchnorm": True}),
+                       ("digits_img", "rmsprop", {"channels": [16, 32, 32]}),
+                       ("digits_img", "adagrad", {"channels": [16, 32], "act": "gelu"})]:
+        add2("healthy", "cnn-deeper", "healthy-cnn-deeper", "cnn", dk, OPT[on], None, model_kw=kw,
+             tag=on + ("-bn" if kw.get("batchnorm") else "") + f"-c{len(kw['channels'])}" + ("-gelu" if "act" in kw else ""))
     return cases
 
 
-def split_of(cause: str, family: str, families: list[str]) -> str:
-    """dev or test, by mechanism family: within one cause, families are ordered by a seeded hash
-    (sha256 of SPLIT_SEED:family) and the first half (rounded up) goes to dev, the rest to test,
-    so that every cause with two or more families has at least one in each split."""
-    order = sorted(set(families), key=lambda f: hashlib.sha256(f"{SPLIT_SEED}:{f}".encode()).hexdigest())
+def split_of(cause: str, family: str, families: list[str], batch: int = 1) -> str:
+    """dev or test, by mechanism family: within one cause (and batch), families are ordered by a
+    seeded hash (sha256 of the batch's seed:family) and the first half (rounded up) goes to dev,
+    the rest to test, so that every cause with two or more families has at least one in each split."""
+    seed = SPLIT_SEEDS[batch]
+    order = sorted(set(families), key=lambda f: hashlib.sha256(f"{seed}:{f}".encode()).hexdigest())
     return "dev" if order.index(family) < (len(order) + 1) // 2 else "test"
 
 
@@ -390,11 +517,14 @@ def all_cases() -> list[Case]:
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise ValueError(f"duplicate case ids: {sorted(dup)}")
-    by_cause: dict[str, list[str]] = {}
+    fams = {(c.family, c.batch) for c in cases}
+    if len({f for f, _ in fams}) != len(fams):
+        raise ValueError("a mechanism family belongs to one batch")
+    by_cause: dict[tuple[str, int], list[str]] = {}
     for c in cases:
-        by_cause.setdefault(c.cause, []).append(c.family)
+        by_cause.setdefault((c.cause, c.batch), []).append(c.family)
     for c in cases:
-        c.split = split_of(c.cause, c.family, by_cause[c.cause])
+        c.split = split_of(c.cause, c.family, by_cause[(c.cause, c.batch)], c.batch)
     return cases
 
 
@@ -403,6 +533,6 @@ if __name__ == "__main__":
 
     cs = all_cases()
     print(len(cs), "candidate cases")
-    for (cause, split), n in sorted(collections.Counter((c.cause, c.split) for c in cs).items()):
-        fams = sorted({c.family for c in cs if c.cause == cause and c.split == split})
-        print(f"{cause:22s} {split:5s} {n:3d}  {', '.join(fams)}")
+    for (cause, b, split), n in sorted(collections.Counter((c.cause, c.batch, c.split) for c in cs).items()):
+        fams = sorted({c.family for c in cs if c.cause == cause and c.split == split and c.batch == b})
+        print(f"{cause:22s} b{b} {split:5s} {n:3d}  {', '.join(fams)}")

@@ -81,7 +81,7 @@ def _quality(out: torch.Tensor, y: torch.Tensor, classes: bool) -> float:
 
 
 def _ref_loss(y: torch.Tensor, loss: str) -> float:
-    if loss == "cross_entropy":
+    if loss == "cross_entropy" or loss.endswith(":ce_sum"):  # per sample: the criteria compare losses to it
         p = torch.bincount(y).float() / len(y)
         p = p[p > 0]
         return float(-(p * p.log()).sum())
@@ -200,7 +200,7 @@ def shows_fault(cause: str, run: dict, fail: float) -> tuple[bool, str]:
 def verify(case: grid.Case) -> dict:
     steps = VERIFY_FACTOR * case.config["probe"]["steps"]
     rec = {"id": case.id, "cause": case.cause, "mechanism": case.mechanism, "family": case.family,
-           "split": case.split, "good": case.good, "fail": case.fail, "verify_steps": steps,
+           "split": case.split, "batch": case.batch, "good": case.good, "fail": case.fail, "verify_steps": steps,
            "config": case.config, "fix": case.fix}
     t0 = time.perf_counter()
     reasons = []
@@ -267,16 +267,18 @@ def stats(recs: list[dict]) -> str:
 
 
 def assign_splits(recs: list[dict]) -> None:
-    """The split rule (grid.split_of) applied to the families that kept at least one case, so that
-    a cause whose dev (or test) families were all dropped still gets one in each split when it
-    has two surviving families. Families with nothing kept keep their candidate split."""
-    kept_fams: dict[str, list[str]] = {}
+    """The split rule (grid.split_of) applied, per cause and batch, to the families that kept at
+    least one case, so that a cause whose dev (or test) families were all dropped still gets one
+    in each split when it has two surviving families. Families with nothing kept keep their
+    candidate split. Batches are split separately: adding batch 2 leaves batch 1's split as it was."""
+    kept_fams: dict[tuple[str, int], list[str]] = {}
+    for r in recs:
+        r.setdefault("batch", 1)
+        if r["kept"]:
+            kept_fams.setdefault((r["cause"], r["batch"]), []).append(r["family"])
     for r in recs:
         if r["kept"]:
-            kept_fams.setdefault(r["cause"], []).append(r["family"])
-    for r in recs:
-        if r["kept"]:
-            r["split"] = grid.split_of(r["cause"], r["family"], kept_fams[r["cause"]])
+            r["split"] = grid.split_of(r["cause"], r["family"], kept_fams[(r["cause"], r["batch"])], r["batch"])
 
 
 def write_manifest(out: Path, by_id: dict) -> list[dict]:

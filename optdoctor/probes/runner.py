@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from optdoctor.config.schedule import scaled_schedule_args
 from optdoctor.config.factories import call_user, crash, raised_in_optdoctor, stage
 from optdoctor.errors import OptdoctorError, ProbeError
 from optdoctor.probes.instruments import Context, InstrumentSet, default_instruments, discover
@@ -189,7 +190,7 @@ def _build(setup: Setup, spec: ProbeSpec):
     scheduler = None
     if setup.scheduler_cls is not None:
         try:
-            scheduler = setup.scheduler_cls(optimizer, **cfg.schedule.args)
+            scheduler = setup.scheduler_cls(optimizer, **scaled_schedule_args(cfg.schedule.args, spec.lr_factor))
         except (TypeError, ValueError) as e:
             raise ProbeError(f"scheduler {cfg.schedule.name} rejected its arguments: {e}") from e
     return model, optimizer, scheduler, lr

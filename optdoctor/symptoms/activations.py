@@ -23,6 +23,22 @@ def _nanmax(x: np.ndarray) -> float | None:
 
 
 @produces(
+    ("weight.init_gain", "median over the hidden Linear/Conv layers (the head left out) of std(W) * sqrt(fan_in) at step 0; every standard init gives ~0.6-1.4", "ratio"),
+)
+def init_gain(p: ProbeSet) -> dict:
+    """How far the weights start from a variance-preserving scale. A head is often initialised
+    small on purpose (zero-init classifiers), so it is left out; at least two hidden layers."""
+    t = p.baseline
+    if not t.has("weight.init_gain"):
+        return {}
+    g = t.values("weight.init_gain")[0]
+    g = g[np.isfinite(g)][:-1]
+    if len(g) < 2:
+        return {}
+    return {"weight.init_gain": float(np.median(g))}
+
+
+@produces(
     ("act.layers", "number of activation layers seen (modules and functional calls such as F.relu; softmax not counted)", "count"),
     ("act.dead_frac.max", "largest fraction of a ReLU layer's units never active on recent batches, at the end", "fraction"),
     ("act.dead_frac.mean", "mean over ReLU layers of the never-active fraction, at the end", "fraction"),

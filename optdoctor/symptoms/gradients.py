@@ -26,8 +26,8 @@ EARLY = 0.1  # the first 10% of steps: the gradients the init and architecture p
     ("grad.monotone_frac", "fraction of adjacent layer pairs whose gradient norm changes in the same direction as the overall first/last ratio", "fraction"),
     ("grad.nonfinite", "1 if any gradient norm was NaN/Inf", "flag"),
     ("grad.global_growth", "largest global gradient norm / the first one", "ratio"),
-    ("grad.step_gain", "lr * |g|^2 / loss at the end: the relative loss decrease a gradient step can buy (first order)", "fraction"),
-    ("grad.step_gain_init", "lr * |g|^2 / loss over the first 10% of steps", "fraction"),
+    ("grad.step_gain", "first-order loss decrease of the steps taken, g . (W_before - W_after), / loss, over the last 10% of steps: the relative decrease a step can buy (lr |g|^2 / loss for plain SGD)", "fraction"),
+    ("grad.step_gain_init", "the same over the first 10% of steps", "fraction"),
 )
 def gradient_depth(p: ProbeSet) -> dict:
     t = p.baseline
@@ -38,13 +38,9 @@ def gradient_depth(p: ProbeSet) -> dict:
         gf = finite(g)
         if len(gf) and gf[0] > 0:
             out["grad.global_growth"] = float(gf.max() / gf[0])
-        if t.has("loss.train") and len(gf):
-            lr = float(t.meta.get("lr", 0.0))
-            loss = t.values("loss.train")[: len(g)]
-            n = min(len(loss), len(g))
-            gain = lr * g[:n] ** 2 / np.maximum(np.abs(loss[:n]), 1e-12)
-            start, end = head_tail(gain)
-            out["grad.step_gain_init"], out["grad.step_gain"] = start, end
+        gain = _step_gain(t, g)
+        if gain is not None:
+            out["grad.step_gain_init"], out["grad.step_gain"] = head_tail(gain)
     if not t.has("grad.norm"):
         return out
     G = t.values("grad.norm")  # (T, L), columns in forward order
@@ -69,6 +65,28 @@ def gradient_depth(p: ProbeSet) -> dict:
     direction = np.sign(np.log(first_last)) if first_last != 1 else 0.0
     out["grad.monotone_frac"] = float(np.mean(np.sign(np.log(factors)) == direction)) if direction else 0.0
     return out
+
+
+def _step_gain(t, g: np.ndarray) -> np.ndarray | None:
+    """Per measured step, the first-order decrease of the step the optimizer took relative to
+    the loss. Read from "update.first_order" (any optimizer: momentum and Adam do not step along
+    lr * g); traces without it fall back to plain SGD's lr |g|^2."""
+    if not t.has("loss.train"):
+        return None
+    loss_steps, loss = t.steps("loss.train"), t.values("loss.train")
+    if t.has("update.first_order"):
+        steps, fo = t.steps("update.first_order"), t.values("update.first_order")
+        at = {int(s): float(v) for s, v in zip(loss_steps, loss)}
+        pairs = [(f, at[int(s)]) for s, f in zip(steps, fo) if int(s) in at]
+        if not pairs:
+            return None
+        fo, lv = np.array(pairs).T
+        return fo / np.maximum(np.abs(lv), 1e-12)
+    if not len(finite(g)):
+        return None
+    lr = float(t.meta.get("lr", 0.0))
+    n = min(len(loss), len(g))
+    return lr * g[:n] ** 2 / np.maximum(np.abs(loss[:n]), 1e-12)
 
 
 @produces(

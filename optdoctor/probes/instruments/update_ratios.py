@@ -12,12 +12,18 @@ class UpdateRatios(Instrument):
     """||W_after - W_before|| / ||W_before|| per layer ("update.ratio") and ||W|| ("weight.norm").
     Karpathy's rule of thumb: ~1e-3 is healthy; >>1e-2 is a too-high LR, <<1e-5 a too-low one.
     Measured every other step by default (the symptoms use medians over steps); the ratio is
-    taken once, in ``finish``."""
+    taken once, in ``finish``.
+
+    Also "update.first_order": g . (W_before - W_after) summed over the layers' weights, the
+    loss decrease a first-order model predicts for the step the optimizer actually took. For
+    plain SGD it is lr |g|^2; for momentum, Adam and other preconditioned steps it is what
+    lr |g|^2 is not (Adam's step is ~lr per coordinate, whatever |g|)."""
 
     series = (
         Series("update._delta_norm", "raw"),
         Series("weight.norm", "layer", "L2 norm of each layer's weight before the step", tag="weight_norm"),
         Series("update.ratio", "layer", "||dW|| / ||W|| of each layer's step", tag="update_ratio", log10="update_ratio_log10"),
+        Series("update.first_order", "step", "g . (W_before - W_after) over the layers' weights: the first-order loss decrease of the step taken"),
     )
     needs = frozenset({"grads", "update"})
 
@@ -44,6 +50,11 @@ class UpdateRatios(Instrument):
         torch._foreach_sub_(self._buf, [m.weight.detach() for _, m in self.ctx.layers])
         self.recorder.log("weight.norm", step, before_norm)
         self.recorder.log("update._delta_norm", step, torch.stack(torch._foreach_norm(self._buf)))
+        pairs = [(g, d) for (_, m), d in zip(self.ctx.layers, self._buf) if (g := m.weight.grad) is not None]
+        if pairs:
+            gs, ds = zip(*pairs)
+            dots = [torch.dot(g.detach().reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds)]
+            self.recorder.log("update.first_order", step, torch.stack(dots).sum().float())
 
     def finish(self, trace) -> None:
         if "update._delta_norm" not in trace.series:

@@ -1,23 +1,36 @@
-"""Whether units start out identical (a constant or zero init)."""
+"""The weights as they start: whether units start out identical (a constant or zero init), and
+how their scale compares with a variance-preserving init."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from optdoctor.probes.instruments.base import At, Instrument, Series
 
 
 class WeightSymmetry(Instrument):
-    """Per layer, max |W_i - mean_i W_i| / max |W| over the output units i (rows), at the start
-    ("weight.row_spread"): 0 when every unit has the same incoming weights, as a constant or zero
-    init gives (then the units can only ever compute the same function); ~1 for a random init."""
+    """At the start, per layer:
 
-    series = (Series("weight.row_spread", "layer", "spread of the layer's weight rows relative to its largest weight, at init"),)
+    - "weight.row_spread": max |W_i - mean_i W_i| / max |W| over the output units i (rows): 0
+      when every unit has the same incoming weights, as a constant or zero init gives (then the
+      units can only ever compute the same function); ~1 for a random init.
+    - "weight.init_gain": std(W) * sqrt(fan_in) for Linear and Conv layers (NaN for others:
+      embeddings and recurrent/attention matrices are scaled by other conventions). Every
+      standard init lands near 1: PyTorch's default 1/sqrt(3) = 0.58, LeCun and Xavier ~1,
+      Kaiming sqrt(2) = 1.41 (Glorot & Bengio 2010; He et al. 2015). Far below or above that
+      range, each layer shrinks or amplifies the signal by a constant factor."""
+
+    series = (
+        Series("weight.row_spread", "layer", "spread of the layer's weight rows relative to its largest weight, at init"),
+        Series("weight.init_gain", "layer", "std(W) * sqrt(fan_in) of each Linear/Conv layer at init (standard inits: ~0.6-1.4)"),
+    )
     needs = frozenset({"state"})
     schedule = At([0])
 
     def at_state(self, step: int) -> None:
         self.recorder.log("weight.row_spread", step, weight_row_spread(self.ctx.layers))
+        self.recorder.log("weight.init_gain", step, weight_init_gain(self.ctx.layers))
 
 
 def weight_row_spread(layers) -> torch.Tensor:
@@ -30,4 +43,22 @@ def weight_row_spread(layers) -> torch.Tensor:
                 continue
             spread = (w - w.mean(dim=0, keepdim=True)).abs().max()
             out.append((spread / w.abs().max().clamp_min(1e-30)).cpu())
+    return torch.stack(out) if out else torch.zeros(0)
+
+
+_GAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def weight_init_gain(layers) -> torch.Tensor:
+    """std(W) * sqrt(fan_in) per layer (fan_in: the number of inputs of one output unit, the
+    kernel's in_channels x size for a convolution); NaN where that convention does not apply."""
+    out = []
+    with torch.no_grad():
+        for _, m in layers:
+            if not isinstance(m, _GAIN_LAYERS) or m.weight.numel() < 2:
+                out.append(torch.tensor(float("nan")))
+                continue
+            w = m.weight.detach().float()
+            fan_in = w[0].numel()
+            out.append((w.std() * fan_in ** 0.5).cpu())
     return torch.stack(out) if out else torch.zeros(0)
