@@ -1244,7 +1244,7 @@ def test_layer_scales_equal_hand_loop_and_skip_non_tensor_outputs():
 
 
 def test_weight_init_gain_equals_hand_computation_and_knows_standard_inits():
-    """std(W) * sqrt(fan_in), by hand, per layer; NaN for embeddings and recurrent matrices."""
+    """rms(W) * sqrt(fan_in), by hand, per layer; NaN for embeddings and recurrent matrices."""
     from optdoctor.probes.instruments import parametrised_layers
     from optdoctor.probes.instruments.weight_symmetry import weight_init_gain
 
@@ -1265,16 +1265,16 @@ def test_weight_init_gain_equals_hand_computation_and_knows_standard_inits():
     for _, m in layers:
         if isinstance(m, (nn.Linear, nn.Conv1d)):
             w = m.weight.detach().double().flatten().tolist()
-            mean = sum(w) / len(w)
-            std = (sum((v - mean) ** 2 for v in w) / (len(w) - 1)) ** 0.5
+            rms = (sum(v * v for v in w) / len(w)) ** 0.5
             fan_in = m.weight[0].numel()  # in_channels * kernel for the conv
-            want.append(std * fan_in ** 0.5)
+            want.append(rms * fan_in ** 0.5)
         else:
             want.append(float("nan"))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert np.isnan(got[0]) and np.isfinite(got[-1])
     big = nn.Linear(512, 512)  # the standard inits, on a layer large enough to read them off
     for init, gain in [(lambda w: None, 1 / 3 ** 0.5), (lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), 2 ** 0.5),
-                       (lambda w: nn.init.xavier_normal_(w), 1.0), (lambda w: nn.init.uniform_(w, -1e-3, 1e-3), 1e-3 / 3 ** 0.5 * 512 ** 0.5)]:
+                       (lambda w: nn.init.xavier_normal_(w), 1.0), (lambda w: nn.init.uniform_(w, -1e-3, 1e-3), 1e-3 / 3 ** 0.5 * 512 ** 0.5),
+                       (lambda w: nn.init.normal_(w, -0.1, 0.05), (0.1 ** 2 + 0.05 ** 2) ** 0.5 * 512 ** 0.5)]:  # a shifted init at full size
         init(big.weight)
         assert float(weight_init_gain([("x", big)])[0]) == pytest.approx(gain, rel=0.05)

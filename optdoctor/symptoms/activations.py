@@ -23,7 +23,7 @@ def _nanmax(x: np.ndarray) -> float | None:
 
 
 @produces(
-    ("weight.init_gain", "median over the hidden Linear/Conv layers (the head left out) of std(W) * sqrt(fan_in) at step 0; every standard init gives ~0.6-1.4", "ratio"),
+    ("weight.init_gain", "median over the hidden Linear/Conv layers (the head left out) of rms(W) * sqrt(fan_in) at step 0; every standard init gives ~0.6-1.4", "ratio"),
 )
 def init_gain(p: ProbeSet) -> dict:
     """How far the weights start from a variance-preserving scale. A head is often initialised

@@ -15,15 +15,17 @@ class WeightSymmetry(Instrument):
     - "weight.row_spread": max |W_i - mean_i W_i| / max |W| over the output units i (rows): 0
       when every unit has the same incoming weights, as a constant or zero init gives (then the
       units can only ever compute the same function); ~1 for a random init.
-    - "weight.init_gain": std(W) * sqrt(fan_in) for Linear and Conv layers (NaN for others:
-      embeddings and recurrent/attention matrices are scaled by other conventions). Every
-      standard init lands near 1: PyTorch's default 1/sqrt(3) = 0.58, LeCun and Xavier ~1,
+    - "weight.init_gain": rms(W) * sqrt(fan_in) for Linear and Conv layers (NaN for others:
+      embeddings and recurrent/attention matrices are scaled by other conventions). A layer
+      multiplies its input's second moment by about fan_in * E[W^2], so the root mean square,
+      not the spread around the mean, is what matters (a shifted init counts at its full size).
+      Every standard init lands near 1: PyTorch's default 1/sqrt(3) = 0.58, LeCun and Xavier ~1,
       Kaiming sqrt(2) = 1.41 (Glorot & Bengio 2010; He et al. 2015). Far below or above that
       range, each layer shrinks or amplifies the signal by a constant factor."""
 
     series = (
         Series("weight.row_spread", "layer", "spread of the layer's weight rows relative to its largest weight, at init"),
-        Series("weight.init_gain", "layer", "std(W) * sqrt(fan_in) of each Linear/Conv layer at init (standard inits: ~0.6-1.4)"),
+        Series("weight.init_gain", "layer", "rms(W) * sqrt(fan_in) of each Linear/Conv layer at init (standard inits: ~0.6-1.4)"),
     )
     needs = frozenset({"state"})
     schedule = At([0])
@@ -50,7 +52,7 @@ _GAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def weight_init_gain(layers) -> torch.Tensor:
-    """std(W) * sqrt(fan_in) per layer (fan_in: the number of inputs of one output unit, the
+    """rms(W) * sqrt(fan_in) per layer (fan_in: the number of inputs of one output unit, the
     kernel's in_channels x size for a convolution); NaN where that convention does not apply."""
     out = []
     with torch.no_grad():
@@ -60,5 +62,5 @@ def weight_init_gain(layers) -> torch.Tensor:
                 continue
             w = m.weight.detach().float()
             fan_in = w[0].numel()
-            out.append((w.std() * fan_in ** 0.5).cpu())
+            out.append((w.square().mean().sqrt() * fan_in ** 0.5).cpu())
     return torch.stack(out) if out else torch.zeros(0)
