@@ -247,6 +247,24 @@ def test_negative_curvature_step_in_a_probe_records_the_escape(tmp_path):
     assert loss[-1] < 0.9 * loss[9]
 
 
+def test_clip_grad_norm_runs_in_a_probe_and_bounds_the_step(tmp_path, monkeypatch):
+    """probe.clip_grad_norm (a remedy's patch) clips before every optimizer step; the step hook
+    must not hand clip_grad_norm_'s norm back to torch as new step arguments."""
+    norms = []
+    original = torch.optim.SGD.step
+
+    def seen(self, *a, **k):
+        norms.append(float(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]]).norm()))
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", seen)
+    loaded = config(tmp_path, optimizer={"name": "sgd", "lr": 0.01}, probe__clip_grad_norm=1e-3)
+    trace, _ = probe(loaded)
+    assert trace.status == "completed" and len(norms) == loaded.config.probe.steps
+    assert max(norms) <= 1e-3 * (1 + 1e-4)  # the optimizer saw the clipped gradient
+    assert trace.values("grad.norm").max() > 1e-2  # the instruments saw the unclipped one
+
+
 def test_early_stopping_keeps_the_best_validation_checkpoint(tmp_path):
     loaded = load_config(__import__("pathlib").Path(__file__).resolve().parents[1] / "sample_runs" / "overfitting.yaml")
     loaded = apply_patch(loaded, {"probe.early_stopping": {"patience": 2}, "probe.hessian.enabled": False, "probe.steps": 120})
