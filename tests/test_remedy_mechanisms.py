@@ -165,6 +165,27 @@ def test_verify_reports_an_absent_optimizer_package_as_not_applicable(tmp_path, 
                     verify._Budget(None, None))
 
 
+@pytest.mark.parametrize("optimizer, cycles", [("adagrad", False), ("sgd", True), ("adam", True)])
+def test_a_one_cycle_remedy_runs_for_an_optimizer_without_momentum(tmp_path, optimizer, cycles):
+    """OneCycleLR cycles the momentum by default, and torch refuses an optimizer without one
+    (Adagrad): the remedy then cycles the rate alone instead of failing to run."""
+    from optdoctor.diagnose import verify
+
+    loaded = config(tmp_path, optimizer={"name": optimizer, "lr": 0.01})
+    setup = prepare(loaded)
+
+    class Diag:
+        pass
+
+    diag = Diag()
+    diag.loaded, diag.symptoms = loaded, {}
+    patch = {"schedule": {"name": "OneCycleLR", "args": {"max_lr": "$lr", "total_steps": "$steps"}}}
+    trace = verify._run(patch, 0, "v", diag, setup, None, verify._Budget(None, None))
+    assert trace.status == "completed"
+    patched = apply_patch(loaded, patch)
+    assert verify._cycles_absent_momentum(prepare(patched), patch) is not cycles
+
+
 # --- in-loop remedies -------------------------------------------------------------------------
 
 class Saddle(nn.Module):
