@@ -234,6 +234,7 @@ def tables(results: list[dict], causes: list[str], title: str) -> str:
     if unc:
         lines += ["", "Judged fixed but not checkable by the plain loop (interventions):"]
         lines += [f"- {i}: {json.dumps(p)}" for i, p in unc]
+    lines += ["", by_remedy(faulty, causes)]
     secs = [r["seconds"] for r in results]
     if secs:
         import statistics
@@ -251,3 +252,60 @@ def _why(reason: str) -> str:
     reason = re.sub(r"0x[0-9a-f]+", "0x…", reason)
     reason = re.sub(r"(?<![\w.])-?\d+(\.\d+)?(e[-+]?\d+)?", "#", reason)
     return reason[:120]
+
+
+def by_remedy(faulty: list[dict], causes: list[str]) -> str:
+    """Per true cause, each remedy patch --verify considered: on how many cases it was considered,
+    ran, was judged fixed, and confirmed / refuted / not checkable by the plain loop."""
+    lines = ["Remedies per true cause (cases where it was considered / ran / judged fixed / plain loop: "
+             "confirmed, refuted, not checkable):", "",
+             "| true cause | remedy patch | considered | ran | judged fixed | confirmed | refuted | not checkable |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in causes:
+        rows: dict[str, list[int]] = {}
+        for r in (r for r in faulty if r["cause"] == c):
+            seen: dict[str, list[bool]] = {}
+            for x in r["verify"]["remedies"]:
+                k = _key(x["patch"])
+                s = seen.setdefault(k, [False, False])
+                s[0] |= x["ran"]
+                s[1] |= x["fixed"]
+            checks = {_key(p["patch"]): p for p in r["verify"]["plain"]}
+            for k, (ran, fixed) in seen.items():
+                row = rows.setdefault(k, [0] * 6)
+                p = checks.get(k, {})
+                for i, hit in enumerate((True, ran, fixed, bool(p.get("trains_well")),
+                                         p.get("checkable") is True and not p.get("trains_well"),
+                                         p.get("checkable") is False)):
+                    row[i] += hit
+        for k, row in sorted(rows.items(), key=lambda kv: (-kv[1][3], -kv[1][2], -kv[1][0])):
+            lines.append(f"| {c} | `{k}` | " + " | ".join(str(n) for n in row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The --verify tables again from a raw results file, nothing run
+    (``python -m benchmarks.faults.remedy_check benchmarks/faults/results-verify-dev.json``)."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from benchmarks.faults.run import CAUSES
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.faults.remedy_check", description=main.__doc__.splitlines()[0])
+    ap.add_argument("results", help="a results file written by python -m benchmarks.faults --verify")
+    args = ap.parse_args(argv)
+    raw = json.loads(Path(args.results).read_text())
+    if not raw.get("verify"):
+        print(f"{args.results} was not written by a --verify run", file=sys.stderr)
+        return 2
+    for split in ("dev", "test"):
+        rs = [r for r in raw["results"] if r["split"] == split]
+        if rs:
+            print(tables(rs, CAUSES, f"{split} split" + (f" (subset {raw['subset']})" if raw.get("subset") else "")))
+            print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
