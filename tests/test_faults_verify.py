@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("sklearn")
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.faults import remedy_check, run  # noqa: E402
+from benchmarks.faults import remedy_check, run
 
 CFG = {
     "name": "c", "seed": 0,

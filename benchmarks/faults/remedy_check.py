@@ -138,7 +138,7 @@ def check(case: dict, patch: dict, symptoms: dict) -> dict:
             run = plain.train(cfg, s, steps)
             ok, why = plain.trains_well(run, case["good"], check_rise=case["cause"] == "overfitting")
             seeds.append({"seed": s, "ok": ok, "why": why, "q_val": run["q_val"], "diverged": run["diverged"]})
-        except Exception as e:  # the patched config does not run in the plain loop: not a fix
+        except Exception as e:  # noqa: BLE001 -- the patched config does not run in the plain loop: not a fix
             seeds.append({"seed": s, "ok": False, "why": f"error: {type(e).__name__}: {e}"})
     return {"checkable": True, "trains_well": all(x["ok"] for x in seeds), "seeds": seeds}
 
@@ -187,10 +187,10 @@ def tables(results: list[dict], causes: list[str], title: str) -> str:
     """The printed --verify report for one split (markdown tables)."""
     faulty = [r for r in results if r["cause"] != "healthy"]
     healthy = [r for r in results if r["cause"] == "healthy"]
-    lines = [f"### {title}, --verify: {len(results)} cases ({len(healthy)} healthy, "
-             f"{sum('error' in r for r in results)} could not be diagnosed)", "",
-             "| cause | n | a remedy tried | judged fixed (optdoctor) | confirmed (plain loop) | remedies judged fixed "
-             "| confirmed | false 'fixed' | not checkable |",
+    lines = [(f"### {title}, --verify: {len(results)} cases ({len(healthy)} healthy, "
+              f"{sum('error' in r for r in results)} could not be diagnosed)"), "",
+             ("| cause | n | a remedy tried | judged fixed (optdoctor) | confirmed (plain loop) | remedies judged fixed "
+              "| confirmed | false 'fixed' | not checkable |"),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def row(name, rs):
@@ -235,13 +235,15 @@ def tables(results: list[dict], causes: list[str], title: str) -> str:
         lines += ["", "Judged fixed but not checkable by the plain loop (interventions):"]
         lines += [f"- {i}: {json.dumps(p)}" for i, p in unc]
     lines += ["", by_remedy(faulty, causes)]
-    secs = [r["seconds"] for r in results]
-    if secs:
-        import statistics
+    lines.append("")
+    for name, rs in (("faulty", faulty), ("healthy", healthy)):
+        if rs:
+            import statistics
 
-        plain = [r.get("plain_seconds", 0) for r in results]
-        lines += ["", f"Time per case: diagnosis with --verify median {statistics.median(secs):.1f} s, max {max(secs):.1f} s; "
-                      f"plain-loop checks median {statistics.median(plain):.1f} s, max {max(plain):.1f} s"]
+            secs, plain = [r["seconds"] for r in rs], [r.get("plain_seconds", 0) for r in rs]
+            lines.append(f"Time per {name} case: diagnosis with --verify median {statistics.median(secs):.1f} s, max "
+                         f"{max(secs):.1f} s" + (f"; plain-loop checks median {statistics.median(plain):.1f} s, max "
+                                                 f"{max(plain):.1f} s" if name == "faulty" else ""))
     return "\n".join(lines)
 
 
@@ -257,8 +259,8 @@ def _why(reason: str) -> str:
 def by_remedy(faulty: list[dict], causes: list[str]) -> str:
     """Per true cause, each remedy patch --verify considered: on how many cases it was considered,
     ran, was judged fixed, and confirmed / refuted / not checkable by the plain loop."""
-    lines = ["Remedies per true cause (cases where it was considered / ran / judged fixed / plain loop: "
-             "confirmed, refuted, not checkable):", "",
+    lines = [("Remedies per true cause (cases where it was considered / ran / judged fixed / plain loop: "
+              "confirmed, refuted, not checkable):"), "",
              "| true cause | remedy patch | considered | ran | judged fixed | confirmed | refuted | not checkable |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in causes:
