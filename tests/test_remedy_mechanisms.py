@@ -165,6 +165,27 @@ def test_verify_reports_an_absent_optimizer_package_as_not_applicable(tmp_path, 
                     verify._Budget(None, None))
 
 
+@pytest.mark.parametrize("optimizer, cycles", [("adagrad", False), ("sgd", True), ("adam", True)])
+def test_a_one_cycle_remedy_runs_for_an_optimizer_without_momentum(tmp_path, optimizer, cycles):
+    """OneCycleLR cycles the momentum by default, and torch refuses an optimizer without one
+    (Adagrad): the remedy then cycles the rate alone instead of failing to run."""
+    from optdoctor.diagnose import verify
+
+    loaded = config(tmp_path, optimizer={"name": optimizer, "lr": 0.01})
+    setup = prepare(loaded)
+
+    class Diag:
+        pass
+
+    diag = Diag()
+    diag.loaded, diag.symptoms = loaded, {}
+    patch = {"schedule": {"name": "OneCycleLR", "args": {"max_lr": "$lr", "total_steps": "$steps"}}}
+    trace = verify._run(patch, 0, "v", diag, setup, None, verify._Budget(None, None))
+    assert trace.status == "completed"
+    patched = apply_patch(loaded, patch)
+    assert verify._cycles_absent_momentum(prepare(patched), patch) is not cycles
+
+
 # --- in-loop remedies -------------------------------------------------------------------------
 
 class Saddle(nn.Module):
@@ -245,6 +266,24 @@ def test_negative_curvature_step_in_a_probe_records_the_escape(tmp_path):
     assert rec["loss_after"] < 0.9 * rec["loss_before"]
     loss = trace.values("loss.train")
     assert loss[-1] < 0.9 * loss[9]
+
+
+def test_clip_grad_norm_runs_in_a_probe_and_bounds_the_step(tmp_path, monkeypatch):
+    """probe.clip_grad_norm (a remedy's patch) clips before every optimizer step; the step hook
+    must not hand clip_grad_norm_'s norm back to torch as new step arguments."""
+    norms = []
+    original = torch.optim.SGD.step
+
+    def seen(self, *a, **k):
+        norms.append(float(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]]).norm()))
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", seen)
+    loaded = config(tmp_path, optimizer={"name": "sgd", "lr": 0.01}, probe__clip_grad_norm=1e-3)
+    trace, _ = probe(loaded)
+    assert trace.status == "completed" and len(norms) == loaded.config.probe.steps
+    assert max(norms) <= 1e-3 * (1 + 1e-4)  # the optimizer saw the clipped gradient
+    assert trace.values("grad.norm").max() > 1e-2  # the instruments saw the unclipped one
 
 
 def test_early_stopping_keeps_the_best_validation_checkpoint(tmp_path):

@@ -227,12 +227,21 @@ def line(slope: float = 2.0, n_train: int = 256, n_val: int = 128, seed: int = 0
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
 
 
+TORCH_INITS = {
+    "xavier_normal": nn.init.xavier_normal_, "xavier_uniform": nn.init.xavier_uniform_,
+    "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+}
+
+
 def _init_(model: nn.Module, init: str, std: float, gain: float, bias: float | None, weight_mean: float,
            skip_last: bool) -> nn.Module:
     """Re-initialise every Linear/Conv weight (all but the last layer when skip_last).
 
     init: default (PyTorch's), zero, constant (= std), normal (N(weight_mean, std^2)),
-    uniform (U(-std, std)), orthogonal (x gain), xavier (x gain), kaiming.
+    uniform (U(-std, std)), orthogonal (x gain), xavier (x gain), kaiming; also torch.nn.init's
+    names xavier_normal/xavier_uniform (gain 1) and kaiming_normal/kaiming_uniform (ReLU), which
+    no case uses: they let a remedy that sets them run (remedy_check.py).
     """
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     if skip_last:
@@ -253,6 +262,8 @@ def _init_(model: nn.Module, init: str, std: float, gain: float, bias: float | N
             nn.init.xavier_normal_(w, gain)
         elif init == "kaiming":
             nn.init.kaiming_normal_(w, nonlinearity="relu")
+        elif init in TORCH_INITS:  # PyTorch's own names, as a remedy's patch writes them (gain 1 / ReLU's)
+            TORCH_INITS[init](w)
         elif init != "default":
             raise ValueError(f"unknown init {init!r}")
         if m.bias is not None:

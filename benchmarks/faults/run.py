@@ -2,6 +2,7 @@
 
     python -m benchmarks.faults [--split dev|test|all] [--filter SUBSTR] [--subset fast]
                                 [--jobs N] [--mode inprocess|subprocess] [--out FILE]
+                                [--verify [--verify-time-factor F|none] [--no-plain-check]]
 
 Each kept case of cases.json is diagnosed with ``optdoctor diagnose cases/NAME.yaml --format
 json --check`` (the CLI; ``--mode inprocess`` invokes the same CLI app inside this process to
@@ -11,6 +12,9 @@ reported one (findings come most important first). Prints, per split: per-cause 
 precision and top-1, false alarms on healthy cases, the confusion matrix (true cause x first
 finding), calibration (reported findings with confidence >= 0.8: how many named the true
 cause) and the median diagnosis seconds per case. Always exits 0: it is a measurement.
+
+``--verify`` diagnoses with ``--verify`` and reports what the tried remedies achieved, each
+remedy optdoctor judged fixed checked again by the plain training loop (remedy_check.py).
 """
 
 from __future__ import annotations
@@ -55,25 +59,58 @@ FAST_SUBSET = [
 ]
 
 
-def load_cases(split: str = "all", filt: str = "", subset: str | None = None) -> list[dict]:
+def load_cases(split: str = "all", filt: str | list[str] = "", subset: str | None = None) -> list[dict]:
+    """The kept cases of a split; ``filt``: a substring of the id, or a list of them (any matches)."""
     manifest = json.loads((HERE / "cases.json").read_text())
     cases = [c for c in manifest["cases"] if c["kept"]]
     if subset == "fast":
         cases = [c for c in cases if c["id"] in FAST_SUBSET]
     if split != "all":
         cases = [c for c in cases if c["split"] == split]
-    return [c for c in cases if filt in c["id"]]
+    filts = [filt] if isinstance(filt, str) else list(filt) or [""]
+    return [c for c in cases if any(f in c["id"] for f in filts)]
 
 
 # --save-traces DIR keeps every case's probe traces (``diagnose --save-trace``); --replay DIR
 # re-diagnoses them without probing (``optdoctor replay``): rule changes are measured in seconds.
 TRACES: dict[str, Path | None] = {"save": None, "replay": None}
+# --verify: diagnose with --verify; "probe" overrides the cases' probe.verify settings (written
+# into a copy of the config under "folder"); "plain": check judged fixes with the plain loop.
+VERIFY: dict = {"on": False, "probe": {}, "plain": True, "folder": None}
+
+
+def _verify_config(case: dict) -> str:
+    """A copy of the case's config with VERIFY["probe"] merged into probe.verify, its benchmark
+    factories named by absolute path (the copy lives outside cases/)."""
+    import tempfile
+
+    import yaml
+
+    if not VERIFY["probe"]:
+        return case["config"]["name"] + ".yaml"
+    if VERIFY["folder"] is None:
+        VERIFY["folder"] = Path(tempfile.mkdtemp(prefix="optdoctor-faults-verify-"))
+
+    def absolute(node):
+        if isinstance(node, dict):
+            return {k: absolute(v) for k, v in node.items()}
+        if isinstance(node, str) and node.startswith("../factories.py:"):
+            return str(HERE / "factories.py") + node[len("../factories.py"):]
+        return node
+
+    cfg = absolute(case["config"])
+    cfg.setdefault("probe", {}).setdefault("verify", {}).update(VERIFY["probe"])
+    path = VERIFY["folder"] / (case["config"]["name"] + ".yaml")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
 
 
 def _cli_args(case: dict) -> list[str]:
     name = case["config"]["name"]
     if TRACES["replay"] is not None:
         return ["replay", str(TRACES["replay"] / name), "--format", "json"]
+    if VERIFY["on"]:
+        return ["diagnose", _verify_config(case), "--format", "json", "--check", "--verify"]
     args = ["diagnose", name + ".yaml", "--format", "json", "--check"]
     if TRACES["save"] is not None:
         args += ["--save-trace", str(TRACES["save"] / name)]
@@ -113,6 +150,7 @@ def run_case(case: dict, mode: str) -> dict:
     code, stdout, stderr, secs = (diagnose_subprocess if mode == "subprocess" else diagnose_inprocess)(case)
     res = {"id": case["id"], "cause": case["cause"], "family": case["family"], "split": case["split"],
            "batch": case.get("batch", 1), "exit_code": code, "seconds": round(secs, 3), "findings": [], "status": None}
+    report = None
     try:
         report = json.loads(stdout)
         res["status"] = report.get("status")
@@ -120,6 +158,12 @@ def run_case(case: dict, mode: str) -> dict:
                            for f in report["findings"]]
     except (json.JSONDecodeError, KeyError, TypeError):
         res["error"] = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {code}, no JSON"
+    if VERIFY["on"]:
+        from benchmarks.faults import remedy_check
+
+        t0 = time.perf_counter()
+        res["verify"] = remedy_check.account(case, report, VERIFY["plain"])
+        res["plain_seconds"] = round(time.perf_counter() - t0, 3)
     return res
 
 
@@ -226,7 +270,7 @@ def misdiagnoses(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__.splitlines()[0])
     ap.add_argument("--split", choices=["dev", "test", "all"], default="dev")
-    ap.add_argument("--filter", default="", help="only cases whose id contains this")
+    ap.add_argument("--filter", action="append", default=[], help="only cases whose id contains this (repeatable: any)")
     ap.add_argument("--batch", type=int, choices=[1, 2], default=None,
                     help="only this batch of mechanism families (default: both; see grid.SPLIT_SEEDS)")
     ap.add_argument("--subset", choices=["fast"], default=None, help="the small fast subset the test suite runs")
@@ -236,7 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no per-case progress on stderr")
     ap.add_argument("--save-traces", default=None, metavar="DIR", help="keep each case's probe traces under DIR")
     ap.add_argument("--replay", default=None, metavar="DIR", help="re-diagnose traces saved with --save-traces (no probing)")
+    ap.add_argument("--verify", action="store_true",
+                    help="diagnose with --verify; report the remedies tried and check judged fixes with the plain loop")
+    ap.add_argument("--verify-time-factor", default="none", metavar="F|none",
+                    help="probe.verify.time_factor for every case (default none: no time limit, so what is tried "
+                         "does not depend on the machine's load; 'config' keeps each config's own, 1.5 by default)")
+    ap.add_argument("--no-plain-check", action="store_true", help="with --verify: skip the plain-loop check")
     args = ap.parse_args(argv)
+    if args.verify:
+        if args.replay:
+            ap.error("--verify probes: it cannot replay")
+        VERIFY["on"], VERIFY["plain"] = True, not args.no_plain_check
+        if args.verify_time_factor != "config":
+            VERIFY["probe"] = {"time_factor": None if args.verify_time_factor == "none" else float(args.verify_time_factor)}
     if args.save_traces:
         TRACES["save"] = Path(args.save_traces).resolve()
     if args.replay:
@@ -252,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     def one(case):
         res = run_case(case, mode)
         if not args.quiet:
-            print(f"[{len(results) + 1}/{len(cases)}] {res['id']}: {first_cause(res)} ({res['seconds']:.1f} s)",
+            v = res.get("verify")
+            extra = (f"; remedies run {sum(x['ran'] for x in v['remedies'])}, judged fixed {v['judged_fixed']}, "
+                     f"confirmed {v['confirmed']} (+{res['plain_seconds']:.1f} s)") if v else ""
+            print(f"[{len(results) + 1}/{len(cases)}] {res['id']}: {first_cause(res)} ({res['seconds']:.1f} s{extra})",
                   file=sys.stderr, flush=True)
         results.append(res)
         return res
@@ -265,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
             one(c)
     order = {c["id"]: i for i, c in enumerate(cases)}
     results.sort(key=lambda r: order[r["id"]])
-    out = Path(args.out) if args.out else HERE / f"results-{args.subset or args.split}.json"
+    stem = f"results-{'verify-' if args.verify else ''}{args.subset or args.split}.json"
+    out = Path(args.out) if args.out else HERE / stem
     out.write_text(json.dumps({"split": args.split, "subset": args.subset, "mode": mode, "jobs": args.jobs,
+                               "verify": {"probe.verify": VERIFY["probe"], "plain_check": VERIFY["plain"]} if args.verify
+                               else None,
                                "wall_seconds": round(time.perf_counter() - t0, 1), "results": results}, indent=1))
     splits = ["dev", "test"] if args.split == "all" else [args.split]
     for s in splits:
@@ -278,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(misdiagnoses(rs))
             print()
+            if args.verify:
+                from benchmarks.faults import remedy_check
+
+                print(remedy_check.tables(rs, CAUSES, f"{s} split" + (f" (subset {args.subset})" if args.subset else "")))
+                print()
     print(f"mode {mode}, jobs {args.jobs}, {len(results)} cases in {time.perf_counter() - t0:.0f} s; raw results: "
           f"{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0

@@ -129,6 +129,10 @@ def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progres
     if missing:
         raise NotApplicable(f"optimizer {patched.config.optimizer.name} is not installed: {missing}")
     setup = derive(base_setup, patched, patch)
+    if _cycles_absent_momentum(setup, patch):  # e.g. a one-cycle remedy for Adagrad: cycle the rate alone
+        sched = patched.config.schedule.model_copy(update={"args": {**patched.config.schedule.args, "cycle_momentum": False}})
+        patched = patched.model_copy(update={"config": patched.config.model_copy(update={"schedule": sched})})
+        setup = derive(base_setup, patched, patch)
     spec = ProbeSpec(name=name, kind="verify", steps=patched.config.probe.steps, seed=seed)
     if budget is None:
         trace, _ = run_probe(setup, spec, progress)
@@ -142,6 +146,28 @@ def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progres
     finally:
         budget.end(trace)
     return trace
+
+
+# schedules that also cycle the momentum (or Adam's beta1) unless told cycle_momentum=False
+MOMENTUM_CYCLING = ("OneCycleLR", "CyclicLR")
+
+
+def _cycles_absent_momentum(setup, patch: dict) -> bool:
+    """A remedy's schedule would cycle a momentum its optimizer does not have (torch refuses:
+    "optimizer must support momentum or beta1"). Only for a schedule the patch sets; a schedule
+    of the user's own config is run as written."""
+    import inspect
+
+    sched = setup.cfg.schedule
+    if not any(k == "schedule" or k.startswith("schedule.") for k in patch) or sched is None:
+        return False
+    if sched.name not in MOMENTUM_CYCLING or "cycle_momentum" in sched.args:
+        return False
+    try:
+        params = inspect.signature(setup.optimizer_cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return "momentum" not in params and "betas" not in params
 
 
 def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_setup, progress, clock: _Budget,

@@ -287,8 +287,10 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
     try:
         instruments.attach(ctx)  # measures the initial state (evaluation, curvature) too
         if cfg.probe.clip_grad_norm:  # after the instruments' hook: they see the unclipped gradient
-            clip = optimizer.register_step_pre_hook(
-                lambda *_: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.probe.clip_grad_norm))
+            def _clip(*_):  # a step pre-hook must return None: clip_grad_norm_'s norm would be taken for new args
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.probe.clip_grad_norm)
+
+            clip = optimizer.register_step_pre_hook(_clip)
         data = batches(setup, spec.seed)
         initial = None
         if stopper is not None:

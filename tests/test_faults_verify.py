@@ -1,0 +1,135 @@
+"""The fault benchmark's --verify mode (benchmarks/faults/remedy_check.py): how a remedy's patch
+becomes a plain-loop config, how the cases are counted, and (slow) an end-to-end run on three
+cases of the fast subset."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("sklearn")
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.faults import remedy_check, run
+
+CFG = {
+    "name": "c", "seed": 0,
+    "model": {"factory": "../factories.py:mlp", "args": {"in_dim": 13, "out_dim": 3, "width": 32}},
+    "data": {"factory": "../factories.py:table", "args": {"name": "wine"}, "batch_size": 32},
+    "loss": "cross_entropy",
+    "optimizer": {"name": "sgd", "lr": 0.5, "args": {"momentum": 0.9}},
+    "schedule": {"name": "CyclicLR", "args": {"base_lr": 0.1, "max_lr": 2.0, "step_size_up": 10}},
+    "probe": {"steps": 150},
+}
+
+
+def test_a_rate_multiple_scales_the_schedules_absolute_rates_too():
+    out = remedy_check.plain_config(CFG, {"optimizer.lr": "x0.1"}, {}, 300)
+    assert out["optimizer"]["lr"] == pytest.approx(0.05)
+    assert out["schedule"]["args"] == {"base_lr": pytest.approx(0.01), "max_lr": pytest.approx(0.2), "step_size_up": 10}
+    assert CFG["optimizer"]["lr"] == 0.5  # the case's config is left alone
+
+
+def test_placeholders_stand_for_the_rate_the_plain_loops_steps_and_measured_symptoms():
+    patch = {"schedule": {"name": "OneCycleLR", "args": {"max_lr": "$lr.range_best/3", "total_steps": "$steps"}}}
+    out = remedy_check.plain_config(CFG, patch, {"lr.range_best": 0.9}, 300)
+    assert out["schedule"] == {"name": "OneCycleLR", "args": {"max_lr": pytest.approx(0.3), "total_steps": 300}}
+    with pytest.raises(remedy_check.NotCheckable, match="lr.range_best"):
+        remedy_check.plain_config(CFG, patch, {}, 300)
+
+
+def test_a_new_optimizer_drops_the_old_ones_arguments_unless_the_patch_sets_them():
+    assert remedy_check.plain_config(CFG, {"optimizer.name": "adam", "optimizer.lr": 1e-3}, {}, 300)["optimizer"] == \
+        {"name": "adam", "lr": 1e-3, "args": {}}
+    lbfgs = {"optimizer.name": "lbfgs", "optimizer.args": {"max_iter": 4}}
+    assert remedy_check.plain_config(CFG, lbfgs, {}, 300)["optimizer"]["args"] == {"max_iter": 4}
+
+
+def test_model_arguments_multiply_the_factorys_default_and_must_be_taken():
+    assert remedy_check.plain_config(CFG, {"model.args.depth": "x2"}, {}, 300)["model"]["args"]["depth"] == 4  # default 2
+    assert remedy_check.plain_config(CFG, {"model.args.init": "kaiming_normal"}, {}, 300)["model"]["args"]["init"] == \
+        "kaiming_normal"
+    with pytest.raises(remedy_check.NotCheckable, match="weight_scale"):
+        remedy_check.plain_config(CFG, {"model.args.init": "xavier_normal", "model.args.weight_scale": 1.0}, {}, 300)
+
+
+@pytest.mark.parametrize("patch", [{"probe.perturb_gd": {"threshold": 1e-3}}, {"probe.negative_curvature_step": {"at": [0.25]}},
+                                   {"probe.early_stopping": {"patience": 3}}, {"model.factory": "optdoctor.models:resmlp"}])
+def test_interventions_and_optdoctors_own_models_are_not_checkable(patch):
+    with pytest.raises(remedy_check.NotCheckable):
+        remedy_check.plain_config(CFG, patch, {}, 300)
+    assert remedy_check.plain_config(CFG, {"probe.clip_grad_norm": 1.0}, {}, 300)["probe"]["clip_grad_norm"] == 1.0
+
+
+def _report(*verifications, severity="error"):
+    return {"symptoms": {}, "findings": [{"cause": "lr_too_high", "severity": severity, "rule": "OD401",
+                                          "verification": list(verifications)}]}
+
+
+def _v(patch, helped, probe="verify_OD401_1"):
+    return {"remedy": "r", "patch": patch, "applicable": probe is not None, "probe": probe, "helped": helped,
+            "after": 0.1, "before": 1.0, "cost": 1.2}
+
+
+def test_accounting_counts_plain_loop_verdicts_and_keeps_the_uncheckable_apart(monkeypatch):
+    verdicts = {'{"optimizer.lr": "x0.1"}': True, '{"probe.clip_grad_norm": 1.0}': False}
+    monkeypatch.setattr(remedy_check, "check", lambda case, patch, symptoms: {"checkable": True,
+                        "trains_well": verdicts[json.dumps(patch, sort_keys=True)], "seeds": []}
+                        if "probe.perturb_gd" not in patch else {"checkable": False, "why": "intervention"})
+    case = {"cause": "lr_too_high"}
+    both = _report(_v({"optimizer.lr": "x0.1"}, True), _v({"probe.clip_grad_norm": 1.0}, True),
+                   _v({"optimizer.lr": "x0.1"}, True), _v({"model.args.batchnorm": True}, False),
+                   _v({"model.args.bias_init": 0.0}, False, probe=None))
+    rec = remedy_check.account(case, both)
+    assert rec["tried_any"] and rec["judged_fixed"] and rec["confirmed"]
+    assert [c["patch"] for c in rec["plain"]] == [{"optimizer.lr": "x0.1"}, {"probe.clip_grad_norm": 1.0}]  # each once
+    assert rec["false_fixed"] == [{"probe.clip_grad_norm": 1.0}] and rec["not_checkable"] == []
+    assert sum(r["ran"] for r in rec["remedies"]) == 4
+
+    false_only = remedy_check.account(case, _report(_v({"probe.clip_grad_norm": 1.0}, True)))
+    assert false_only["judged_fixed"] and not false_only["confirmed"] and false_only["false_fixed"]
+    kick = remedy_check.account(case, _report(_v({"probe.perturb_gd": {"radius": 1.0}}, True)))
+    assert kick["judged_fixed"] and not kick["confirmed"] and not kick["false_fixed"] and kick["not_checkable"]
+    nothing = remedy_check.account(case, _report(_v({"optimizer.lr": "x0.1"}, False)))
+    assert nothing["tried_any"] and not nothing["judged_fixed"] and not nothing["confirmed"] and nothing["plain"] == []
+    crashed = remedy_check.account(case, None)  # the diagnosis itself failed
+    assert not crashed["tried_any"] and not crashed["judged_fixed"]
+
+
+def test_a_healthy_case_that_verify_left_alone_tried_nothing_and_one_it_probed_did():
+    healthy = {"cause": "healthy"}
+    assert not remedy_check.account(healthy, {"findings": [{"cause": "overfitting", "severity": "info"}]})["tried_any"]
+    probed = remedy_check.account(healthy, _report(_v({"optimizer.lr": "x0.1"}, False), severity="warning"))
+    assert probed["tried_any"] and probed["plain"] == []  # no plain-loop check for healthy cases
+    rows = [{"id": "healthy/a", "cause": "healthy", "findings": [], "seconds": 1.0, "verify": probed},
+            {"id": "healthy/b", "cause": "healthy", "findings": [], "seconds": 1.0,
+             "verify": remedy_check.account(healthy, {"findings": []})}]
+    printed = remedy_check.tables(rows, run.CAUSES, "dev")
+    assert "Healthy cases where --verify tried nothing: 1/2 = 0.50" in printed and "healthy/a (OD401)" in printed
+
+
+@pytest.mark.slow
+def test_verify_mode_on_three_fast_cases(tmp_path, capsys):
+    """A lowered rate fixes SGD at lr 8 and standardisation fixes raw wine features (optdoctor's
+    verdict and the plain loop's); --verify tries nothing on a healthy MLP."""
+    ids = ["lr_too_high/sgd-huge-lr/mlp/wine", "ill_conditioning/raw-features/linear/wine", "healthy/mlp-relu/mlp-sgd/wine"]
+    out = tmp_path / "verify.json"
+    argv = ["--split", "all", "--subset", "fast", "--verify", "--quiet", "--out", str(out)]
+    assert run.main(argv + [a for i in ids for a in ("--filter", i)]) == 0
+    printed = capsys.readouterr().out
+    by_id = {r["id"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(by_id) == set(ids)
+    high, ill, healthy = (by_id[i]["verify"] for i in ids)
+    for rec, patch in ((high, {"optimizer.lr": "x0.1"}), (ill, {"probe.standardize_inputs": True})):
+        assert rec["judged_fixed"] and rec["confirmed"]
+        (check,) = [c for c in rec["plain"] if c["patch"] == patch]
+        assert check["checkable"] and check["trains_well"] and len(check["seeds"]) == 3
+        (tried,) = {json.dumps(r) for r in [{k: x[k] for k in ("fixed", "ran")} for x in rec["remedies"]
+                                            if x["patch"] == patch]}
+        assert json.loads(tried) == {"fixed": True, "ran": True}
+    assert all(x["cost_per_step"] and x["after"] is not None for x in high["remedies"] if x["ran"])
+    assert not healthy["tried_any"] and healthy["remedies"] == [] and healthy["plain"] == []
+    assert "Healthy cases where --verify tried nothing: 1/1 = 1.00" in printed
+    assert "| **all faults** | 2 | 2/2 = 1.00 | 2/2 = 1.00 | 2/2 = 1.00 |" in printed
