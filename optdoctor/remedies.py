@@ -57,8 +57,8 @@ class Verification:
     before: float | None = None
     after: float | None = None
     gain: float | None = None  # (before - after) / |before|; the ranking key
-    helped: bool = False  # the compared loss fell clearly and the rule no longer fires
-    improved: bool = False  # the compared loss fell clearly, but the rule still fires
+    helped: bool = False  # the compared loss fell clearly, below the initial/chance loss, and the rule no longer fires
+    improved: bool = False  # the compared loss fell clearly, but the rule still fires or it ended above the initial/chance loss
     still_fires: bool | None = None  # None: the rule could not be evaluated on the verification probe
     symptoms: dict[str, list[float]] = field(default_factory=dict)  # name -> [before, after]
     probe: str | None = None  # the verification probe (its TensorBoard run), if one ran

@@ -146,3 +146,18 @@ def test_multiplying_the_lr_scales_the_rates_a_schedule_sets_itself(loaded):
     own = apply_patch(with_sched, {"optimizer.lr": "x0.1", "schedule": None}, mlp_factories())
     assert own.config.schedule is None
     assert apply_patch(with_sched, {"optimizer.lr": 0.05}, mlp_factories()).config.schedule.args["max_lr"] == 10.0
+
+
+def test_a_remedy_that_ends_above_the_chance_loss_did_not_fix_the_run():
+    """A 12% drop from 110 to 97 with the rule silent is not a fix when predicting the class
+    prior gives 1.1: 'helped' needs the remedied run below its reference loss too."""
+    from optdoctor.diagnose.verify import judge
+    from optdoctor.engine.rules import load_rules
+    from optdoctor.remedies import Verification
+
+    rule = next(r for r in load_rules() if r.id == "OD201")
+    f = type("F", (), {"evidence": []})()
+    for after, reference, helped in [(97.0, 1.1, False), (0.4, 1.1, True), (0.4, None, True)]:
+        v = Verification(remedy="r", patch={}, before=110.0)
+        judge(v, f, rule, {}, {"loss.final": after}, reference)
+        assert v.helped is helped and v.improved is (not helped)

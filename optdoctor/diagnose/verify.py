@@ -17,8 +17,10 @@ from optdoctor.findings import Finding
 from optdoctor.symptoms import extract
 from optdoctor.trace import ProbeSet
 
-# A remedy "helped" when the compared number fell by at least this fraction and the rule no
-# longer fires on the verification probe (or cannot be evaluated there).
+# A remedy "helped" when the compared number fell by at least this fraction, the rule no
+# longer fires on the verification probe (or cannot be evaluated there), and the remedied run
+# ended below its reference loss (the lower of the initial and the chance loss): a run that
+# still sits above what predicting the prior gives has not been fixed, however much it fell.
 VERIFY_MIN_GAIN = 0.1
 CONFIRM_BONUS = 0.1  # confidence added when a tried remedy fixed it
 REFUTE_PENALTY = 0.2  # confidence removed when every applicable remedy failed
@@ -39,6 +41,14 @@ def gain(before: float, after: float, reference: float | None) -> float:
             return 0.0
         before = reference
     return (before - after) / abs(before) if before else 0.0
+
+
+def trains(after: float | None, reference: float | None) -> bool:
+    """Whether the remedied run's compared loss ended below the reference loss (True when
+    either is unknown: the gain and the rule then decide alone)."""
+    if after is None or reference is None or not math.isfinite(reference):
+        return True
+    return math.isfinite(after) and after < reference
 
 
 def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Callable[[str, int, int], None] | None = None,
@@ -216,8 +226,10 @@ def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clo
         except (NotApplicable, OptdoctorError, ValueError, TypeError):
             continue
         after = _after(trace, diag.probes)
-        g = gain(v.before, after.get(v.metric, math.nan), _reference(diag.symptoms)) if v.before is not None else None
-        fixed += bool(g is not None and g >= VERIFY_MIN_GAIN and holds(rule, after) is not True)
+        ref = _reference(diag.symptoms)
+        g = gain(v.before, after.get(v.metric, math.nan), ref) if v.before is not None else None
+        fixed += bool(g is not None and g >= VERIFY_MIN_GAIN and holds(rule, after) is not True
+                      and trains(after.get(v.metric), ref))
         losses.append(after.get(v.metric))
         clock.spent(time.perf_counter() - t)
     v.seeds = {"fixed": fixed, "of": n, "after": losses}
@@ -276,8 +288,9 @@ def judge(v, f: Finding, rule: Rule, before: dict[str, float], after: dict[str, 
         v.gain = gain(v.before, v.after, reference)
     v.still_fires = holds(rule, after)
     better = v.gain is not None and v.gain >= VERIFY_MIN_GAIN
-    v.helped = better and v.still_fires is not True
-    v.improved = better and v.still_fires is True
+    trained = trains(v.after, reference)
+    v.helped = better and v.still_fires is not True and trained
+    v.improved = better and (v.still_fires is True or not trained)
     v.symptoms = {n: [before[n], after[n]] for n in f.evidence if n in after and n in before}
 
 

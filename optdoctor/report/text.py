@@ -114,7 +114,7 @@ def _verification(console: Console, f) -> None:
     elif f.confirmed is False:
         word = "no tried remedy helped: the cause may lie elsewhere"
     elif any(v["applicable"] for v in f.verification):
-        word = "a tried remedy improved the loss, but the finding still holds"
+        word = "a tried remedy improved the loss, but none fixed it"
     else:
         word = "no remedy could be applied automatically"
     console.print(Text(f"   tried ({word}):", style="bold"))
@@ -146,7 +146,8 @@ def _verification(console: Console, f) -> None:
         if kicks:
             line += f"; {len(kicks)} kick(s) at step(s) {', '.join(str(k['step']) for k in kicks[:5])}"
         if v.get("improved"):
-            line += " — better, but the finding still holds"
+            line += (" — better, but the finding still holds" if v["still_fires"]
+                     else " — better, but it still ends above the initial or chance loss")
         elif not v["helped"]:
             line += " — did not help" + (" (the finding still holds)" if v["still_fires"] else "")
         table.add_row(mark, line)
