@@ -74,6 +74,7 @@ from optdoctor.trace import ProbeSet, Trace
 if TYPE_CHECKING:
     from optdoctor.diagnose import Diagnosis
 
+NEVER = 2**62  # no step is due any more (instruments.base.NEVER)
 # Same thresholds as the probe runner: a loss beyond this multiple of the initial one has diverged.
 DIVERGENCE_FACTOR = 1e4
 # A plateau kick: a tenth of a standard init's scale (see probes.runner.PERTURB_EPS).
@@ -90,15 +91,18 @@ LOOP_SERIES = (
 COUNTERFACTUAL = ("lr.", "plateau.")
 
 
-def monitor_instruments(every: int, detail_every: int, has_acts: bool = True, seed: int = 0) -> list[Instrument]:
+def monitor_instruments(every: int, detail_every: int, has_acts: bool = True, seed: int = 0,
+                        data_cap: int = 2048) -> list[Instrument]:
     """The probe's instruments (``default_instruments``) minus the probe-only ones (evaluation
     on fixed batches, curvature): gradient norms and update ratios every ``every`` steps (two
     fused torch calls each), activation statistics, gradient histograms and cosines every
-    ``detail_every`` steps (one hook per activation module, ~0.3 ms each on the small MLP)."""
+    ``detail_every`` steps (one hook per activation module, ~0.1 ms each on the small MLP); input
+    statistics on the first ``data_cap`` samples (of this rank: under torch.distributed, each
+    rank takes its share of them)."""
     out: list[Instrument] = [GradNorms(every=every), UpdateRatios(every=every), WeightSymmetry()]
     if has_acts:
         out.append(Activations(every=detail_every, window=2))
-    out += [GradHistogram(every=detail_every, seed=seed), GradCosine(every=detail_every), DataStats()]
+    out += [GradHistogram(every=detail_every, seed=seed), GradCosine(every=detail_every), DataStats(cap=data_cap)]
     return out
 
 
@@ -208,10 +212,13 @@ class Monitor:
         self.stopped_at: int | None = None
         self.diagnosis = None
         self._kept: deque = deque(maxlen=keep_batches)
-        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, detached loss) not yet checked
+        self._pending: list[tuple] = []  # (step, detached loss or None, lr as the group holds it) not yet checked
         self._initial: float | None = None
         self._val_losses: list[float] = []  # training losses since the previous validate()
-        self._grads_done = -1  # step whose gradients were measured
+        self._grads_done = -1  # step whose gradients are final (grads_ready ran)
+        self._grads_step = -1  # step whose gradients some instrument read
+        self._fwd_step = -1  # step whose forward some instrument watched
+        self._next_grads = self._next_state = self._next_fwd = 0
         self._healthy: tuple[int, dict, dict] | None = None  # (step, model state, optimizer state)
         self._tb_writer = None
         self._tb_done = 0  # steps below this were written to TensorBoard
@@ -251,6 +258,7 @@ class Monitor:
         self._attach(layers, acts)
         self.instruments.step = self.step_count
         # this very forward is the first training step: instruments that watch it start now
+        self._fwd_step = self.step_count
         for inst in self._wanting_forward(self.step_count):
             inst.before_forward(self.step_count)
 
@@ -258,12 +266,20 @@ class Monitor:
         # (input statistics watch the training forwards with a hook of their own, until their cap)
         return [inst for inst in self._forward_insts if inst.due(i)]
 
+    def _next_grads_after(self, i: int) -> int:
+        """The first step after ``i`` whose gradients some instrument reads: one it is due at, or
+        the step after one (gradient cosines compare two successive steps)."""
+        return min((min(inst.next_due(i + 1), inst.next_due(i) + 1) for inst in self._grads_insts), default=NEVER)
+
     def _arm_forward(self) -> None:
         """Put the forward pre-hook on for the next step when an instrument watches its forward."""
         if self._fwd_handle is not None:
             self._fwd_handle.remove()
             self._fwd_handle = None
         i = self.step_count
+        if i < self._next_fwd:
+            return
+        self._next_fwd = min((inst.next_due(i + 1) for inst in self._forward_insts), default=NEVER)
         if self.instruments is None or self.status == "diverged" or self._closed or not self._wanting_forward(i):
             return
 
@@ -272,6 +288,7 @@ class Monitor:
                 if self._fwd_handle is not None:
                     self._fwd_handle.remove()
                     self._fwd_handle = None
+                self._fwd_step = i
                 for inst in self._wanting_forward(i):
                     inst.before_forward(i)
 
@@ -305,7 +322,8 @@ class Monitor:
 
             self.instruments = InstrumentSet([ShardedGradNorms(every=self.every)])
         else:
-            self.instruments = InstrumentSet(monitor_instruments(self.every, self.detail_every, has_acts=bool(acts)))
+            self.instruments = InstrumentSet(monitor_instruments(self.every, self.detail_every, has_acts=bool(acts),
+                                                                 data_cap=max(1, 2048 // distributed.world_size())))
         # no optimizer in the context while attaching: the set must not hook it (the monitor owns
         # the clock: its own optimizer hooks dispatch, so that grads_ready() can come first)
         self.instruments.attach(ctx)  # hooks the model's forward; measures the state at step 0
@@ -321,6 +339,12 @@ class Monitor:
         self._update_insts = self.instruments._with("update")
         self._state_insts = self.instruments._with("state")
         self._fwd_handle = None
+        # The next step at which each kind of moment has work (``Schedule.next``): a step before
+        # them costs a comparison, not a question to every instrument.
+        i = self.step_count
+        self._next_grads = self._next_grads_after(i - 1)
+        self._next_state = min((inst.next_due(i + 1) for inst in self._state_insts), default=NEVER)
+        self._next_fwd = min((inst.next_due(i + 1) for inst in self._forward_insts), default=NEVER)
         if self.loss_fn is not None and not self.sharded:
             self._keep_state()
 
@@ -336,10 +360,14 @@ class Monitor:
         if self._grads_done == i:
             return
         self._grads_done = i
+        if i < self._next_grads:  # most steps: nothing reads these gradients
+            return
+        self._grads_step = i
         self.instruments.step = i
         for inst in self._grads_insts:  # a measured step and the one after it (gradient cosines)
             if inst.due(i) or inst.due(i - 1):
                 inst.after_backward(i)
+        self._next_grads = self._next_grads_after(i)
 
     def _pre_step(self, _opt, _args, _kwargs) -> None:
         if self.grads_mode == "optimizer":
@@ -349,11 +377,14 @@ class Monitor:
         if self._closed or self.instruments is None or self.status == "diverged" or self._grads_done != self.step_count:
             return
         i = self.step_count
-        for inst in self._update_insts:
-            inst.after_step(i)
-        for inst in self._state_insts:
-            if inst.due(i + 1):
-                inst.at_state(i + 1)
+        if self._grads_step == i or self._fwd_step == i:  # updates matter after a measured step only
+            for inst in self._update_insts:
+                inst.after_step(i)
+        if i + 1 >= self._next_state:
+            for inst in self._state_insts:
+                if inst.due(i + 1):
+                    inst.at_state(i + 1)
+            self._next_state = min((inst.next_due(i + 2) for inst in self._state_insts), default=NEVER)
 
     def step(self, loss: Any = None, batch: Any = None) -> None:
         """One training step is done (call after ``optimizer.step()``). ``loss``: its training
@@ -361,9 +392,8 @@ class Monitor:
         if self._closed:
             raise RuntimeError("Monitor.step after close()")
         i = self.step_count
-        if loss is not None:
-            self._pending.append((i, _as_float(loss)))
-        self.rec.log("lr", i, float(self.optimizer.param_groups[0]["lr"]))
+        # kept as is (a detached loss tensor, the group's lr): converted at the next checkpoint
+        self._pending.append((i, None if loss is None else _as_float(loss), self.optimizer.param_groups[0]["lr"]))
         if batch is not None and self._kept.maxlen:
             self._kept.append(_detached(batch))
         self.step_count = i + 1
@@ -391,12 +421,15 @@ class Monitor:
         divergence; stops measuring once diverged."""
         if not self._pending:  # every rank calls step() as often: then no rank has losses pending
             return
-        steps = [s for s, _ in self._pending]
-        stacked = torch.stack([v if v.dim() == 0 else v.reshape(()) for _, v in self._pending]).to(torch.float64)
+        pending, self._pending = self._pending, []
+        self.rec.extend("lr", [s for s, _, _ in pending], [float(lr) for _, _, lr in pending])
+        pending = [(s, v) for s, v, _ in pending if v is not None]
+        if not pending:
+            return
+        steps = [s for s, _ in pending]
+        stacked = torch.stack([v if v.dim() == 0 else v.reshape(()) for _, v in pending]).to(torch.float64)
         vals = distributed.mean_across_ranks(stacked.cpu()).numpy()
-        self._pending = []
-        for s, v in zip(steps, vals.tolist()):
-            self.rec.log("loss.train", s, v)
+        self.rec.extend("loss.train", steps, vals.tolist())
         finite = vals[np.isfinite(vals)]
         if self._initial is None and len(finite):
             self._initial = float(vals[0]) if math.isfinite(vals[0]) else float(finite[0])

@@ -37,6 +37,7 @@ from optdoctor.probes.instruments import (
     discover,
     parametrised_layers,
 )
+from optdoctor.probes.instruments.base import At, Every
 from optdoctor.probes.recorder import Recorder
 from optdoctor.trace import ProbeSet, Trace
 
@@ -1233,3 +1234,39 @@ def test_layer_scales_equal_hand_loop_and_skip_non_tensor_outputs():
                 assert got[0, j] == pytest.approx(ref_std(o.detach().double().flatten().tolist()), rel=1e-5)
             else:
                 assert math.isnan(got[0, j])
+
+
+# --------------------------------------------------------------------------- schedules: next due step
+@pytest.mark.parametrize("schedule", [Every(1), Every(7), Every(20), At([0]), At([3, 50, 51]), At([])],
+                         ids=["every1", "every7", "every20", "at0", "at3-50-51", "never"])
+def test_schedule_next_is_the_first_due_step(schedule):
+    """``next`` (what a driver skips ahead by) against asking ``due`` step by step."""
+    from optdoctor.probes.instruments.base import NEVER, Schedule
+
+    for step in range(0, 120):
+        want = next((s for s in range(step, 200) if schedule.due(s)), None)
+        got = schedule.next(step)
+        assert got == (want if want is not None else NEVER) or (want is None and got >= 200)
+        assert Schedule.next(schedule, step) == (want if want is not None else step + 1000)  # the fallback scan
+
+
+def test_instrument_with_its_own_due_is_asked_step_by_step():
+    from optdoctor.probes.instruments.base import Instrument
+
+    class Odd(Instrument):
+        def due(self, step):
+            return step % 2 == 1
+
+    assert [Odd().next_due(s) for s in range(5)] == [1, 1, 3, 3, 5]
+
+
+def test_recorder_stacks_tuples_of_scalars_once():
+    rec = Recorder()
+    rows = [tuple(torch.tensor(float(10 * s + j)) for j in range(3)) for s in range(4)]
+    for s, row in enumerate(rows):
+        rec.log("x", s, row)
+    rec.log("y", 0, torch.tensor([1.0, 2.0]))
+    rec.log("y", 1, (torch.tensor(3.0), torch.tensor(4.0)))  # mixed rows
+    t = rec.finish(Trace("t"))
+    np.testing.assert_array_equal(t.series["x"][1], [[10 * s + j for j in range(3)] for s in range(4)])
+    np.testing.assert_array_equal(t.series["y"][1], [[1.0, 2.0], [3.0, 4.0]])

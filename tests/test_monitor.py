@@ -145,6 +145,27 @@ def test_per_layer_norms_equal_a_hand_loop_and_schedule():
     assert len(t.values("loss.train")) == 10 and len(t.values("lr")) == 10
 
 
+def test_every_series_is_measured_at_its_scheduled_steps():
+    """The monitor skips the steps where nothing is due without asking each instrument: what it
+    measures must still be exactly the schedule (cosines: a detail step and the one after it)."""
+    torch.manual_seed(1)
+    model = models.mlp(in_dim=20, out_dim=4, depth=3, width=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    (X, y), _ = data.blobs()
+    with optdoctor.Monitor(model, opt, every=3, detail_every=4, checkpoint_every=5) as mon:
+        for step in range(14):
+            loss = F.cross_entropy(model(X[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+        t = mon.trace()
+    assert t.steps("grad.norm").tolist() == t.steps("update.ratio").tolist() == [0, 3, 6, 9, 12]
+    assert t.steps("act.dead_frac").tolist() == t.steps("grad.hist").tolist() == [0, 4, 8, 12]
+    assert t.steps("grad.cosine").tolist() == [1, 5, 9, 13]
+    assert t.steps("loss.train").tolist() == t.steps("lr").tolist() == list(range(14))
+
+
 def test_clipping_records_pre_clip_norms_and_amp_unscaled():
     torch.manual_seed(2)
     model = models.mlp(in_dim=20, out_dim=4, depth=2, width=16)

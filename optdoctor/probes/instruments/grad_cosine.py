@@ -30,14 +30,15 @@ class GradCosine(Instrument):
         layers = self.ctx.layers
         grads = [m.weight.grad for _, m in layers]
         if pending:
-            cos = []
-            for prev, g in zip(self._prev, grads):
-                if g is None or prev is None:
-                    cos.append(torch.tensor(float("nan"), device=layers[0][1].weight.device))
-                    continue
-                a, b = prev.reshape(-1), g.detach().reshape(-1)
-                cos.append(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-30))
-            self.recorder.log("grad.cosine", step, torch.stack(cos))
+            both = [j for j, (p, g) in enumerate(zip(self._prev, grads)) if p is not None and g is not None]
+            cos = torch.full((len(layers),), float("nan"), device=layers[0][1].weight.device)
+            if both:  # ~L + 8 torch calls for all layers together, not ~8 per layer
+                a, b = [self._prev[j] for j in both], [grads[j].detach() for j in both]
+                dots = torch.stack([ab.sum() for ab in torch._foreach_mul(a, b)])
+                norms = torch.stack(torch._foreach_norm(a + b))
+                k = len(both)
+                cos[both] = dots / (norms[:k] * norms[k:]).clamp_min(1e-30)
+            self.recorder.log("grad.cosine", step, cos)
         self._prev = None
         if self.due(step):
             self._prev = [None if g is None else g.detach().clone() for g in grads]

@@ -40,10 +40,13 @@ class UpdateRatios(Instrument):
         if not self._armed:
             return
         self._armed = False
-        before_norm = torch.stack(torch._foreach_norm(self._buf))
-        torch._foreach_sub_(self._buf, [m.weight.detach() for _, m in self.ctx.layers])
-        self.recorder.log("weight.norm", step, before_norm)
-        self.recorder.log("update._delta_norm", step, torch.stack(torch._foreach_norm(self._buf)))
+        # three torch calls: the update, then the norms of the weights before it and of the
+        # update in one _foreach_norm; stacked for all steps at once when the trace is made
+        delta = torch._foreach_sub([m.weight.detach() for _, m in self.ctx.layers], self._buf)
+        norms = torch._foreach_norm(list(self._buf) + list(delta))
+        k = len(self._buf)
+        self.recorder.log("weight.norm", step, tuple(norms[:k]))
+        self.recorder.log("update._delta_norm", step, tuple(norms[k:]))
 
     def finish(self, trace) -> None:
         if "update._delta_norm" not in trace.series:
