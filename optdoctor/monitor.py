@@ -33,6 +33,13 @@ skips for inf/NaN is not measured). Clipping (``clip_grad_norm_``) happens befor
 plain loop, so call ``monitor.grads_ready()`` just before clipping to record the unclipped
 gradients (the Lightning callback does this at ``on_before_optimizer_step``).
 
+Curvature (the Hessian's extreme eigenvalues, trace and spectral density: ``hess.*``, what the
+edge-of-stability, conditioning and minimum/saddle rules read) is measured by the probe's own
+``Curvature`` instrument at ``diagnose`` (and, with ``hessian_every``, at every k-th checkpoint),
+on the most recent kept batch, with the model as it is then (the last healthy state after a
+divergence): Hessian-vector products by double backward on detached aliases of the parameters,
+every module in eval mode, the RNG forked, so that training goes on exactly as without it.
+
 Counterfactual rules (learning-rate variants, plateau kicks) need probes the user's run cannot
 give; ``diagnose()`` reports them as "not evaluated" and says what would decide them;
 ``diagnose(follow_up=True)`` runs those probes on copies of the model and optimizer from their
@@ -185,6 +192,17 @@ class Monitor:
             ``grads_ready()`` call before it); "manual" only at ``grads_ready()`` (Lightning).
         name: the diagnosis' name in reports.
         rules: a rule pack (``engine.rules.load_rules``); default: the shipped one.
+        curvature: measure the Hessian's spectrum at ``diagnose`` (needs ``loss_fn`` and a kept
+            batch; not on sharded models).
+        hessian: the Hessian settings (``probe.hessian`` of a config: a ``HessianConfig`` or a
+            dict of its fields); default: the probe's defaults.
+        hessian_every: also measure it at every k-th checkpoint (each costs 20-80
+            Hessian-vector products, ~2 gradients each); default: at ``diagnose`` only.
+        model_factory: ``() -> nn.Module``, a fresh model as the user builds it, for the
+            fresh-seed follow-up probes (local minimum); without it a copy of the model is
+            re-initialised by each module's ``reset_parameters`` (torch's default init).
+        reseeds: how many fresh-seed follow-up probes a plateau opens.
+        reseed_steps: steps of each fresh-seed probe (default: ``follow_up_steps``).
     """
 
     def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 20, detail_every: int = 100,
@@ -192,7 +210,9 @@ class Monitor:
                  tensorboard: str | Path | None = None, loss_fn: Callable | None = None, keep_batches: int = 8,
                  follow_up_steps: int = 50, lr_factors: Sequence[float] = (0.1, 10.0),
                  chance_loss: float | None = None, grads: str = "optimizer", name: str = "monitor",
-                 rules: Sequence[Any] | None = None) -> None:
+                 rules: Sequence[Any] | None = None, curvature: bool = True, hessian: Any = None,
+                 hessian_every: int | None = None, model_factory: Callable[[], nn.Module] | None = None,
+                 reseeds: int = 3, reseed_steps: int | None = None) -> None:
         if min(every, detail_every, checkpoint_every) < 1:
             raise ValueError("every, detail_every and checkpoint_every must be >= 1")
         if grads not in ("optimizer", "manual"):
@@ -207,6 +227,15 @@ class Monitor:
         self.chance_loss, self.grads_mode, self.name = chance_loss, grads, name
         self.tensorboard = Path(tensorboard) if tensorboard is not None else None
         self._rules = list(rules) if rules is not None else None
+        if hessian_every is not None and hessian_every < 1:
+            raise ValueError("hessian_every must be >= 1 (or None: at diagnose only)")
+        self.curvature, self.hessian_every = curvature, hessian_every
+        self._hcfg = _hessian_config(hessian)
+        self._hessian_rows: list[dict] = []
+        self._hessian_errors: list[str] = []
+        self._checkpoints = 0
+        self.model_factory, self.reseeds = model_factory, reseeds
+        self.reseed_steps = reseed_steps
         self.step_count = 0  # training steps taken (calls to step())
         self.status = "completed"
         self.stopped_at: int | None = None
@@ -448,6 +477,9 @@ class Monitor:
         self._flush()
         if self.status != "diverged" and self.loss_fn is not None and not self.sharded:
             self._keep_state()
+        self._checkpoints += 1
+        if self.hessian_every and self._checkpoints % self.hessian_every == 0 and distributed.is_main():
+            self.measure_curvature()  # rank 0 only: no collective inside (the unwrapped module)
         if self.tensorboard is not None and distributed.is_main():
             self._write_tensorboard()
 
@@ -457,6 +489,44 @@ class Monitor:
             return
         model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._healthy = (self.step_count, model_state, copy.deepcopy(self.optimizer.state_dict()))
+
+    # --- curvature -------------------------------------------------------------------------
+    def measure_curvature(self) -> dict | None:
+        """The Hessian's spectrum now (the last healthy state after a divergence) on the most
+        recent kept batch, by the probe's ``Curvature`` instrument: one row of ``trace.hessian``
+        (None when it cannot be measured: no ``loss_fn`` or kept batch, a sharded model, or
+        ``curvature=False``). Training is not perturbed: products of detached aliases (no
+        ``.grad`` written), every module in eval mode and its flag restored, the RNG forked.
+        Measured once per step: calling it again without training returns the same row."""
+        from optdoctor.probes.instruments.curvature import Curvature
+
+        if not self.curvature or self.loss_fn is None or not self._kept or self.sharded or self.instruments is None:
+            return None
+        if self.status == "diverged":
+            if self._healthy is None:
+                return None
+            step, state = self._start_state()
+            model, opt = self._copy(state, 1.0)
+        else:
+            step, model, opt = self.step_count, self.model, self.optimizer
+        for row in self._hessian_rows:
+            if row["step"] == step:
+                return row
+        inst = Curvature([step], self.loss_fn, _bound(self._kept[-1]), self._hcfg, seed=0)
+        inst.attach(Context(model, opt, Recorder(), []))
+        devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        grads = [(p, p.grad) for p in model.parameters()]
+        with torch.random.fork_rng(devices=devices):
+            inst.at_state(step)
+        for p, g in grads:  # nothing measured leaves a gradient behind (double backward writes none)
+            if p.grad is not g:
+                p.grad = g
+        self._hessian_errors.extend(inst.errors)
+        if not inst.rows:
+            return None
+        inst.rows[-1]["lr"] = float(opt.param_groups[0]["lr"])  # the rate it steps with now (schedules)
+        self._hessian_rows.append(inst.rows[-1])
+        return inst.rows[-1]
 
     # --- the trace and the diagnosis -------------------------------------------------------
     def trace(self) -> Trace:
@@ -476,6 +546,9 @@ class Monitor:
         else:
             rec.finish(trace)
         rec.describe(trace)
+        trace.hessian.extend(dict(r) for r in sorted(self._hessian_rows, key=lambda r: r["step"]))
+        if self._hessian_errors:
+            trace.meta["hessian_errors"] = list(self._hessian_errors)
         trace.meta.update({"kind": "monitor", "steps": self.step_count, "chance_loss": self.chance_loss})
         if self.status == "diverged" and self.stopped_at is not None:
             cut_at(trace, self.stopped_at)
@@ -501,6 +574,7 @@ class Monitor:
         return self.diagnosis
 
     def _diagnose_here(self, follow_up: bool, selection: Any):
+        self.measure_curvature()
         probes = self.probes()
         extra: dict[str, float] = {}
         if follow_up:
@@ -716,3 +790,27 @@ def evaluate(probes: ProbeSet, rules=None, selection=None, extra: dict[str, floa
             o = RuleOutcome(o.rule, o.name, o.cause, o.status, f"{o.reason} ({hint})")
         fixed.append(o)
     return Diagnosis(name, name, findings, fixed, snaps[-1][1], probes, "completed")
+
+
+def _hessian_config(h: Any):
+    """The probe's Hessian settings (``config.schema.HessianConfig``) from None, a dict or one."""
+    from optdoctor.config.schema import HessianConfig
+
+    if h is None:
+        return HessianConfig()
+    if isinstance(h, dict):
+        return HessianConfig(**h)
+    return h
+
+
+def _bound(batch: Any) -> tuple[Any, Any]:
+    """A kept ``(inputs, target)`` as the curvature code calls the model: a tuple of inputs as
+    positional arguments, a dict as keyword arguments (``probes.batches.Call``)."""
+    from optdoctor.probes.batches import Call
+
+    X, y = batch
+    if isinstance(X, tuple):
+        return Call(tuple(X), {}), y
+    if isinstance(X, dict):
+        return Call((), dict(X)), y
+    return X, y

@@ -110,6 +110,9 @@ def test_lr_too_high_needs_follow_up_and_then_matches_diagnose():
     mon = monitored("lr-too-high", follow_up=True)
     assert mon.diagnosis.findings[0].cause == "lr_too_high"
     assert mon.diagnosis.findings[0].rule == "OD401"  # as `optdoctor diagnose sample_runs/lr-too-high.yaml`
+    # the curvature measured at diagnose (the last healthy state) decides the edge-of-stability rule
+    od403 = next(o for o in mon.diagnosis.outcomes if o.rule == "OD403")
+    assert od403.status == "fired" and mon.diagnosis.symptoms["hess.stability"] > 2
 
 
 @pytest.mark.slow
@@ -264,3 +267,133 @@ def test_root_forward_never_called_orders_layers_by_first_call():
     mon.close()
     assert t.meta["layers"] == ["body.0", "head"]  # forward order, not registration order
     assert t.values("grad.norm").shape == (3, 2)
+
+
+# --------------------------------------------------------------------------- curvature in the monitor
+def tiny(seed=0, dropout=0.0, bn=False):
+    torch.manual_seed(seed)
+    mods = [nn.Linear(3, 5)] + ([nn.BatchNorm1d(5)] if bn else []) + [nn.Tanh()]
+    mods += ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(5, 3)]
+    return nn.Sequential(*mods)
+
+
+def dense_hessian_eigs(model, batch):
+    """The obviously correct twin: the full Hessian of the batch loss by autograd, in float64."""
+    import copy
+
+    m = copy.deepcopy(model).double().eval()
+    names = [n for n, _ in m.named_parameters()]
+    shapes = [p.shape for _, p in m.named_parameters()]
+    X, y = batch
+
+    def loss_of(flat):
+        ps, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = int(np.prod(s))
+            ps[n] = flat[i:i + k].reshape(s)
+            i += k
+        return F.cross_entropy(torch.func.functional_call(m, ps, (X.double(),)), y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+    H = torch.autograd.functional.hessian(loss_of, flat)
+    return torch.linalg.eigvalsh(H).numpy(), float(torch.trace(H))
+
+
+def tiny_run(model, opt, steps, mon=None, at=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    X, y = torch.randn(64, 3, generator=g), torch.randint(0, 3, (64,), generator=g)
+    for s in range(steps):
+        xb, yb = X[(s * 16) % 64:][:16], y[(s * 16) % 64:][:16]
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        if mon is not None and at is not None and s == at:  # mid-step: gradients exist, not yet applied
+            mon.measure_curvature()
+            mon.diagnose()
+        opt.step()
+        if mon is not None:
+            mon.step(loss, batch=(xb, yb))
+    return (xb, yb)
+
+
+def test_monitor_curvature_equals_dense_hessian():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    mon = optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy, hessian={"trace_max_hvps": 400})
+    last = tiny_run(model, opt, 7, mon)
+    diag = mon.diagnose()
+    eigs, trace = dense_hessian_eigs(model, last)
+    rows = diag.probes.baseline.hessian
+    assert [r["step"] for r in rows] == [7.0]
+    assert rows[0]["lambda_max"] == pytest.approx(eigs[-1], rel=1e-5)
+    assert rows[0]["lambda_min"] == pytest.approx(eigs[0], rel=1e-4, abs=1e-6 * eigs[-1])
+    assert rows[0]["trace"] == pytest.approx(trace, rel=0.1)  # Hutchinson: a standard error, not exact
+    sym = diag.symptoms
+    assert sym["hess.lambda_max"] == pytest.approx(eigs[-1], rel=1e-5)
+    assert sym["hess.stability"] == pytest.approx(0.3 * eigs[-1] / (2 * (1 + 0.9)), rel=1e-5)
+    assert sym["hess.lambda_min_rel"] == pytest.approx(eigs[0] / eigs[-1], rel=1e-4, abs=1e-6)
+    # rules that read curvature are evaluated, not "not evaluated" for want of hess.*
+    for o in diag.outcomes:
+        if o.status == "not_evaluated":
+            assert "hess." not in o.reason, (o.rule, o.reason)
+    assert mon.measure_curvature() is rows[0] or mon.measure_curvature()["step"] == 7.0  # once per step
+    mon.close()
+
+
+def test_monitor_curvature_does_not_perturb_training():
+    """Measuring (mid-step, with gradients on the parameters, dropout and batch norm in the model)
+    leaves weights, gradients, buffers, modes and the RNG exactly as without it."""
+    finals = []
+    for measure in (False, True):
+        model = tiny(dropout=0.2, bn=True)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        mon = optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy)
+        torch.manual_seed(123)
+        tiny_run(model, opt, 6, mon, at=4 if measure else None)
+        finals.append(({k: v.clone() for k, v in model.state_dict().items()},
+                       [p.grad.clone() for p in model.parameters()], torch.get_rng_state(), model.training))
+        if measure:
+            assert len(mon.trace().hessian) == 1 and mon.trace().hessian[0]["step"] == 4.0
+            assert "precond_lambda_max" in mon.trace().hessian[0]  # Adam's preconditioned sharpness too
+        mon.close()
+    (sa, ga, ra, ta), (sb, gb, rb, tb) = finals
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(torch.equal(a, b) for a, b in zip(ga, gb))
+    assert torch.equal(ra, rb) and ta and tb
+
+
+def test_monitor_curvature_after_divergence_is_the_last_healthy_state():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy, checkpoint_every=2)
+    last = tiny_run(model, opt, 4, mon)  # a checkpoint after 4 steps keeps this state
+    healthy = {k: v.clone() for k, v in model.state_dict().items()}
+    eigs, _ = dense_hessian_eigs(model, last)
+    for step in (4, 5):  # step 4 trains on; step 5's loss is NaN: the run diverged there
+        if step == 5:
+            with torch.no_grad():
+                model[0].weight.fill_(float("nan"))
+        loss = F.cross_entropy(model(last[0]), last[1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss, batch=last)
+    diag = mon.diagnose()
+    assert mon.status == "diverged"
+    rows = diag.probes.baseline.hessian
+    assert len(rows) == 1 and rows[0]["step"] == 4.0 and np.isfinite(rows[0]["lambda_max"])
+    assert rows[0]["lambda_max"] == pytest.approx(eigs[-1], rel=1e-5)  # measured on the kept state, not the NaN one
+    assert all(torch.equal(v, healthy[k]) for k, v in mon._healthy[1].items())
+    mon.close()
+
+
+def test_no_curvature_without_what_it_needs():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for mon in (optdoctor.Monitor(model, opt), optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy, curvature=False)):
+        tiny_run(model, opt, 3, mon)  # no loss_fn: batches are kept but cannot be scored
+        diag = mon.diagnose()
+        assert diag.probes.baseline.hessian == []
+        od403 = next(o for o in diag.outcomes if o.rule == "OD403")
+        assert od403.status == "not_evaluated" and "hess.stability" in od403.reason
+        mon.close()
