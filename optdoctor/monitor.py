@@ -42,9 +42,12 @@ every module in eval mode, the RNG forked, so that training goes on exactly as w
 
 Counterfactual rules (learning-rate variants, plateau kicks) need probes the user's run cannot
 give; ``diagnose()`` reports them as "not evaluated" and says what would decide them;
-``diagnose(follow_up=True)`` runs those probes on copies of the model and optimizer from their
-current state (the last healthy one after a divergence), on batches the monitor kept (pass
-``loss_fn`` and ``monitor.step(loss, batch=(x, y))``).
+``diagnose(follow_up=True)`` runs those probes on batches the monitor kept (pass ``loss_fn`` and
+``monitor.step(loss, batch=(x, y))``), as far as the rules' gates ask for them (``follow_up``):
+learning-rate variants and a control on copies of the model and optimizer from their current
+state (the last healthy one after a divergence); on a plateau, a kicked copy and fresh-seed
+models (``model_factory``, or each module's ``reset_parameters``); for unscaled inputs, a fresh
+model on raw and on standardised inputs.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ LOOP_SERIES = (
     Series("loss.train_eval", "step", "mean training loss since the previous validation", tag="loss/train_eval"),
 )
 # Symptoms only counterfactual probes give (symptoms/variants.py): what follow_up=True decides.
-COUNTERFACTUAL = ("lr.", "plateau.")
+COUNTERFACTUAL = ("lr.", "plateau.", "data.standardize_gain")
 
 
 def monitor_instruments(every: int, detail_every: int, has_acts: bool = True, seed: int = 0,
@@ -583,7 +586,7 @@ class Monitor:
             if self.loss_fn is None or not self._kept:
                 raise ValueError("follow_up=True needs Monitor(..., loss_fn=...) and batches kept by "
                                  "monitor.step(loss, batch=(inputs, target))")
-            for name, t in self.follow_up(probes).traces.items():
+            for name, t in self.follow_up(probes, selection).traces.items():
                 if name != "baseline":
                     probes.traces[f"followup_{name}"] = t
             extra = self._followup_symptoms
@@ -641,30 +644,75 @@ class Monitor:
         self._tb_done = max(self._tb_done, upto)
 
     # --- follow-up probes ------------------------------------------------------------------
-    def _copy(self, state: tuple[dict, dict], lr_factor: float) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """A copy of the model and the optimizer in ``state``, without the monitor's hooks."""
-        model_state, opt_state = state
+    def _copy_model(self) -> nn.Module:
+        """A deep copy of the model without the monitor's hooks (in training mode)."""
         memo: dict = {}
         m = copy.deepcopy(self.model, memo)
         handles = list(self._handles) + list(self._order_handles) + ([self._fwd_handle] if getattr(self, "_fwd_handle", None) else [])
         if self.instruments is not None:
             handles += self.instruments._handles + [h for i in self.instruments.instruments for h in getattr(i, "_handles", [])]
+            handles += [h for i in self.instruments.instruments for h in [getattr(i, "_handle", None)] if h is not None]
         for h in handles:  # the copied hook dicts are in memo: drop our hooks from them
             for ref in [h.hooks_dict_ref] + list(getattr(h, "extra_dict_ref", ())):
                 d = ref()
                 if d is not None and id(d) in memo:
                     memo[id(d)].pop(h.id, None)
-        m.load_state_dict(model_state)
+        m.train()
+        return m
+
+    def _optimizer_for(self, m: nn.Module, fresh: bool = False) -> torch.optim.Optimizer:
+        """The optimizer's class and hyperparameters on ``m``'s parameters (no state). ``fresh``:
+        each group's learning rate as the run started (``initial_lr``, set by schedulers)."""
         index = {id(p): i for i, p in enumerate(self.model.parameters())}
         new = list(m.parameters())
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [new[index[id(p)]] for p in g["params"]]}
-                  for g in self.optimizer.param_groups]
-        opt = type(self.optimizer)(groups)
+        groups = []
+        for g in self.optimizer.param_groups:
+            hyper = {k: v for k, v in g.items() if k not in ("params", "initial_lr")}
+            if fresh and "initial_lr" in g:
+                hyper["lr"] = g["initial_lr"]
+            groups.append({**hyper, "params": [new[index[id(p)]] for p in g["params"]]})
+        return type(self.optimizer)(groups)
+
+    def _copy(self, state: tuple[dict, dict], lr_factor: float) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """A copy of the model and the optimizer in ``state``, without the monitor's hooks."""
+        model_state, opt_state = state
+        m = self._copy_model()
+        m.load_state_dict(model_state)
+        opt = self._optimizer_for(m)
         opt.load_state_dict(copy.deepcopy(opt_state))
         for g in opt.param_groups:
             g["lr"] = g["lr"] * lr_factor
-        m.train()
         return m, opt
+
+    def _fresh(self, seed: int) -> tuple[nn.Module, torch.optim.Optimizer] | str:
+        """A freshly initialised model (seeded; the RNG is forked) and a fresh optimizer, or why
+        there is none. ``model_factory`` builds it as the user does; otherwise a copy of the model
+        is re-initialised by each module's ``reset_parameters`` (torch's default init, which may
+        differ from the user's), and a parameter no module can re-initialise makes it impossible."""
+        first = next(self.model.parameters(), None)
+        devices = [first.device.index or 0] if first is not None and first.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            if self.model_factory is not None:
+                m = _unwrap_model(self.model_factory())
+                if first is not None:
+                    m = m.to(first.device)
+                if [(n, p.shape) for n, p in m.named_parameters()] != [(n, p.shape) for n, p in self.model.named_parameters()]:
+                    return "model_factory() builds a model whose parameters differ from the monitored one's"
+                m.train()
+            else:
+                m = self._copy_model()
+                done: set[int] = set()
+                for mod in m.modules():
+                    reset = getattr(mod, "reset_parameters", None) or getattr(mod, "_reset_parameters", None)
+                    if callable(reset):
+                        reset()
+                        done.update(id(p) for p in mod.parameters())
+                missed = [n for n, p in m.named_parameters() if id(p) not in done]
+                if missed:
+                    return (f"no reset_parameters() re-initialises {', '.join(missed[:3])}"
+                            f"{' ...' if len(missed) > 3 else ''}: pass Monitor(model_factory=...)")
+        return m, self._optimizer_for(m, fresh=True)
 
     def _start_state(self) -> tuple[int, tuple[dict, dict]]:
         if self.status != "diverged":
@@ -675,8 +723,6 @@ class Monitor:
         return step, (ms, os_)
 
     def _run_copy(self, name: str, kind: str, state, lr_factor: float, base_meta: dict, perturb: float = 0.0) -> Trace:
-        from optdoctor.probes.instruments import Activations as Acts
-
         model, opt = self._copy(state, lr_factor)
         if perturb:
             gen = torch.Generator().manual_seed(7919)
@@ -685,22 +731,31 @@ class Monitor:
                     if p.requires_grad and p.is_floating_point():
                         fan_in = p[0].numel() if p.dim() >= 2 else 1
                         p.add_((torch.randn(p.shape, generator=gen, dtype=p.dtype) * (perturb / math.sqrt(fan_in))).to(p.device))
+        return self._train(name, kind, model, opt, {**base_meta, "lr_factor": lr_factor, "perturb": perturb}, self.follow_up_steps)
+
+    def _train(self, name: str, kind: str, model: nn.Module, opt: torch.optim.Optimizer, meta: dict, steps: int,
+               transform: Callable[[Any], Any] | None = None) -> Trace:
+        """``steps`` steps of ``model`` on the kept batches (inputs through ``transform``), as a
+        probe trace: losses per step, activation statistics five times, stopped at a divergence."""
+        from optdoctor.probes.instruments import Activations as Acts
+
         batches = list(self._kept)
         rec = Recorder()
         rec.declare(LOOP_SERIES)
-        trace = Trace(name, meta={**base_meta, "kind": kind, "lr_factor": lr_factor, "perturb": perturb,
-                                  "lr": float(opt.param_groups[0]["lr"]), "steps": self.follow_up_steps})
+        trace = Trace(name, meta={**meta, "kind": kind, "lr": float(opt.param_groups[0]["lr"]), "steps": steps})
         acts = None  # activation statistics: the dead fraction of the low-LR variant is evidence (OD406)
         if self.instruments is not None and self.instruments.ctx.acts:
             mods = dict(model.named_modules())
             pairs = [(n, n.split(":")[0], k) for n, _, k in self.instruments.ctx.acts]
             ctx = Context(model, None, rec, [], [(n, mods[m], k) for n, m, k in pairs if m in mods])
-            acts = InstrumentSet([Acts(every=max(1, self.follow_up_steps // 5), window=2)])
+            acts = InstrumentSet([Acts(every=max(1, steps // 5), window=2)])
             acts.attach(ctx)
         initial = None
         try:
-            for s in range(self.follow_up_steps):
+            for s in range(steps):
                 X, y = batches[s % len(batches)]
+                if transform is not None:
+                    X = transform(X)
                 if acts is not None:
                     acts.step = s
                 out = model(*X) if isinstance(X, tuple) else (model(**X) if isinstance(X, dict) else model(X))
@@ -724,10 +779,36 @@ class Monitor:
             rec.finish(trace)
         return trace
 
-    def follow_up(self, probes: ProbeSet | None = None) -> ProbeSet:
-        """The counterfactual probes, on copies from the current (or last healthy) state and the
-        kept batches: a control at the same learning rate (the set's baseline), the learning-rate
-        variants, and, on a plateau, the same control kicked by a small random perturbation."""
+    def _standardizer(self) -> Callable[[torch.Tensor], torch.Tensor] | str:
+        """Inputs -> inputs with each feature at zero mean and unit std over the kept batches (as
+        ``probe.standardize_inputs`` does), or why not (inputs that are not one float tensor)."""
+        xs = [X for X, _ in self._kept]
+        if not all(isinstance(X, torch.Tensor) and X.is_floating_point() and X.dim() >= 2 for X in xs):
+            return "the kept inputs are not float tensors of (samples, features...)"
+        flat = torch.cat([X.detach().reshape(len(X), -1).double() for X in xs])
+        mean, std = flat.mean(dim=0), flat.std(dim=0)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+
+        def standardize(X: torch.Tensor) -> torch.Tensor:
+            return ((X.reshape(len(X), -1).double() - mean) / std).to(X.dtype).reshape(X.shape)
+
+        return standardize
+
+    def follow_up(self, probes: ProbeSet | None = None, selection: Any = None) -> ProbeSet:
+        """The counterfactual probes, on the kept batches, as far as the rules ask for them:
+
+        - always: a control at the same learning rate from the current (or last healthy) state
+          (the set's baseline) and the learning-rate variants from that same state;
+        - when a selected rule's gate opens the "plateau" follow-ups (OD202, OD203): the control
+          kicked by a small random perturbation, and ``reseeds`` fresh initialisations
+          (``reseed_steps`` steps each) -- does another start get much further?
+        - when one opens "standardized" (OD204): a fresh initialisation trained on raw and on
+          standardised inputs (same seed): does the inputs' scale spread matter?
+
+        The gates are the rules' own (``diagnose.gate``), with the selection's params. A probe
+        that cannot run says why in ``self.follow_up_skipped``."""
+        from optdoctor.diagnose.gate import plateau_gate
+        from optdoctor.engine.rules import load_rules
         from optdoctor.symptoms import extract
 
         probes = probes or self.probes()
@@ -735,14 +816,40 @@ class Monitor:
         step, state = self._start_state()
         meta = {k: v for k, v in base.meta.items() if k in ("optimizer", "optimizer_args", "chance_loss", "layers", "act_layers", "act_kinds")}
         meta["start_step"] = step
+        gate = plateau_gate(self._rules if self._rules is not None else load_rules(), selection)
+        self.follow_up_skipped: dict[str, str] = {}
         out = ProbeSet()
         out.traces["baseline"] = self._run_copy("control", "continued", state, 1.0, meta)
         for f in self.lr_factors:
             out.traces[f"lr_x{f:g}"] = self._run_copy(f"lr_x{f:g}", "lr_variant", state, f, meta)
-        if _plateau(probes):
+        fresh_meta = {**meta, "start_step": 0, "lr_factor": 1.0, "perturb": 0.0}
+        if gate(probes, "plateau"):
             out.traces["continued"] = out.traces["baseline"]
             out.traces["perturbed"] = self._run_copy("perturbed", "perturbed", state, 1.0, meta, perturb=PERTURB_EPS)
-        sym = extract(out)
+            for i in range(1, self.reseeds + 1):  # seeds 1..n, as the probe runner's reseed_i
+                made = self._fresh(i)
+                if isinstance(made, str):
+                    self.follow_up_skipped["reseed"] = made
+                    break
+                out.traces[f"reseed_{i}"] = self._train(f"reseed_{i}", "reseed", *made, {**fresh_meta, "seed": i},
+                                                        self.reseed_steps or self.follow_up_steps)
+        std_sym: dict[str, float] = {}
+        if gate(probes, "standardized"):
+            standardize, made = self._standardizer(), self._fresh(0)
+            why = standardize if isinstance(standardize, str) else (made if isinstance(made, str) else None)
+            if why is not None:
+                self.follow_up_skipped["standardized"] = why
+            else:
+                steps = self.reseed_steps or self.follow_up_steps
+                raw = self._train("raw", "reseed", *made, {**fresh_meta, "seed": 0}, steps)
+                std_model, std_opt = self._fresh(0)
+                std = self._train("standardized", "standardized", std_model, std_opt,
+                                  {**fresh_meta, "seed": 0, "standardize_inputs": True}, steps, standardize)
+                out.traces["standardized"] = std
+                out.traces["standardized_raw"] = raw
+                std_sym = extract(ProbeSet({"baseline": raw, "standardized": std}))
+        sym = extract(ProbeSet({n: t for n, t in out.traces.items() if n not in ("standardized", "standardized_raw")}))
+        sym.update({k: v for k, v in std_sym.items() if k == "data.standardize_gain"})
         self._followup_symptoms = {k: v for k, v in sym.items() if k.startswith(COUNTERFACTUAL)}
         # a diverged monitored run is compared as the probe runner compares a diverged baseline
         if base.status == "diverged":
@@ -755,19 +862,16 @@ class Monitor:
 
 def _pipeline():
     """The one place the monitor imports the diagnosis pipeline (``optdoctor.diagnose``):
-    ``Diagnosis``, symptoms at each checkpoint (``snapshots``) and the plateau test."""
-    from optdoctor.diagnose import Diagnosis, is_plateau, snapshots, summarize
+    ``Diagnosis`` and symptoms at each checkpoint (``snapshots``); the follow-ups' gates are
+    ``diagnose.gate``'s."""
+    from optdoctor.diagnose import Diagnosis, snapshots, summarize
 
     def make(*args, **kw):  # what reporters show is computed once, upstream (diagnose.summarize)
         diag = Diagnosis(*args, **kw)
         diag.summary = summarize(diag.probes, diag.findings)
         return diag
 
-    return make, snapshots, is_plateau
-
-
-def _plateau(probes: ProbeSet) -> bool:
-    return _pipeline()[2](probes)
+    return make, snapshots
 
 
 def evaluate(probes: ProbeSet, rules=None, selection=None, extra: dict[str, float] | None = None,
@@ -779,7 +883,7 @@ def evaluate(probes: ProbeSet, rules=None, selection=None, extra: dict[str, floa
     from optdoctor.engine.rules import load_rules
     from optdoctor.findings import RuleOutcome
 
-    Diagnosis, snapshots, _ = _pipeline()
+    Diagnosis, snapshots = _pipeline()
     rules = list(rules) if rules is not None else load_rules()
     snaps = [(s, {**sym, **(extra or {})}) for s, sym in snapshots(probes)]
     findings, outcomes = run_rules(rules, snaps, selection)

@@ -113,6 +113,7 @@ def test_lr_too_high_needs_follow_up_and_then_matches_diagnose():
     # the curvature measured at diagnose (the last healthy state) decides the edge-of-stability rule
     od403 = next(o for o in mon.diagnosis.outcomes if o.rule == "OD403")
     assert od403.status == "fired" and mon.diagnosis.symptoms["hess.stability"] > 2
+    assert [f.rule for f in mon.diagnosis.findings] == ["OD401", "OD403"]  # as the probe diagnosis, rule for rule
 
 
 @pytest.mark.slow
@@ -397,3 +398,114 @@ def test_no_curvature_without_what_it_needs():
         od403 = next(o for o in diag.outcomes if o.rule == "OD403")
         assert od403.status == "not_evaluated" and "hess.stability" in od403.reason
         mon.close()
+
+
+# --------------------------------------------------------------------------- follow-ups the gates ask for
+def stuck(model_factory=None, steps=40, scale=None):
+    """A run that does not learn (a learning rate of 1e-6): the plateau rules' gates open."""
+    torch.manual_seed(0)
+    model = model_factory() if model_factory else models.mlp(in_dim=20, out_dim=4, depth=2, width=16)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    (X, y), _ = data.blobs()
+    if scale is not None:
+        X = X * scale
+    mon = optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy, chance_loss=chance(y), follow_up_steps=20,
+                            model_factory=model_factory, hessian={"enabled": True, "trace": False, "density": False})
+    for s in range(steps):
+        xb, yb = X[(s * 32) % 480:][:32], y[(s * 32) % 480:][:32]
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss, batch=(xb, yb))
+    return model, mon
+
+
+def factory():
+    return models.mlp(in_dim=20, out_dim=4, depth=2, width=16)
+
+
+@pytest.mark.parametrize("how", ["model_factory", "reset_parameters"])
+def test_follow_up_runs_the_reseeds_a_plateau_asks_for(how):
+    model, mon = stuck(factory if how == "model_factory" else None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    diag = mon.diagnose(follow_up=True)
+    # nothing of the run was touched: weights, RNG
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    traces = diag.probes.traces
+    assert {"followup_perturbed", "followup_reseed_1", "followup_reseed_2", "followup_reseed_3"} <= set(traces)
+    assert all(traces[f"followup_reseed_{i}"].kind == "reseed" for i in (1, 2, 3))
+    # each fresh start is the model as built with seed i (the factory, or torch's default init)
+    first_X, first_y = mon._kept[0]
+    for i in (1, 2, 3):
+        if how == "model_factory":
+            torch.manual_seed(i)
+            ref = factory()
+        else:  # a copy of the run's model, each module reset in order, from seed i
+            ref = factory()
+            torch.manual_seed(i)
+            for m in ref.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        with torch.no_grad():
+            want = float(F.cross_entropy(ref(first_X), first_y))
+        assert traces[f"followup_reseed_{i}"].values("loss.train")[0] == pytest.approx(want, rel=1e-6)
+    assert "plateau.reseed_gain" in diag.symptoms and "plateau.escape" in diag.symptoms
+    od203 = next(o for o in diag.outcomes if o.rule == "OD203")
+    assert od203.status != "not_evaluated", od203.reason
+    mon.close()
+
+
+def test_follow_up_without_a_way_to_reinitialise_says_why():
+    class Scale(nn.Module):  # a parameter no reset_parameters() covers
+        def __init__(self):
+            super().__init__()
+            self.g = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return x * self.g
+
+    def with_scale():
+        return nn.Sequential(factory(), Scale())
+
+    torch.manual_seed(0)
+    _, mon = stuck(None)
+    mon.model.add_module("scale", Scale())  # not in the factory: the plain copy path must refuse
+    diag = mon.diagnose(follow_up=True)
+    assert not any(n.startswith("followup_reseed") for n in diag.probes.traces)
+    assert "reset_parameters" in mon.follow_up_skipped["reseed"] and "model_factory" in mon.follow_up_skipped["reseed"]
+    od203 = next(o for o in diag.outcomes if o.rule == "OD203")
+    assert od203.status in ("passed", "not_evaluated")  # never a finding made from a missing probe
+    mon.close()
+
+
+def test_follow_up_off_a_plateau_runs_no_reseeds():
+    mon = monitored("healthy", follow_up=True)
+    assert not any("reseed" in n or "perturbed" in n or "standardized" in n for n in mon.diagnosis.probes.traces)
+
+
+def test_follow_up_runs_the_standardized_pair_unscaled_inputs_ask_for():
+    scale = torch.ones(20)
+    scale[0] = 1000.0  # one feature 1000x the others: the input-scale rule's gate opens
+    _, mon = stuck(factory, scale=scale)
+    diag = mon.diagnose(follow_up=True)
+    traces = diag.probes.traces
+    assert {"followup_standardized", "followup_standardized_raw"} <= set(traces)
+    assert diag.probes.data_stats["feature_scale_spread"] > 30
+    raw, std = (traces[n].values("loss.train") for n in ("followup_standardized_raw", "followup_standardized"))
+    # same seed, same init: the standardised run's first loss is the fresh model on standardised inputs
+    X, y = mon._kept[0]
+    flat = torch.cat([b[0] for b in mon._kept]).double()
+    Xs = ((X.double() - flat.mean(0)) / flat.std(0)).float()
+    torch.manual_seed(0)
+    ref = factory().requires_grad_(False)
+    assert std[0] == pytest.approx(float(F.cross_entropy(ref(Xs), y)), rel=1e-5)
+    assert raw[0] == pytest.approx(float(F.cross_entropy(ref(X), y)), rel=1e-5)
+    gain = diag.symptoms["data.standardize_gain"]
+    k = max(1, len(raw) // 10)  # final loss: the mean of the last 10% of steps (symptoms._util.final_loss)
+    assert gain == pytest.approx((raw[-k:].mean() - std[-k:].mean()) / abs(raw[-k:].mean()), rel=1e-6)
+    od204 = next(o for o in diag.outcomes if o.rule == "OD204")
+    assert od204.status != "not_evaluated", od204.reason
+    mon.close()
