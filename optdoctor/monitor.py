@@ -111,7 +111,7 @@ def monitor_instruments(every: int, detail_every: int, has_acts: bool = True, se
     rank takes its share of them)."""
     out: list[Instrument] = [GradNorms(every=every), UpdateRatios(every=every), WeightSymmetry()]
     if has_acts:
-        out.append(Activations(every=detail_every, window=2))
+        out.append(Activations(every=detail_every, window=2, across_ranks=True))  # one training, every rank a share
     out += [GradHistogram(every=detail_every, seed=seed), GradCosine(every=detail_every), DataStats(cap=data_cap)]
     return out
 
@@ -569,12 +569,25 @@ class Monitor:
         batches). Every rank must call it; rank 0 decides, every rank gets its diagnosis."""
         t0 = time.perf_counter()
         self._flush()
+        self._reduce_across_ranks()
         diag = None
         if distributed.is_main():
             diag = self._diagnose_here(follow_up, selection)
             diag.seconds = time.perf_counter() - t0
         self.diagnosis = distributed.broadcast_from_main(diag)
         return self.diagnosis
+
+    def _reduce_across_ranks(self) -> None:
+        """Statistics each rank took of its own share of the data, made those of all of it
+        (input statistics; activation statistics are combined as they are measured). Every rank
+        calls this (from ``diagnose``) with the same instruments: every collective is called on
+        every rank."""
+        if not distributed.active() or self.instruments is None:
+            return
+        for inst in self.instruments.instruments:
+            reduce = getattr(inst, "reduce_across_ranks", None)
+            if reduce is not None:
+                reduce()
 
     def _diagnose_here(self, follow_up: bool, selection: Any):
         self.measure_curvature()

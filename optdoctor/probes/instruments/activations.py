@@ -123,6 +123,11 @@ class Activations(Instrument):
       all-zero (dead) output, for a softmax, and after the first measured step (symmetry is set
       by the init).
 
+    ``across_ranks``: the statistics are of one training whose batch the torch.distributed ranks
+    share (the monitor under DDP): each measured step combines the ranks' counts and sums
+    (``combine_across_ranks``; every rank must measure the same steps). Off for probes, which
+    ranks run whole and apart.
+
     Module hooks are registered only for the measured steps' training forward pass (idle hooks
     cost 5-22 ms per probe) and removed after that step. A module called several times in one
     forward (one ``nn.ReLU()`` reused for several layers) is measured at its first call; its
@@ -141,8 +146,8 @@ class Activations(Instrument):
     )
     needs = frozenset({"forward", "update"})
 
-    def __init__(self, every: int = 10, window: int = 4):
-        self.schedule, self.window = Every(every), window
+    def __init__(self, every: int = 10, window: int = 4, across_ranks: bool = False):
+        self.schedule, self.window, self.across_ranks = Every(every), window, across_ranks
         self._stats: dict[str, _Moments] = {}
         self._raw: list[tuple] = []  # (step, first measurement?, stacked scalars, layout): see after_step
         self._handles: list = []
@@ -221,7 +226,7 @@ class Activations(Instrument):
         got = [self._stats.get(n) for n in names]
         from optdoctor import distributed
 
-        if distributed.active():  # every rank measures the same steps: every rank gets here
+        if self.across_ranks and distributed.active():  # the monitor: every rank measures the same steps
             got = combine_across_ranks(got)
         # every number of the step in two stacks (floats, counts), not one torch call per number;
         # moved to the CPU when the trace is made
