@@ -264,8 +264,8 @@ class Monitor:
         for n, m in self.model.named_modules():
             if any(p.requires_grad for p in m.parameters(recurse=False)) or m is not self.model:
                 self._order_handles.append(m.register_forward_hook(self._make_order_hook(n or "model")))
-        self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
-        self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
+        self._opt_handles: list = []  # the optimizer's step hooks: on only for steps that use them
+        self._hook_optimizer(True)
 
     # --- context manager -------------------------------------------------------------------
     def __enter__(self) -> "Monitor":
@@ -299,9 +299,10 @@ class Monitor:
         return [inst for inst in self._forward_insts if inst.due(i)]
 
     def _next_grads_after(self, i: int) -> int:
-        """The first step after ``i`` whose gradients some instrument reads: one it is due at, or
-        the step after one (gradient cosines compare two successive steps)."""
-        return min((min(inst.next_due(i + 1), inst.next_due(i) + 1) for inst in self._grads_insts), default=NEVER)
+        """The first step after ``i`` whose gradients some instrument reads: one it is due at, or,
+        for one that ``follows`` (gradient cosines compare two successive steps), the step after."""
+        return min((min(inst.next_due(i + 1), inst.next_due(i) + 1) if inst.follows else inst.next_due(i + 1)
+                    for inst in self._grads_insts), default=NEVER)
 
     def _arm_forward(self) -> None:
         """Put the forward pre-hook on for the next step when an instrument watches its forward."""
@@ -380,6 +381,17 @@ class Monitor:
         if self.loss_fn is not None and not self.sharded:
             self._keep_state()
 
+    def _hook_optimizer(self, on: bool) -> None:
+        """Put the optimizer step pre-/post-hooks on or off (torch calls every hook on every step:
+        off, an unmeasured step costs nothing there)."""
+        if on and not self._opt_handles:
+            self._opt_handles = [self.optimizer.register_step_pre_hook(self._pre_step),
+                                 self.optimizer.register_step_post_hook(self._post_step)]
+        elif not on and self._opt_handles:
+            for h in self._opt_handles:
+                h.remove()
+            self._opt_handles = []
+
     # --- the moments of a step -------------------------------------------------------------
     def grads_ready(self) -> None:
         """Gradients of this step are final (accumulated, unscaled) and not yet clipped: measure
@@ -396,8 +408,8 @@ class Monitor:
             return
         self._grads_step = i
         self.instruments.step = i
-        for inst in self._grads_insts:  # a measured step and the one after it (gradient cosines)
-            if inst.due(i) or inst.due(i - 1):
+        for inst in self._grads_insts:  # a measured step (and the one after it: gradient cosines)
+            if inst.due(i) or (inst.follows and inst.due(i - 1)):
                 inst.after_backward(i)
         self._next_grads = self._next_grads_after(i)
 
@@ -432,6 +444,10 @@ class Monitor:
         if self.instruments is not None:
             self.instruments.step = self.step_count
             self._arm_forward()
+            # the next step needs the optimizer's hooks if its gradients, its update or its
+            # forward are measured, or the state after it
+            nxt = self.step_count
+            self._hook_optimizer(nxt >= self._next_grads or nxt + 1 >= self._next_state or self._fwd_handle is not None)
         if self.step_count % self.checkpoint_every == 0:
             self.checkpoint()
 
@@ -625,6 +641,7 @@ class Monitor:
         for h in self._handles + self._order_handles + ([self._fwd_handle] if getattr(self, "_fwd_handle", None) else []):
             h.remove()
         self._handles, self._order_handles, self._fwd_handle = [], [], None
+        self._hook_optimizer(False)
         if self.instruments is not None:
             self.instruments.detach()
         if self._tb_writer is not None:

@@ -170,6 +170,27 @@ def test_every_series_is_measured_at_its_scheduled_steps():
     assert t.steps("loss.train").tolist() == t.steps("lr").tolist() == list(range(14))
 
 
+def test_optimizer_hooks_only_on_steps_that_use_them():
+    """torch calls every optimizer hook on every step: the monitor's are on for the steps whose
+    gradients, update or forward it measures (and the one after a detail step: cosines), only."""
+    torch.manual_seed(1)
+    model = models.mlp(in_dim=20, out_dim=4, depth=2, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    (X, y), _ = data.blobs()
+    hooked = []
+    with optdoctor.Monitor(model, opt, every=5, detail_every=10) as mon:
+        for step in range(21):
+            hooked.append(len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks))
+            loss = F.cross_entropy(model(X[:16]), y[:16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    assert [s for s, n in enumerate(hooked) if n] == [0, 1, 5, 10, 11, 15, 20]
+    assert set(hooked) == {0, 2}
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks  # closed: none left
+
+
 def test_clipping_records_pre_clip_norms_and_amp_unscaled():
     torch.manual_seed(2)
     model = models.mlp(in_dim=20, out_dim=4, depth=2, width=16)

@@ -138,6 +138,7 @@ class Instrument:
     series: tuple[Series, ...] = ()
     needs: frozenset = frozenset()
     schedule: Schedule = Every(1)
+    follows: bool = False  # also reads the gradients of the step after each due one (cosines)
 
     def due(self, step: int) -> bool:
         return self.schedule.due(step)
