@@ -60,7 +60,6 @@ def mean_across_ranks(t):
     tensors, NCCL device ones: the tensor is moved to the backend's device and back."""
     if not active():
         return t
-    import torch
     import torch.distributed as dist
 
     buf = t.to(device())

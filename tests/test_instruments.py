@@ -1243,7 +1243,7 @@ def test_schedule_next_is_the_first_due_step(schedule):
     """``next`` (what a driver skips ahead by) against asking ``due`` step by step."""
     from optdoctor.probes.instruments.base import NEVER, Schedule
 
-    for step in range(0, 120):
+    for step in range(120):
         want = next((s for s in range(step, 200) if schedule.due(s)), None)
         got = schedule.next(step)
         assert got == (want if want is not None else NEVER) or (want is None and got >= 200)

@@ -80,7 +80,7 @@ def combine_across_ranks(got: list[_Moments | None]) -> list[_Moments | None]:
     buf = buf.cpu()
     head, has = buf[: head.numel()].reshape(head.shape), buf[head.numel():].reshape(has.shape)
     # masks: sizes from the reduced head (n_units / ranks present), so every rank agrees
-    sizes = [int(round(float(head[a, 3] / head[a, 0]))) if head[a, 0] > 0 and has[a, 2] > 0 else 0 for a in range(len(got))]
+    sizes = [round(float(head[a, 3] / head[a, 0])) if head[a, 0] > 0 and has[a, 2] > 0 else 0 for a in range(len(got))]
     masks = torch.zeros(sum(sizes), dtype=torch.float64)
     pos = 0
     for a, m in enumerate(got):
@@ -101,7 +101,7 @@ def combine_across_ranks(got: list[_Moments | None]) -> list[_Moments | None]:
             continue
         mean = s1 / n
         var = (s2 - n * mean * mean) / (n - 1) if n > 1 else 0.0
-        out.append(_Moments(int(n), int(n_samples), int(round(n_units / present)), torch.tensor(mean), torch.tensor(max(var, 0.0)),
+        out.append(_Moments(int(n), int(n_samples), round(n_units / present), torch.tensor(mean), torch.tensor(max(var, 0.0)),
                             torch.tensor(n_sat) if has[a, 0] > 0 else None,
                             torch.tensor(div_sum) if has[a, 1] > 0 else None,
                             masks[pos:pos + sizes[a]] > 0 if sizes[a] else None))
@@ -273,7 +273,10 @@ class Activations(Instrument):
                 if entry is None:
                     continue
                 n, n_samples, n_units, (var, n_sat, div_sum, n_active) = entry
-                get = (lambda ref: float(values[ref[0]][ref[1]]))
+
+                def get(ref, values=values):
+                    return float(values[ref[0]][ref[1]])
+
                 scale = math.sqrt(max(get(var), 0.0)) if n > 1 else 0.0
                 out[t, a, 2] = scale
                 if n_active is not None:
