@@ -15,14 +15,20 @@ Only the clock differs: the user's loop drives it.
 
 When things are measured (``every``, ``checkpoint_every``):
 
-- every step: the training loss and the learning rate (a detached tensor kept per step; no
-  device synchronisation per step);
+- every step: the training loss and the learning rate (kept as they are, a detached tensor and
+  the group's value, converted at the next checkpoint: no device synchronisation per step);
 - every ``every`` steps (20): per-layer gradient norms, update/weight ratios, a sample of the
   inputs (until 2048 were seen);
 - every ``detail_every`` steps (100): activation statistics, gradient histograms and cosines
-  (cosines on a measured step and the one after it). Measured on the small MLP
-  (benchmarks/monitor_overhead.py): each gradient-norm + update-ratio measurement costs about
-  half a training step, an activation measurement about two;
+  (cosines on a measured step and the one after it).
+
+A step where nothing is due costs a few comparisons: each schedule says its next due step
+(``Schedule.next``), and the optimizer hooks and the forward hook are on only for the steps that
+use them. A measured step runs a handful of fused torch calls; per-layer values are stacked and
+derived (ratios, cosines) once, when the trace is made. Measured inside the small-MLP loop
+(~0.6 ms a step, benchmarks/monitor_overhead.py): gradient norms + update ratios ~0.15 ms, a
+detail step ~1 ms (activations ~0.07 ms per activation layer, histograms ~0.3 ms, cosines
+~0.13 ms); one-offs (layer discovery, attaching, step 0 measuring everything) ~3 ms;
 - every ``checkpoint_every`` steps (and at ``diagnose``): the losses are moved to the CPU (averaged
   across ranks under torch.distributed), divergence is decided, TensorBoard is written, and,
   when follow-up probes are possible, the state is kept as the last healthy one.
@@ -104,11 +110,12 @@ COUNTERFACTUAL = ("lr.", "plateau.", "data.standardize_gain")
 def monitor_instruments(every: int, detail_every: int, has_acts: bool = True, seed: int = 0,
                         data_cap: int = 2048) -> list[Instrument]:
     """The probe's instruments (``default_instruments``) minus the probe-only ones (evaluation
-    on fixed batches, curvature): gradient norms and update ratios every ``every`` steps (two
-    fused torch calls each), activation statistics, gradient histograms and cosines every
-    ``detail_every`` steps (one hook per activation module, ~0.1 ms each on the small MLP); input
-    statistics on the first ``data_cap`` samples (of this rank: under torch.distributed, each
-    rank takes its share of them)."""
+    on fixed batches; curvature is measured by ``Monitor.measure_curvature``), plus gradient
+    cosines: gradient norms and update ratios every ``every`` steps (four fused torch calls
+    together), activation statistics (combined across ranks), gradient histograms and cosines
+    every ``detail_every`` steps (one hook per activation module, ~0.07 ms each on the small
+    MLP); input statistics on the first ``data_cap`` samples (of this rank: under
+    torch.distributed, each rank takes its share of them)."""
     out: list[Instrument] = [GradNorms(every=every), UpdateRatios(every=every), WeightSymmetry()]
     if has_acts:
         out.append(Activations(every=detail_every, window=2, across_ranks=True))  # one training, every rank a share
