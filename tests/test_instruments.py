@@ -1258,15 +1258,3 @@ def test_instrument_with_its_own_due_is_asked_step_by_step():
             return step % 2 == 1
 
     assert [Odd().next_due(s) for s in range(5)] == [1, 1, 3, 3, 5]
-
-
-def test_recorder_stacks_tuples_of_scalars_once():
-    rec = Recorder()
-    rows = [tuple(torch.tensor(float(10 * s + j)) for j in range(3)) for s in range(4)]
-    for s, row in enumerate(rows):
-        rec.log("x", s, row)
-    rec.log("y", 0, torch.tensor([1.0, 2.0]))
-    rec.log("y", 1, (torch.tensor(3.0), torch.tensor(4.0)))  # mixed rows
-    t = rec.finish(Trace("t"))
-    np.testing.assert_array_equal(t.series["x"][1], [[10 * s + j for j in range(3)] for s in range(4)])
-    np.testing.assert_array_equal(t.series["y"][1], [[1.0, 2.0], [3.0, 4.0]])

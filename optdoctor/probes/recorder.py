@@ -34,9 +34,9 @@ class Recorder:
             self._declared[s.name] = s
 
     def log(self, name: str, step: int, value: Any) -> None:
-        """``value``: a float, a 0-d or 1-d tensor (per layer), a tuple of 0-d tensors (per layer,
-        as ``torch._foreach_norm`` returns them: stacked once for all steps in ``finish``, not per
-        step), or a sequence of floats."""
+        """``value``: a float, a 0-d or 1-d tensor (per layer), or a sequence of floats. (Stack a
+        per-layer tuple of 0-d tensors first: each tensor kept is one more object for Python's GC
+        and the allocator, and the training steps after it pay for that.)"""
         if isinstance(value, torch.Tensor):
             value = value.detach()
         self._rows[name].append((step, value))
@@ -58,11 +58,7 @@ class Recorder:
         for name, rows in self._rows.items():
             steps = np.array([s for s, _ in rows], dtype=np.int64)
             vals = [v for _, v in rows]
-            if vals and isinstance(vals[0], tuple) and all(isinstance(v, tuple) and len(v) == len(vals[0]) for v in vals):
-                # tuples of 0-d tensors: one stack for every step at once
-                arr = torch.stack([t.detach().float() for v in vals for t in v]).reshape(len(vals), -1).cpu().numpy()
-            elif vals and isinstance(vals[0], (torch.Tensor, tuple)):
-                vals = [torch.stack(v) if isinstance(v, tuple) else v for v in vals]
+            if vals and isinstance(vals[0], torch.Tensor):
                 arr = torch.stack([v.float().reshape(-1) if v.dim() else v.float() for v in vals]).cpu().numpy()
             else:
                 arr = np.asarray(vals, dtype=np.float64)

@@ -14,8 +14,8 @@ class GradCosine(Instrument):
     descent); near -1: the gradient flips sign step to step, the zig-zag of an iterate bouncing
     across a steep valley (an LR at or past the edge of stability, or an ill-conditioned
     problem); near 0: noise dominates (small batches). Costs a copy of the weight gradients on
-    scheduled steps and L dot products plus one fused norm call on the next one; the cosines
-    are taken once, when the trace is made."""
+    scheduled steps and L dot products, one fused norm call and one stack on the next one; the
+    cosines are taken once, when the trace is made."""
 
     RAW = "grad._cosine_parts"
     series = (Series(RAW, "raw"),
@@ -39,13 +39,13 @@ class GradCosine(Instrument):
                 # L dot products and one _foreach_norm; the cosines are taken in ``finish``
                 g = [x.detach() for x in grads]
                 dots = [torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(self._prev, g)]
-                self.recorder.log(self.RAW, step, tuple(dots) + tuple(torch._foreach_norm(self._prev + g)))
+                self.recorder.log(self.RAW, step, torch.stack(dots + list(torch._foreach_norm(self._prev + g))))
             else:  # a layer without a gradient on either step: its cosine is NaN
                 nan = torch.tensor(float("nan"))
                 parts = [(torch.dot(a.reshape(-1), b.detach().reshape(-1)), a.norm(), b.norm()) if a is not None and b is not None
                          else (nan, nan, nan) for a, b in zip(self._prev, grads)]
-                self.recorder.log(self.RAW, step, tuple(x.cpu() for x in [d for d, _, _ in parts] + [n for _, n, _ in parts]
-                                                         + [n for _, _, n in parts]))
+                self.recorder.log(self.RAW, step, torch.stack([x.cpu() for x in [d for d, _, _ in parts] + [n for _, n, _ in parts]
+                                                               + [n for _, _, n in parts]]))
         self._prev = None
         if self.due(step):
             self._prev = [None if g is None else g.detach().clone() for g in grads]

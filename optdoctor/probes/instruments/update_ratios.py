@@ -14,8 +14,9 @@ class UpdateRatios(Instrument):
     Measured every other step by default (the symptoms use medians over steps); the ratio is
     taken once, in ``finish``."""
 
+    RAW = "update._norms"
     series = (
-        Series("update._delta_norm", "raw"),
+        Series(RAW, "raw"),
         Series("weight.norm", "layer", "L2 norm of each layer's weight before the step", tag="weight_norm"),
         Series("update.ratio", "layer", "||dW|| / ||W|| of each layer's step", tag="update_ratio", log10="update_ratio_log10"),
     )
@@ -40,17 +41,15 @@ class UpdateRatios(Instrument):
         if not self._armed:
             return
         self._armed = False
-        # three torch calls: the update, then the norms of the weights before it and of the
-        # update in one _foreach_norm; stacked for all steps at once when the trace is made
+        # three torch calls: the update, the norms of the weights before it and of the update in
+        # one _foreach_norm, one stack; the ratios are taken in ``finish``
         delta = torch._foreach_sub([m.weight.detach() for _, m in self.ctx.layers], self._buf)
-        norms = torch._foreach_norm(list(self._buf) + list(delta))
-        k = len(self._buf)
-        self.recorder.log("weight.norm", step, tuple(norms[:k]))
-        self.recorder.log("update._delta_norm", step, tuple(norms[k:]))
+        self.recorder.log(self.RAW, step, torch.stack(torch._foreach_norm(list(self._buf) + list(delta))))
 
     def finish(self, trace) -> None:
-        if "update._delta_norm" not in trace.series:
+        if self.RAW not in trace.series:
             return
-        steps, delta = trace.series.pop("update._delta_norm")
-        _, before = trace.series["weight.norm"]
+        steps, raw = trace.series.pop(self.RAW)  # (T, 2L): ||W before|| per layer, then ||dW||
+        before, delta = np.split(raw.reshape(len(steps), -1), 2, axis=1)
+        trace.series["weight.norm"] = (steps, before)
         trace.series["update.ratio"] = (steps, delta / np.maximum(before, 1e-30))
