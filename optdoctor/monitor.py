@@ -251,6 +251,7 @@ class Monitor:
         self._checkpoints = 0
         self.model_factory, self.reseeds = model_factory, reseeds
         self.reseed_steps = reseed_steps
+        self.follow_up_skipped: dict[str, str] = {}  # follow-up probe -> why it could not run
         self.step_count = 0  # training steps taken (calls to step())
         self.status = "completed"
         self.stopped_at: int | None = None
