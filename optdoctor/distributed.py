@@ -9,7 +9,10 @@
 - Decisions reduce over ranks: training losses are averaged across ranks in one all-reduce per
   checkpoint (a NaN on any rank makes the mean NaN: a divergence on any rank is a divergence),
   and the diagnosis is computed on rank 0 and broadcast, so every rank holds the same findings.
-  Statistics of the data each rank sees (activations, input statistics) are rank 0's.
+  Statistics of the data each rank sees are those of the whole global batch: activation
+  statistics are combined at each measured step (two all-reduces of counts and sums,
+  ``instruments/activations.py``), input statistics at ``diagnose`` (one all-reduce of
+  per-feature sums, ``instruments/data_stats.py``).
 - Only rank 0 prints or writes files.
 - Every collective here is called by every rank at the same point of the same calls (the
   monitor's checkpoints and ``diagnose``), so no rank waits for one that never comes.
@@ -44,16 +47,22 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def device():
+    """Where this backend's collectives want their tensors: gloo CPU ones, NCCL device ones."""
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def mean_across_ranks(t):
     """``t`` (a float64 tensor) averaged over ranks, in place; one all-reduce. Gloo wants CPU
     tensors, NCCL device ones: the tensor is moved to the backend's device and back."""
     if not active():
         return t
-    import torch
     import torch.distributed as dist
 
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    buf = t.to(device)
+    buf = t.to(device())
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return (buf / dist.get_world_size()).to(t.device)
 

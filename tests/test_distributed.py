@@ -1,5 +1,6 @@
 """The Monitor under torchrun (gloo, CPU, 2 processes): every rank monitors, rank 0 reports, the
-per-layer statistics are those of one process on the same global batch (slow)."""
+per-layer gradient, activation and input statistics are those of one process on the same global
+batch (slow)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
     assert ddp.shape == single.shape == (30, 7)
     np.testing.assert_allclose(ddp, single, rtol=1e-5)  # DDP gradients are averaged: local norms are global
     np.testing.assert_allclose(np.load(tmp_path / "loss.npy"), np.load(tmp_path / "loss_single.npy"), rtol=1e-5)
+    # activation statistics (dead, saturated, scale, unit diversity) and input statistics are
+    # those of the whole global batch: each rank's counts and sums combined, not rank 0's half
+    acts, acts_single = np.load(tmp_path / "acts.npy"), np.load(tmp_path / "acts_single.npy")
+    assert acts.shape == acts_single.shape == (4, 6, 6)  # (statistic, steps 0, 5, ..., 25, activations)
+    np.testing.assert_array_equal(np.isnan(acts), np.isnan(acts_single))
+    assert np.isfinite(acts[0, :, 1]).all() and np.isfinite(acts[1, :, 0]).all()  # the ReLU's dead, a tanh's saturated
+    assert np.isfinite(acts[3, 0]).sum() == 6  # unit diversity, first measurement
+    np.testing.assert_allclose(acts, acts_single, rtol=1e-5, atol=1e-7)
+    stats, stats_single = (json.loads((tmp_path / f).read_text()) for f in ("data_stats.json", "data_stats_single.json"))
+    assert stats.keys() == stats_single.keys() == {"feature_scale_spread", "feature_mean_over_std"}
+    for k in stats:
+        assert stats[k] == pytest.approx(stats_single[k], rel=1e-9)
     a = json.loads((tmp_path / "diagnosis.json").read_text())
     b = json.loads((tmp_path / "diagnosis_single.json").read_text())
     assert [f["rule"] for f in a["findings"]] == [f["rule"] for f in b["findings"]]

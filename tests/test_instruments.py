@@ -37,6 +37,7 @@ from optdoctor.probes.instruments import (
     discover,
     parametrised_layers,
 )
+from optdoctor.probes.instruments.base import At, Every
 from optdoctor.probes.recorder import Recorder
 from optdoctor.trace import ProbeSet, Trace
 
@@ -1278,3 +1279,27 @@ def test_weight_init_gain_equals_hand_computation_and_knows_standard_inits():
                        (lambda w: nn.init.normal_(w, -0.1, 0.05), (0.1 ** 2 + 0.05 ** 2) ** 0.5 * 512 ** 0.5)]:  # a shifted init at full size
         init(big.weight)
         assert float(weight_init_gain([("x", big)])[0]) == pytest.approx(gain, rel=0.05)
+
+
+# --------------------------------------------------------------------------- schedules: next due step
+@pytest.mark.parametrize("schedule", [Every(1), Every(7), Every(20), At([0]), At([3, 50, 51]), At([])],
+                         ids=["every1", "every7", "every20", "at0", "at3-50-51", "never"])
+def test_schedule_next_is_the_first_due_step(schedule):
+    """``next`` (what a driver skips ahead by) against asking ``due`` step by step."""
+    from optdoctor.probes.instruments.base import NEVER, Schedule
+
+    for step in range(120):
+        want = next((s for s in range(step, 200) if schedule.due(s)), None)
+        got = schedule.next(step)
+        assert got == (want if want is not None else NEVER) or (want is None and got >= 200)
+        assert Schedule.next(schedule, step) == (want if want is not None else step + 1000)  # the fallback scan
+
+
+def test_instrument_with_its_own_due_is_asked_step_by_step():
+    from optdoctor.probes.instruments.base import Instrument
+
+    class Odd(Instrument):
+        def due(self, step):
+            return step % 2 == 1
+
+    assert [Odd().next_due(s) for s in range(5)] == [1, 1, 3, 3, 5]

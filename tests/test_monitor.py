@@ -110,6 +110,10 @@ def test_lr_too_high_needs_follow_up_and_then_matches_diagnose():
     mon = monitored("lr-too-high", follow_up=True)
     assert mon.diagnosis.findings[0].cause == "lr_too_high"
     assert mon.diagnosis.findings[0].rule == "OD401"  # as `optdoctor diagnose sample_runs/lr-too-high.yaml`
+    # the curvature measured at diagnose (the last healthy state) decides the edge-of-stability rule
+    od403 = next(o for o in mon.diagnosis.outcomes if o.rule == "OD403")
+    assert od403.status == "fired" and mon.diagnosis.symptoms["hess.stability"] > 2
+    assert [f.rule for f in mon.diagnosis.findings] == ["OD401", "OD403"]  # as the probe diagnosis, rule for rule
 
 
 @pytest.mark.slow
@@ -143,6 +147,48 @@ def test_per_layer_norms_equal_a_hand_loop_and_schedule():
     assert list(t.steps("grad.norm")) == [0, 3, 6, 9]
     np.testing.assert_allclose(t.values("grad.norm"), np.array([expected[s] for s in (0, 3, 6, 9)]), rtol=1e-5)
     assert len(t.values("loss.train")) == 10 and len(t.values("lr")) == 10
+
+
+def test_every_series_is_measured_at_its_scheduled_steps():
+    """The monitor skips the steps where nothing is due without asking each instrument: what it
+    measures must still be exactly the schedule (cosines: a detail step and the one after it)."""
+    torch.manual_seed(1)
+    model = models.mlp(in_dim=20, out_dim=4, depth=3, width=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    (X, y), _ = data.blobs()
+    with optdoctor.Monitor(model, opt, every=3, detail_every=4, checkpoint_every=5) as mon:
+        for step in range(14):
+            loss = F.cross_entropy(model(X[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+        t = mon.trace()
+    assert t.steps("grad.norm").tolist() == t.steps("update.ratio").tolist() == [0, 3, 6, 9, 12]
+    assert t.steps("act.dead_frac").tolist() == t.steps("grad.hist").tolist() == [0, 4, 8, 12]
+    assert t.steps("grad.cosine").tolist() == [1, 5, 9, 13]
+    assert t.steps("loss.train").tolist() == t.steps("lr").tolist() == list(range(14))
+
+
+def test_optimizer_hooks_only_on_steps_that_use_them():
+    """torch calls every optimizer hook on every step: the monitor's are on for the steps whose
+    gradients, update or forward it measures (and the one after a detail step: cosines), only."""
+    torch.manual_seed(1)
+    model = models.mlp(in_dim=20, out_dim=4, depth=2, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    (X, y), _ = data.blobs()
+    hooked = []
+    with optdoctor.Monitor(model, opt, every=5, detail_every=10) as mon:
+        for step in range(21):
+            hooked.append(len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks))
+            loss = F.cross_entropy(model(X[:16]), y[:16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    assert [s for s, n in enumerate(hooked) if n] == [0, 1, 5, 10, 11, 15, 20]
+    assert set(hooked) == {0, 2}
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks  # closed: none left
 
 
 def test_clipping_records_pre_clip_norms_and_amp_unscaled():
@@ -243,3 +289,244 @@ def test_root_forward_never_called_orders_layers_by_first_call():
     mon.close()
     assert t.meta["layers"] == ["body.0", "head"]  # forward order, not registration order
     assert t.values("grad.norm").shape == (3, 2)
+
+
+# --------------------------------------------------------------------------- curvature in the monitor
+def tiny(seed=0, dropout=0.0, bn=False):
+    torch.manual_seed(seed)
+    mods = [nn.Linear(3, 5)] + ([nn.BatchNorm1d(5)] if bn else []) + [nn.Tanh()]
+    mods += ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(5, 3)]
+    return nn.Sequential(*mods)
+
+
+def dense_hessian_eigs(model, batch):
+    """The obviously correct twin: the full Hessian of the batch loss by autograd, in float64."""
+    import copy
+
+    m = copy.deepcopy(model).double().eval()
+    names = [n for n, _ in m.named_parameters()]
+    shapes = [p.shape for _, p in m.named_parameters()]
+    X, y = batch
+
+    def loss_of(flat):
+        ps, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = int(np.prod(s))
+            ps[n] = flat[i:i + k].reshape(s)
+            i += k
+        return F.cross_entropy(torch.func.functional_call(m, ps, (X.double(),)), y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+    H = torch.autograd.functional.hessian(loss_of, flat)
+    return torch.linalg.eigvalsh(H).numpy(), float(torch.trace(H))
+
+
+def tiny_run(model, opt, steps, mon=None, at=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    X, y = torch.randn(64, 3, generator=g), torch.randint(0, 3, (64,), generator=g)
+    for s in range(steps):
+        xb, yb = X[(s * 16) % 64:][:16], y[(s * 16) % 64:][:16]
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        if mon is not None and at is not None and s == at:  # mid-step: gradients exist, not yet applied
+            mon.measure_curvature()
+            mon.diagnose()
+        opt.step()
+        if mon is not None:
+            mon.step(loss, batch=(xb, yb))
+    return (xb, yb)
+
+
+def test_monitor_curvature_equals_dense_hessian():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    mon = optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy, hessian={"trace_max_hvps": 400})
+    last = tiny_run(model, opt, 7, mon)
+    diag = mon.diagnose()
+    eigs, trace = dense_hessian_eigs(model, last)
+    rows = diag.probes.baseline.hessian
+    assert [r["step"] for r in rows] == [7.0]
+    assert rows[0]["lambda_max"] == pytest.approx(eigs[-1], rel=1e-5)
+    assert rows[0]["lambda_min"] == pytest.approx(eigs[0], rel=1e-4, abs=1e-6 * eigs[-1])
+    assert rows[0]["trace"] == pytest.approx(trace, rel=0.1)  # Hutchinson: a standard error, not exact
+    sym = diag.symptoms
+    assert sym["hess.lambda_max"] == pytest.approx(eigs[-1], rel=1e-5)
+    assert sym["hess.stability"] == pytest.approx(0.3 * eigs[-1] / (2 * (1 + 0.9)), rel=1e-5)
+    assert sym["hess.lambda_min_rel"] == pytest.approx(eigs[0] / eigs[-1], rel=1e-4, abs=1e-6)
+    # rules that read curvature are evaluated, not "not evaluated" for want of hess.*
+    for o in diag.outcomes:
+        if o.status == "not_evaluated":
+            assert "hess." not in o.reason, (o.rule, o.reason)
+    assert mon.measure_curvature() is rows[0] or mon.measure_curvature()["step"] == 7.0  # once per step
+    mon.close()
+
+
+def test_monitor_curvature_does_not_perturb_training():
+    """Measuring (mid-step, with gradients on the parameters, dropout and batch norm in the model)
+    leaves weights, gradients, buffers, modes and the RNG exactly as without it."""
+    finals = []
+    for measure in (False, True):
+        model = tiny(dropout=0.2, bn=True)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        mon = optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy)
+        torch.manual_seed(123)
+        tiny_run(model, opt, 6, mon, at=4 if measure else None)
+        finals.append(({k: v.clone() for k, v in model.state_dict().items()},
+                       [p.grad.clone() for p in model.parameters()], torch.get_rng_state(), model.training))
+        if measure:
+            assert len(mon.trace().hessian) == 1 and mon.trace().hessian[0]["step"] == 4.0
+            assert "precond_lambda_max" in mon.trace().hessian[0]  # Adam's preconditioned sharpness too
+        mon.close()
+    (sa, ga, ra, ta), (sb, gb, rb, tb) = finals
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(torch.equal(a, b) for a, b in zip(ga, gb))
+    assert torch.equal(ra, rb) and ta and tb
+
+
+def test_monitor_curvature_after_divergence_is_the_last_healthy_state():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy, checkpoint_every=2)
+    last = tiny_run(model, opt, 4, mon)  # a checkpoint after 4 steps keeps this state
+    healthy = {k: v.clone() for k, v in model.state_dict().items()}
+    eigs, _ = dense_hessian_eigs(model, last)
+    for step in (4, 5):  # step 4 trains on; step 5's loss is NaN: the run diverged there
+        if step == 5:
+            with torch.no_grad():
+                model[0].weight.fill_(float("nan"))
+        loss = F.cross_entropy(model(last[0]), last[1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss, batch=last)
+    diag = mon.diagnose()
+    assert mon.status == "diverged"
+    rows = diag.probes.baseline.hessian
+    assert len(rows) == 1 and rows[0]["step"] == 4.0 and np.isfinite(rows[0]["lambda_max"])
+    assert rows[0]["lambda_max"] == pytest.approx(eigs[-1], rel=1e-5)  # measured on the kept state, not the NaN one
+    assert all(torch.equal(v, healthy[k]) for k, v in mon._healthy[1].items())
+    mon.close()
+
+
+def test_no_curvature_without_what_it_needs():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for mon in (optdoctor.Monitor(model, opt), optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy, curvature=False)):
+        tiny_run(model, opt, 3, mon)  # no loss_fn: batches are kept but cannot be scored
+        diag = mon.diagnose()
+        assert diag.probes.baseline.hessian == []
+        od403 = next(o for o in diag.outcomes if o.rule == "OD403")
+        assert od403.status == "not_evaluated" and "hess.stability" in od403.reason
+        mon.close()
+
+
+# --------------------------------------------------------------------------- follow-ups the gates ask for
+def stuck(model_factory=None, steps=40, scale=None):
+    """A run that does not learn (a learning rate of 1e-6): the plateau rules' gates open."""
+    torch.manual_seed(0)
+    model = model_factory() if model_factory else models.mlp(in_dim=20, out_dim=4, depth=2, width=16)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    (X, y), _ = data.blobs()
+    if scale is not None:
+        X = X * scale
+    mon = optdoctor.Monitor(model, opt, loss_fn=F.cross_entropy, chance_loss=chance(y), follow_up_steps=20,
+                            model_factory=model_factory, hessian={"enabled": True, "trace": False, "density": False})
+    for s in range(steps):
+        xb, yb = X[(s * 32) % 480:][:32], y[(s * 32) % 480:][:32]
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss, batch=(xb, yb))
+    return model, mon
+
+
+def factory():
+    return models.mlp(in_dim=20, out_dim=4, depth=2, width=16)
+
+
+@pytest.mark.parametrize("how", ["model_factory", "reset_parameters"])
+def test_follow_up_runs_the_reseeds_a_plateau_asks_for(how):
+    model, mon = stuck(factory if how == "model_factory" else None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    diag = mon.diagnose(follow_up=True)
+    # nothing of the run was touched: weights, RNG
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    traces = diag.probes.traces
+    assert {"followup_perturbed", "followup_reseed_1", "followup_reseed_2", "followup_reseed_3"} <= set(traces)
+    assert all(traces[f"followup_reseed_{i}"].kind == "reseed" for i in (1, 2, 3))
+    # each fresh start is the model as built with seed i (the factory, or torch's default init)
+    first_X, first_y = mon._kept[0]
+    for i in (1, 2, 3):
+        if how == "model_factory":
+            torch.manual_seed(i)
+            ref = factory()
+        else:  # a copy of the run's model, each module reset in order, from seed i
+            ref = factory()
+            torch.manual_seed(i)
+            for m in ref.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        with torch.no_grad():
+            want = float(F.cross_entropy(ref(first_X), first_y))
+        assert traces[f"followup_reseed_{i}"].values("loss.train")[0] == pytest.approx(want, rel=1e-6)
+    assert "plateau.reseed_gain" in diag.symptoms and "plateau.escape" in diag.symptoms
+    od203 = next(o for o in diag.outcomes if o.rule == "OD203")
+    assert od203.status != "not_evaluated", od203.reason
+    mon.close()
+
+
+def test_follow_up_without_a_way_to_reinitialise_says_why():
+    class Scale(nn.Module):  # a parameter no reset_parameters() covers
+        def __init__(self):
+            super().__init__()
+            self.g = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return x * self.g
+
+    def with_scale():
+        return nn.Sequential(factory(), Scale())
+
+    torch.manual_seed(0)
+    _, mon = stuck(None)
+    mon.model.add_module("scale", Scale())  # not in the factory: the plain copy path must refuse
+    diag = mon.diagnose(follow_up=True)
+    assert not any(n.startswith("followup_reseed") for n in diag.probes.traces)
+    assert "reset_parameters" in mon.follow_up_skipped["reseed"] and "model_factory" in mon.follow_up_skipped["reseed"]
+    od203 = next(o for o in diag.outcomes if o.rule == "OD203")
+    assert od203.status in ("passed", "not_evaluated")  # never a finding made from a missing probe
+    mon.close()
+
+
+def test_follow_up_off_a_plateau_runs_no_reseeds():
+    mon = monitored("healthy", follow_up=True)
+    assert not any("reseed" in n or "perturbed" in n or "standardized" in n for n in mon.diagnosis.probes.traces)
+
+
+def test_follow_up_runs_the_standardized_pair_unscaled_inputs_ask_for():
+    scale = torch.ones(20)
+    scale[0] = 1000.0  # one feature 1000x the others: the input-scale rule's gate opens
+    _, mon = stuck(factory, scale=scale)
+    diag = mon.diagnose(follow_up=True)
+    traces = diag.probes.traces
+    assert {"followup_standardized", "followup_standardized_raw"} <= set(traces)
+    assert diag.probes.data_stats["feature_scale_spread"] > 30
+    raw, std = (traces[n].values("loss.train") for n in ("followup_standardized_raw", "followup_standardized"))
+    # same seed, same init: the standardised run's first loss is the fresh model on standardised inputs
+    X, y = mon._kept[0]
+    flat = torch.cat([b[0] for b in mon._kept]).double()
+    Xs = ((X.double() - flat.mean(0)) / flat.std(0)).float()
+    torch.manual_seed(0)
+    ref = factory().requires_grad_(False)
+    assert std[0] == pytest.approx(float(F.cross_entropy(ref(Xs), y)), rel=1e-5)
+    assert raw[0] == pytest.approx(float(F.cross_entropy(ref(X), y)), rel=1e-5)
+    gain = diag.symptoms["data.standardize_gain"]
+    k = max(1, len(raw) // 10)  # final loss: the mean of the last 10% of steps (symptoms._util.final_loss)
+    assert gain == pytest.approx((raw[-k:].mean() - std[-k:].mean()) / abs(raw[-k:].mean()), rel=1e-6)
+    od204 = next(o for o in diag.outcomes if o.rule == "OD204")
+    assert od204.status != "not_evaluated", od204.reason
+    mon.close()

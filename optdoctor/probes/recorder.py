@@ -34,10 +34,16 @@ class Recorder:
             self._declared[s.name] = s
 
     def log(self, name: str, step: int, value: Any) -> None:
-        """``value``: a float, a 0-d or 1-d tensor (per layer), or a sequence of floats."""
+        """``value``: a float, a 0-d or 1-d tensor (per layer), or a sequence of floats. (Stack a
+        per-layer tuple of 0-d tensors first: each tensor kept is one more object for Python's GC
+        and the allocator, and the training steps after it pay for that.)"""
         if isinstance(value, torch.Tensor):
             value = value.detach()
         self._rows[name].append((step, value))
+
+    def extend(self, name: str, steps: list[int], values: list[Any]) -> None:
+        """``log`` for many steps at once (a checkpoint's losses)."""
+        self._rows[name].extend(zip(steps, values))
 
     def rows(self, name: str) -> list:
         """The (step, value) rows of ``name`` so far (the list itself: a remedy in the loop reads

@@ -70,14 +70,14 @@ def curvature(p: ProbeSet) -> dict:
         vals = [r[src] for r in rows if r.get(src) is not None and np.isfinite(r[src])]
         if vals:
             out[key] = float(max(vals))
-    sharp = [lr * r["lambda_max"] for r in rows]
+    sharp = [r.get("lr", lr) * r["lambda_max"] for r in rows]  # a row may carry its own rate (the monitor's, under a schedule)
     out["hess.lr_sharpness"] = float(max(sharp))
     out["hess.lr_sharpness.init"] = float(sharp[0])
     limit = stability_limit(t.meta.get("optimizer", ""), t.meta.get("optimizer_args", {}))
     if limit:
         out["hess.stability"] = float(max(sharp)) / limit
     else:  # Adam-type: lr * lambda_max(P^-1 H) against (2 + 2 beta1)/(1 - beta1) (Cohen et al. 2022)
-        pre = [lr * r["precond_lambda_max"] / r["precond_limit_factor"] for r in rows if r.get("precond_lambda_max") is not None]
+        pre = [r.get("lr", lr) * r["precond_lambda_max"] / r["precond_limit_factor"] for r in rows if r.get("precond_lambda_max") is not None]
         if pre:
             out["hess.stability"] = float(max(pre))
     lmin, lmax = out["hess.lambda_min"], out["hess.lambda_max"]

@@ -6,11 +6,12 @@ Each rank trains on its half of every global batch of 64; with ``--single`` (no 
 process trains on the whole global batch: the per-layer gradient norms must be the same.
 ``--fsdp``: the model is sharded with FSDP2 (``fully_shard``, per Linear and the root) instead of
 DDP: gradients are DTensor shards, norms need the all-reduce of squared norms.
-Rank 0 prints the report and writes OUT_DIR/grad_norm.npy and OUT_DIR/diagnosis.json; other
-ranks print nothing and write nothing.
+Rank 0 prints the report and writes OUT_DIR/grad_norm.npy, acts.npy (the activation statistics),
+data_stats.json and diagnosis.json, after checking that every rank holds the same activation and
+input statistics; other ranks print nothing and write nothing.
 """
 
-import os
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import optdoctor  # noqa: E402
 from optdoctor import data, models  # noqa: E402
 
 F = torch.nn.functional
+ACT_KEYS = ("act.dead_frac", "act.sat_frac", "act.scale", "act.unit_diversity")
 
 
 def main() -> int:
@@ -36,6 +38,7 @@ def main() -> int:
     rank, world = (0, 1) if single else (dist.get_rank(), dist.get_world_size())
     torch.manual_seed(0)
     model = models.mlp(in_dim=20, out_dim=4, depth=6, width=32, act="tanh", init="xavier_normal")
+    model[3] = torch.nn.ReLU()  # one ReLU among the tanh layers: dead fractions as well as saturation
     if fsdp:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -70,8 +73,19 @@ def main() -> int:
         diag = mon.diagnose()
         text = mon.report("text")
         trace = mon.trace()
+    acts = np.stack([trace.values(k) for k in ACT_KEYS]) if not fsdp else None  # (4, T, A)
+    if not single:  # every rank holds the combined activation and input statistics, not its own
+        got = [None] * world
+        dist.all_gather_object(got, (acts, trace.meta.get("data_stats")))
+        if rank == 0:
+            for a, d in got[1:]:
+                assert (a is None and acts is None) or np.array_equal(a, acts, equal_nan=True), "ranks disagree on act.*"
+                assert d == trace.meta.get("data_stats"), "ranks disagree on data_stats"
     if rank == 0:
         print(text)
+        if acts is not None:
+            np.save(out / f"acts{tag}.npy", acts)
+            (out / f"data_stats{tag}.json").write_text(json.dumps(trace.meta["data_stats"]))
         np.save(out / f"grad_norm{tag}.npy", trace.values("grad.norm"))
         np.save(out / f"loss{tag}.npy", trace.values("loss.train"))
         (out / f"diagnosis{tag}.json").write_text(mon.report("json"))

@@ -38,6 +38,8 @@ NEEDS = ("forward", "grads", "update", "state")
 PER = ("step", "layer", "act", "layer_bins", "position", "raw")
 # columns of a per-layer series: the trace metadata key that names them
 COLUMNS = {"layer": "layers", "act": "act_layers", "layer_bins": "layers"}
+NEVER = 2**62  # Schedule.next when no step is due any more
+SCAN = 1000  # Schedule.next's fallback: steps scanned ahead
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,15 @@ class Schedule:
     def due(self, step: int) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def next(self, step: int) -> int:
+        """The first step >= ``step`` that is due (a driver skips the steps before it without
+        asking each instrument). Subclasses answer in O(1); this fallback scans ahead and,
+        finding nothing within SCAN steps, answers the step after them (asked again then)."""
+        for s in range(step, step + SCAN):
+            if self.due(s):
+                return s
+        return step + SCAN
+
 
 @dataclass(frozen=True)
 class Every(Schedule):
@@ -90,6 +101,9 @@ class Every(Schedule):
     def due(self, step: int) -> bool:
         return step % self.k == 0
 
+    def next(self, step: int) -> int:
+        return -(-step // self.k) * self.k
+
 
 @dataclass(frozen=True)
 class At(Schedule):
@@ -100,6 +114,9 @@ class At(Schedule):
 
     def due(self, step: int) -> bool:
         return step in self.steps
+
+    def next(self, step: int) -> int:
+        return min((s for s in self.steps if s >= step), default=NEVER)
 
 
 @dataclass
@@ -121,9 +138,16 @@ class Instrument:
     series: tuple[Series, ...] = ()
     needs: frozenset = frozenset()
     schedule: Schedule = Every(1)
+    follows: bool = False  # also reads the gradients of the step after each due one (cosines)
 
     def due(self, step: int) -> bool:
         return self.schedule.due(step)
+
+    def next_due(self, step: int) -> int:
+        """The first step >= ``step`` at which ``due`` holds (``Schedule.next``)."""
+        if type(self).due is not Instrument.due:  # an instrument with its own ``due``: ask it step by step
+            return Schedule.next(self, step)
+        return self.schedule.next(step)
 
     def attach(self, ctx: Context) -> None:
         """Bind to a model/optimizer. Called once, after the layer order is fixed."""

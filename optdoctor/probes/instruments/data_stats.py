@@ -53,7 +53,42 @@ class DataStats(Instrument):
             h.remove()
             self._handle = None
 
+    def reduce_across_ranks(self) -> None:
+        """Under torch.distributed each rank saw its share of the batches: the statistics of all
+        of them, from per-feature sums (two all-reduces; every rank must call this, at the same
+        point). ``finish`` then reports those, as long as no more samples came in since."""
+        import torch.distributed as dist
+
+        from optdoctor import distributed
+
+        X = torch.cat(self.parts) if self.parts else torch.zeros(0, 0, dtype=torch.float64)
+        dims = torch.tensor([float(X.shape[1]) if X.dim() == 2 and len(X) else 0.0], dtype=torch.float64)
+        dims = dims.to(distributed.device())
+        dist.all_reduce(dims, op=dist.ReduceOp.MAX)
+        d = int(dims.item())
+        sums = torch.zeros(1 + 2 * d, dtype=torch.float64)
+        if d and X.dim() == 2 and X.shape[1] == d and len(X):
+            mean = X.mean(dim=0)
+            m2 = ((X - mean) ** 2).sum(dim=0)  # two-pass per rank; Chan et al. across ranks
+            sums[0] = len(X)
+            sums[1:1 + d] = len(X) * mean
+            sums[1 + d:] = m2 + len(X) * mean * mean
+        sums = sums.to(distributed.device())
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+        n = float(sums[0])
+        if n >= 2 and d:
+            mean = sums[1:1 + d] / n
+            var = ((sums[1 + d:] - n * mean * mean) / (n - 1)).clamp_min(0.0)
+            self._reduced = (self.seen, moment_stats(mean, var.sqrt()))
+        else:
+            self._reduced = (self.seen, {})
+
     def finish(self, trace) -> None:
+        reduced = getattr(self, "_reduced", None)
+        if reduced is not None and reduced[0] == self.seen:
+            trace.meta["data_stats"] = dict(reduced[1])
+            return
         stats = data_stats(torch.cat(self.parts)) if self.parts else {}
         trace.meta["data_stats"] = stats
 
@@ -62,12 +97,18 @@ def data_stats(X: torch.Tensor) -> dict[str, float]:
     """(N, D) float64 samples -> the statistics above (empty when they do not apply)."""
     if X.dim() != 2 or X.shape[1] < 2 or X.shape[0] < 2:
         return {}
-    std = X.std(dim=0)
+    return moment_stats(X.mean(dim=0), X.std(dim=0))
+
+
+def moment_stats(mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
+    """Per-feature means and standard deviations (D,) -> the statistics above."""
+    if len(std) < 2:
+        return {}
     live = std > 0
     if live.sum() < 2:
         return {}
     s = std[live]
     return {
         "feature_scale_spread": float(s.max() / s.min()),
-        "feature_mean_over_std": float((X.mean(dim=0)[live].abs() / s).max()),
+        "feature_mean_over_std": float((mean[live].abs() / s).max()),
     }

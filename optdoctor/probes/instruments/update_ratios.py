@@ -19,8 +19,9 @@ class UpdateRatios(Instrument):
     plain SGD it is lr |g|^2; for momentum, Adam and other preconditioned steps it is what
     lr |g|^2 is not (Adam's step is ~lr per coordinate, whatever |g|)."""
 
+    RAW = "update._norms"
     series = (
-        Series("update._delta_norm", "raw"),
+        Series(RAW, "raw"),
         Series("weight.norm", "layer", "L2 norm of each layer's weight before the step", tag="weight_norm"),
         Series("update.ratio", "layer", "||dW|| / ||W|| of each layer's step", tag="update_ratio", log10="update_ratio_log10"),
         Series("update.first_order", "step", "g . (W_before - W_after) over the layers' weights: the first-order loss decrease of the step taken"),
@@ -46,19 +47,21 @@ class UpdateRatios(Instrument):
         if not self._armed:
             return
         self._armed = False
-        before_norm = torch.stack(torch._foreach_norm(self._buf))
-        torch._foreach_sub_(self._buf, [m.weight.detach() for _, m in self.ctx.layers])
-        self.recorder.log("weight.norm", step, before_norm)
-        self.recorder.log("update._delta_norm", step, torch.stack(torch._foreach_norm(self._buf)))
-        pairs = [(g, d) for (_, m), d in zip(self.ctx.layers, self._buf) if (g := m.weight.grad) is not None]
-        if pairs:
-            gs, ds = zip(*pairs)
-            dots = [torch.dot(g.detach().reshape(-1), d.reshape(-1)) for g, d in zip(gs, ds)]
-            self.recorder.log("update.first_order", step, torch.stack(dots).sum().float())
+        # three torch calls: the update, the norms of the weights before it and of the update in
+        # one _foreach_norm, one stack; the ratios are taken in ``finish``
+        layers = self.ctx.layers
+        delta = torch._foreach_sub([m.weight.detach() for _, m in layers], self._buf)
+        self.recorder.log(self.RAW, step, torch.stack(torch._foreach_norm(list(self._buf) + list(delta))))
+        # first order: g . (W_before - W_after) = -g . dW, over the layers that have a gradient
+        dots = [torch.dot(g.detach().reshape(-1), d.reshape(-1)) for (_, m), d in zip(layers, delta)
+                if (g := m.weight.grad) is not None]
+        if dots:
+            self.recorder.log("update.first_order", step, -torch.stack(dots).sum().float())
 
     def finish(self, trace) -> None:
-        if "update._delta_norm" not in trace.series:
+        if self.RAW not in trace.series:
             return
-        steps, delta = trace.series.pop("update._delta_norm")
-        _, before = trace.series["weight.norm"]
+        steps, raw = trace.series.pop(self.RAW)  # (T, 2L): ||W before|| per layer, then ||dW||
+        before, delta = np.split(raw.reshape(len(steps), -1), 2, axis=1)
+        trace.series["weight.norm"] = (steps, before)
         trace.series["update.ratio"] = (steps, delta / np.maximum(before, 1e-30))
