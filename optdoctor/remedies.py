@@ -10,7 +10,9 @@ A rule's remedy may carry a machine-applicable patch of the probe config:
       - text: "Warm up, then decay."
         patch: {schedule: {name: OneCycleLR, args: {max_lr: "$lr", total_steps: "$steps"}}}
 
-Values: ``"x0.1"`` (or ``"*0.1"``) multiplies the current number; ``"$lr"`` and ``"$steps"``
+Values: ``"x0.1"`` (or ``"*0.1"``) multiplies the current number (of ``optimizer.lr``, also
+the rates a configured schedule sets itself: CyclicLR's base_lr/max_lr, OneCycleLR's max_lr,
+eta_min, min_lr, unless the patch sets the schedule); ``"$lr"`` and ``"$steps"``
 stand for the configured learning rate and probe steps, ``"$lr.range_suggested"`` (any
 ``$symptom``) for a number the diagnosis measured (the LR range test's suggestion), each
 optionally scaled: ``"$steps/4"``, ``"$lr.range_best*0.3"``; anything else is set as is. A
