@@ -57,7 +57,8 @@ def test_lbfgs_runs_with_a_closure_and_the_instruments_record_one_row_per_step(t
     calls = []
     # the class's own step: once any LBFGS was built (an earlier test), torch has wrapped it with
     # its hook machinery, and wrapping that again would run the step hooks twice per step
-    original = getattr(torch.optim.LBFGS.step, "__wrapped__", torch.optim.LBFGS.step)
+    step = torch.optim.LBFGS.step
+    original = step.__wrapped__ if getattr(step, "hooked", False) else step  # (unhooked: no_grad's own wrapper, keep it)
 
     def counting(self, closure):
         n = [0]
