@@ -20,7 +20,10 @@ symptom the diagnosis lacks makes the patch not applicable. Setting
 ``optimizer.name`` drops ``optimizer.args`` unless the patch sets them too (another optimiser's
 arguments rarely fit). A patch of ``model.args.X`` or ``data.args.X`` applies only if the
 factory takes ``X``: for the user's own factories that do not, the remedy stays text and the
-report says which config line (or which code) to change.
+report says which config line (or which code) to change. A key ending in ``?``
+(``model.args.weight_scale?: 1.0``) is optional: it is set only where the factory takes that
+argument, and the rest of the patch applies either way (a built-in model's companion setting
+that users' own factories lack).
 
 ``apply_patch`` is pure (no torch): the verification probes live in ``diagnose/verify.py``.
 """
@@ -146,11 +149,16 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
     cfg = loaded.config
     data = cfg.model_dump()
     factories = factories or {}
+    loaded_patch_keys = list(patch)
+    patch = {k.rstrip("?"): v for k, v in patch.items()}
+    optional = {k.rstrip("?") for k in loaded_patch_keys if k.endswith("?")}
     sets_args = any(k == "optimizer.args" or k.startswith("optimizer.args.") for k in patch)
     for key, value in patch.items():
         parts = key.split(".")
         if parts[0] in ("model", "data") and len(parts) == 3 and parts[1] == "args":
             if not _takes(factories.get(parts[0]), parts[2]):
+                if key in optional:  # "model.args.weight_scale?": only where the factory takes it
+                    continue
                 spec = getattr(cfg, parts[0]).factory
                 where = loaded.line_of(f"{parts[0]}.factory")
                 at = f" ({loaded.path}:{where[0]})" if where else ""

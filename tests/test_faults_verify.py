@@ -133,3 +133,10 @@ def test_verify_mode_on_three_fast_cases(tmp_path, capsys):
     assert not healthy["tried_any"] and healthy["remedies"] == [] and healthy["plain"] == []
     assert "Healthy cases where --verify tried nothing: 1/1 = 1.00" in printed
     assert "| **all faults** | 2 | 2/2 = 1.00 | 2/2 = 1.00 | 2/2 = 1.00 |" in printed
+
+
+def test_optional_patch_keys_apply_only_where_the_benchmark_factory_takes_them():
+    out = remedy_check.plain_config(CFG, {"model.args.init": "kaiming_normal", "model.args.weight_scale?": 1.0}, {}, 300)
+    assert out["model"]["args"]["init"] == "kaiming_normal" and "weight_scale" not in out["model"]["args"]
+    with pytest.raises(remedy_check.NotCheckable, match="weight_scale"):
+        remedy_check.plain_config(CFG, {"model.args.weight_scale": 1.0}, {}, 300)

@@ -161,3 +161,25 @@ def test_a_remedy_that_ends_above_the_chance_loss_did_not_fix_the_run():
         v = Verification(remedy="r", patch={}, before=110.0)
         judge(v, f, rule, {}, {"loss.final": after}, reference)
         assert v.helped is helped and v.improved is (not helped)
+
+
+def test_an_optional_patch_key_applies_only_where_the_factory_takes_it(tmp_path):
+    """"model.args.weight_scale?": set for a built-in model that takes it; skipped (the rest of
+    the patch applied) for a user's factory without it; a plain key still makes it text."""
+    from optdoctor.config.schema import ProbeConfig
+
+    patch = {"model.args.init": "kaiming_normal", "model.args.weight_scale?": 1.0}
+    builtin = load_config(SAMPLES / "vanishing-gradients.yaml")
+    new = apply_patch(builtin, patch, mlp_factories())
+    assert new.config.model.args["init"] == "kaiming_normal" and new.config.model.args["weight_scale"] == 1.0
+
+    def user_mlp(in_dim=4, out_dim=2, init="default"):
+        return None
+
+    factories = {"model": user_mlp, "data": mlp_factories()["data"]}
+    cfg = ProbeConfig.model_validate({**builtin.config.model_dump(), "model": {"factory": "user.py:mlp", "args": {"init": "zero"}}})
+    user = builtin.model_copy(update={"config": cfg})
+    new = apply_patch(user, patch, factories)
+    assert new.config.model.args == {"init": "kaiming_normal"}
+    with pytest.raises(NotApplicable, match="weight_scale"):
+        apply_patch(user, {"model.args.init": "kaiming_normal", "model.args.weight_scale": 1.0}, factories)

@@ -89,7 +89,11 @@ def plain_config(cfg: dict, patch: dict, symptoms: dict, steps: int) -> dict:
     out = copy.deepcopy(cfg)
     sets_opt_args = any(k == "optimizer.args" or k.startswith("optimizer.args.") for k in patch)
     for key, value in patch.items():
+        optional, key = key.endswith("?"), key.rstrip("?")  # "model.args.X?": only if the factory takes X
         parts = key.split(".")
+        if optional and parts[0] in ("model", "data") and len(parts) == 3 and parts[1] == "args":
+            if parts[2] not in inspect.signature(_factory(out[parts[0]]["factory"])).parameters:
+                continue
         if parts[0] == "probe" and key not in PLAIN_PROBE_KEYS:
             raise NotCheckable(f"{key} is an intervention in optdoctor's probe loop")
         if key == "model.factory" or key == "data.factory":
