@@ -455,12 +455,14 @@ class Monitor:
             self._kept.append(_detached(batch))
         self.step_count = i + 1
         if self.instruments is not None:
-            self.instruments.step = self.step_count
-            self._arm_forward()
-            # the next step needs the optimizer's hooks if its gradients, its update or its
-            # forward are measured, or the state after it
-            nxt = self.step_count
-            self._hook_optimizer(nxt >= self._next_grads or nxt + 1 >= self._next_state or self._fwd_handle is not None)
+            nxt = self.instruments.step = self.step_count
+            # most steps: no hook is on and the next step measures nothing (nothing to change)
+            if (self._fwd_handle is not None or self._opt_handles or nxt >= self._next_fwd
+                    or nxt >= self._next_grads or nxt + 1 >= self._next_state):
+                self._arm_forward()
+                # the next step needs the optimizer's hooks if its gradients, its update or its
+                # forward are measured, or the state after it
+                self._hook_optimizer(nxt >= self._next_grads or nxt + 1 >= self._next_state or self._fwd_handle is not None)
         if self.step_count % self.checkpoint_every == 0:
             self.checkpoint()
 
@@ -491,7 +493,10 @@ class Monitor:
         vals = [v for _, v in pending]
         on_device = [j for j, v in enumerate(vals) if isinstance(v, torch.Tensor)]
         if on_device:  # one transfer for all of them
-            got = torch.stack([vals[j].reshape(()) for j in on_device]).to(torch.float64).cpu().tolist()
+            losses = [vals[j] for j in on_device]
+            if not all(v.dim() == 0 for v in losses):  # a loss of shape (1,)
+                losses = [v.reshape(()) for v in losses]
+            got = torch.stack(losses).to(torch.float64).cpu().tolist()
             for j, v in zip(on_device, got):
                 vals[j] = v
         if distributed.active():

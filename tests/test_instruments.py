@@ -389,6 +389,46 @@ def test_update_ratios_equal_hand_computed(case, opt_name):
         assert np.all(trace.values("update.first_order") > 0)  # plain SGD: lr |g|^2 > 0
 
 
+class _MixedLayers(nn.Module):
+    """A float64 middle layer (the one-flat-buffer path needs one dtype) and a layer that gets no
+    gradient on every other call (the first-order sum covers the layers that have one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.unused = nn.Linear(5, 6), nn.Linear(6, 6).double(), nn.Linear(6, 3), nn.Linear(5, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.c(torch.tanh(self.b(torch.tanh(self.a(x)).double())).float())
+        return h + self.unused(x) if self.calls % 2 else h
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_update_first_order_equals_hand_loop_on_mixed_dtypes_and_missing_gradients(mixed):
+    """Both ways of summing g . (W_before - W_after): one flat buffer (every layer one dtype, every
+    gradient there) and per-layer dots (anything else) against a float64 hand loop."""
+    torch.manual_seed(0)
+    model = _MixedLayers() if mixed else nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(4)]
+    before, expected = {}, []
+
+    def hook(step, phase):
+        layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if phase == "before_step":
+            before.clear()
+            before.update({id(m): m.weight.detach().double().clone() for m in layers})
+        else:
+            expected.append(sum(float((m.weight.grad.double() * (before[id(m)] - m.weight.detach().double())).sum())
+                                for m in layers if m.weight.grad is not None))
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trace = train(model, [UpdateRatios(every=1)], data, opt, hook)
+    np.testing.assert_allclose(trace.values("update.first_order"), expected, rtol=1e-5)
+    assert np.all(np.isfinite(trace.values("update.ratio")))
+
+
 def test_update_ratio_of_a_frozen_step_is_zero_and_weights_are_untouched():
     case = CASES[0]
     model = case.build()
