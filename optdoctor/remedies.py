@@ -58,6 +58,7 @@ class Verification:
     patch: dict[str, Any]
     applicable: bool = True
     reason: str = ""  # why it could not be applied or measured
+    note: str = ""  # which patch this one stands in for (a rule's or_patch), and why
     metric: str = "loss.final"  # what is compared: the rule's verify: symptom
     before: float | None = None
     after: float | None = None

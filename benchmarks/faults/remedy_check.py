@@ -27,7 +27,7 @@ import re
 
 # probe settings the plain loop runs (verify.train reads them); other probe.* keys are optdoctor's
 # in-loop interventions
-PLAIN_PROBE_KEYS = ("probe.standardize_inputs", "probe.clip_grad_norm")
+PLAIN_PROBE_KEYS = ("probe.standardize_inputs", "probe.clip_grad_norm", "probe.reinit")
 # schedule arguments that are absolute rates: "x0.1" of the rate scales them too (remedies.py)
 ABSOLUTE_LR_ARGS = ("base_lr", "max_lr", "eta_min", "min_lr")
 MULTIPLY = re.compile(r"^\s*[x×*]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")

@@ -110,6 +110,37 @@ def _standardized(Xtr: torch.Tensor, Xva: torch.Tensor) -> tuple[torch.Tensor, t
     return (Xtr - mean) / std, (Xva - mean) / std
 
 
+def _reinit(model: torch.nn.Module, scheme: str) -> None:
+    """A remedy's ``probe.reinit`` (remedy_check.py), written from its documentation (the config
+    schema's description; optdoctor/probes/reinit.py's docstring), not by calling it: Linear and
+    convolution weights from the scheme, biases zero; recurrent input weights from the scheme,
+    each gate's hidden-to-hidden block orthogonal, biases zero; normalisation layers reset;
+    "default": each layer's own reset_parameters."""
+    nn = torch.nn
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    draw = {"kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+            "xavier_normal": nn.init.xavier_normal_, "orthogonal": nn.init.orthogonal_}.get(scheme)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, *convs, nn.RNN, nn.GRU, nn.LSTM)) and scheme == "default":
+                m.reset_parameters()
+            elif isinstance(m, (nn.Linear, *convs)):
+                draw(m.weight)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, (nn.RNN, nn.GRU, nn.LSTM)):
+                for name, w in m.named_parameters(recurse=False):
+                    if name.startswith("weight_ih"):
+                        draw(w)
+                    elif name.startswith("weight_hh"):
+                        for block in w.split(m.hidden_size, dim=0):
+                            nn.init.orthogonal_(block)
+                    else:
+                        w.zero_()
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)):
+                m.reset_parameters()
+
+
 def train(cfg: dict, seed: int, steps: int) -> dict:
     """One plain training run; the numbers the acceptance criteria need."""
     (Xtr, ytr), (Xva, yva) = _fn(cfg["data"]["factory"])(**cfg["data"]["args"])
@@ -119,6 +150,8 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
     classes = not ytr.is_floating_point()
     torch.manual_seed(seed)
     model = _fn(cfg["model"]["factory"])(**cfg["model"]["args"])
+    if cfg["probe"].get("reinit"):  # a remedy's patch (remedy_check.py)
+        _reinit(model, cfg["probe"]["reinit"])
     loss_fn = _loss(cfg["loss"])
     o = cfg["optimizer"]
     opt_cls = _optimizer_class(o["name"])

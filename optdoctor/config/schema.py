@@ -7,7 +7,7 @@ minimal config of CONTRACT.md works as is.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -156,6 +156,10 @@ class ProbeSettings(_Strict):
     tensorboard: str | None = Field(None, description="write TensorBoard logs under this folder (relative to the config)")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm, as the user's training does")
     standardize_inputs: bool = Field(False, description="standardise each input feature with the training set's mean and std before probing")
+    reinit: Literal["kaiming_normal", "xavier_normal", "orthogonal", "default"] | None = Field(
+        None, description="re-initialise the built model: Linear/Conv weights from this scheme and biases zero, recurrent "
+                          "hidden-to-hidden matrices orthogonal, normalisation layers reset (an init remedy for any "
+                          "factory; null: the factory's own init)")
     lr_range: bool = Field(True, description="run a short LR range test (Smith 2017) on a copy of the model")
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     perturb_gd: PerturbGDConfig | None = Field(None, description="perturbed gradient descent: a random kick when the gradient is small (null: off)")

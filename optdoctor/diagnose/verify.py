@@ -5,6 +5,7 @@ tried in a probe of its own (same seed, same budget) and judged by the symptom i
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -84,7 +85,7 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                 continue
             t = time.perf_counter()
             _try(v, f, rule, f"verify_{rule.id}_{i + 1}", loaded.config.seed, diag, base_setup, progress, clock, base_step,
-                 budget)
+                 budget, remedy.or_patch)
             if v.probe:
                 clock.spent(time.perf_counter() - t)
         plans.append((f, rule, results))
@@ -181,12 +182,20 @@ def _cycles_absent_momentum(setup, patch: dict) -> bool:
 
 
 def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_setup, progress, clock: _Budget,
-         base_step: float | None, budget=None) -> None:
+         base_step: float | None, budget=None, or_patch: dict | None = None) -> None:
+    """One remedy's first probe; ``or_patch``: the same remedy in a form the config can take when
+    ``v.patch`` is not applicable (``v.patch`` then records the one that ran)."""
     from optdoctor.errors import OptdoctorError
     from optdoctor.remedies import NotApplicable
 
     try:
-        trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget)
+        try:
+            trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget)
+        except NotApplicable as first:
+            if or_patch is None:
+                raise
+            v.patch, v.note = dict(or_patch), f"instead of {json.dumps(v.patch)} ({first})"
+            trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget)
     except _OutOfBudget:
         v.applicable, v.reason = False, "not tried: the time budget ran out"
         return

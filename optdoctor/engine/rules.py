@@ -24,7 +24,7 @@ A rule names one cause and says when it holds, in the safe expression language o
     blame: model.args.act                # config key at fault (CI annotations land there)
     summary: "gradients shrink {grad.layer_factor:.2g}x per layer ..."
     evidence: [grad.depth_ratio, grad.layer_factor]
-    remedies: ["...", {text: "...", patch: {...}}]
+    remedies: ["...", {text: "...", patch: {...}, or_patch: {...}}]   # or_patch: optional, see Remedy
     references: ["..."]
     docs: {what: ..., why: ..., detection: ..., false_positives: ..., remedies: ...}
     tests:                               # beside the rule (semgrep/Prometheus style)
@@ -83,6 +83,9 @@ class Param:
 class Remedy:
     text: str
     patch: dict[str, Any] | None = None  # machine-applicable config patch (see the remedies issue)
+    # the same remedy for a config ``patch`` cannot express (a user's factory without that
+    # argument): tried instead when ``patch`` is not applicable
+    or_patch: dict[str, Any] | None = None
 
 
 @dataclass
@@ -380,14 +383,18 @@ class _Validator:
         for i, r in enumerate(raw):
             if isinstance(r, str):
                 out.append(Remedy(r))
-            elif isinstance(r, dict) and isinstance(r.get("text"), str) and set(r) <= {"text", "patch"}:
-                patch = r.get("patch")
+            elif isinstance(r, dict) and isinstance(r.get("text"), str) and set(r) <= {"text", "patch", "or_patch"}:
+                patch, alt = r.get("patch"), r.get("or_patch")
                 if patch is not None and not isinstance(patch, dict):
                     self.add(f"remedies.{i}.patch", "a patch is a mapping of config key path -> value")
                     patch = None
-                out.append(Remedy(r["text"], patch))
+                if alt is not None and (not isinstance(alt, dict) or patch is None):
+                    self.add(f"remedies.{i}.or_patch", "or_patch is a mapping of config key path -> value, "
+                                                       "tried when the remedy's patch is not applicable (it needs a patch)")
+                    alt = None
+                out.append(Remedy(r["text"], patch, alt))
             else:
-                self.add(f"remedies.{i}", "a remedy is a string or {text: ..., patch: {...}}")
+                self.add(f"remedies.{i}", "a remedy is a string or {text: ..., patch: {...}, or_patch: {...}}")
         return out
 
     def tests(self, raw: Any) -> dict[str, list]:

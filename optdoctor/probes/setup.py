@@ -79,7 +79,18 @@ class Setup:
             model = call_factory(self.model_factory, self.model_args, what, "model.args", self.loaded)
             if not isinstance(model, nn.Module):
                 raise ProbeError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
+            if self.cfg.probe.reinit is not None:
+                _reinit(model, self.cfg.probe.reinit, what)
             return model.to(self.device)
+
+
+def _reinit(model: nn.Module, scheme: str, what: str) -> None:
+    """``probe.reinit``: the factory's model re-initialised (``probes/reinit.py``)."""
+    from optdoctor.probes.reinit import reinit
+
+    if reinit(model, scheme) == 0:
+        raise ProbeError(f"probe.reinit: {scheme}: {what} built a model with no Linear, convolution, recurrent or "
+                         "normalisation layer to re-initialise", hint="remove probe.reinit and initialise the model in its factory")
 
 
 def check_model_fits(factory: Callable, args: dict, device: torch.device) -> None:

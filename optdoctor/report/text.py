@@ -130,6 +130,8 @@ def _verification(console: Console, f) -> None:
         changes = [f"{n} {fmt(a)} → {fmt(b)}" for n, (a, b) in list(v["symptoms"].items())[:2]]
         if changes:
             line += "; " + ", ".join(changes)
+        if v.get("note"):  # a rule's or_patch ran: the config could not take its first form
+            line += "; tried as " + ", ".join(f"{k}: {val}" for k, val in v["patch"].items())
         if v.get("cost"):
             line += f"; {v['cost']:.2g}x time/step"
         if v.get("seeds"):
