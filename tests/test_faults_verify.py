@@ -56,7 +56,7 @@ def test_model_arguments_multiply_the_factorys_default_and_must_be_taken():
 
 
 @pytest.mark.parametrize("patch", [{"probe.perturb_gd": {"threshold": 1e-3}}, {"probe.negative_curvature_step": {"at": [0.25]}},
-                                   {"probe.early_stopping": {"patience": 3}}, {"model.factory": "optdoctor.models:resmlp"}])
+                                   {"model.factory": "optdoctor.models:resmlp"}])
 def test_interventions_and_optdoctors_own_models_are_not_checkable(patch):
     with pytest.raises(remedy_check.NotCheckable):
         remedy_check.plain_config(CFG, patch, {}, 300)
@@ -140,3 +140,24 @@ def test_optional_patch_keys_apply_only_where_the_benchmark_factory_takes_them()
     assert out["model"]["args"]["init"] == "kaiming_normal" and "weight_scale" not in out["model"]["args"]
     with pytest.raises(remedy_check.NotCheckable, match="weight_scale"):
         remedy_check.plain_config(CFG, {"model.args.weight_scale": 1.0}, {}, 300)
+
+
+def test_plain_loop_early_stopping_ends_with_the_best_checkpoint():
+    """probe.early_stopping in the plain loop: it stops after `patience` validations without a new
+    minimum and, with restore_best, its last row is the best checkpoint's (no rise left)."""
+    from benchmarks.faults import verify as plain
+
+    cfg = remedy_check.plain_config({**CFG, "schedule": None, "optimizer": {"name": "sgd", "lr": 0.3, "args": {"momentum": 0.9}}},
+                                    {"probe.early_stopping": {"patience": 1}}, {}, 600)
+    assert cfg["probe"]["early_stopping"] == {"patience": 1}
+    stopped = plain.train(cfg, 0, 600)
+    free = plain.train({**cfg, "probe": {"steps": 150}}, 0, 600)
+    assert stopped["steps"] < 600 and free["steps"] == 600
+    assert stopped["val_final"] == stopped["val_min"] and stopped["val_min"] >= free["val_min"]
+    kept = plain.train({**cfg, "probe": {"steps": 150, "early_stopping": {"patience": 1, "restore_best": False}}}, 0, 600)
+    assert kept["steps"] == stopped["steps"] and kept["val_final"] > kept["val_min"]
+
+
+def test_reinit_is_checkable_and_reaches_the_plain_loop():
+    out = remedy_check.plain_config(CFG, {"probe.reinit": "xavier_normal"}, {}, 300)
+    assert out["probe"]["reinit"] == "xavier_normal"

@@ -11,9 +11,10 @@ language's documentation in optdoctor/remedies.py, not by calling it).
 
 The plain loop expresses config values (optimizer, its rate and arguments, schedules, model and
 data arguments of the benchmark's factories), input standardisation and gradient clipping, and
-L-BFGS through a closure. It does not express in-loop interventions (perturbed gradient
-descent, a negative-curvature step, early stopping) nor a model swapped for one of optdoctor's
-built-ins: such a remedy is counted as *not checkable*, never as confirmed.
+L-BFGS through a closure, re-initialisation (``probe.reinit``) and early stopping on its own
+validation cadence. It does not express in-loop interventions (perturbed gradient descent, a
+negative-curvature step) nor a model swapped for one of optdoctor's built-ins: such a remedy is
+counted as *not checkable*, never as confirmed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import re
 
 # probe settings the plain loop runs (verify.train reads them); other probe.* keys are optdoctor's
 # in-loop interventions
-PLAIN_PROBE_KEYS = ("probe.standardize_inputs", "probe.clip_grad_norm", "probe.reinit")
+PLAIN_PROBE_KEYS = ("probe.standardize_inputs", "probe.clip_grad_norm", "probe.reinit", "probe.early_stopping")
 # schedule arguments that are absolute rates: "x0.1" of the rate scales them too (remedies.py)
 ABSOLUTE_LR_ARGS = ("base_lr", "max_lr", "eta_min", "min_lr")
 MULTIPLY = re.compile(r"^\s*[x×*]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -177,6 +178,11 @@ def account(case: dict, report: dict | None, plain_check: bool = True) -> dict:
             if r["fixed"] and _key(r["patch"]) not in checks:
                 checks[_key(r["patch"])] = {"patch": r["patch"], **check(case, r["patch"], (report or {}).get("symptoms", {}))}
     rec["plain"] = list(checks.values())
+    return _verdicts(rec)
+
+
+def _verdicts(rec: dict) -> dict:
+    """The case's counts from its plain-loop checks."""
     rec["confirmed"] = any(c.get("trains_well") for c in rec["plain"])
     rec["false_fixed"] = [c["patch"] for c in rec["plain"] if c["checkable"] and not c["trains_well"]]
     rec["not_checkable"] = [c["patch"] for c in rec["plain"] if not c["checkable"]]
@@ -300,11 +306,29 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.faults.remedy_check", description=main.__doc__.splitlines()[0])
     ap.add_argument("results", help="a results file written by python -m benchmarks.faults --verify")
+    ap.add_argument("--recheck", action="store_true",
+                    help="run the plain loop again on the remedies it could not check (after the plain loop learnt to "
+                         "express more patches) and write the verdicts back into RESULTS; optdoctor is not run")
     args = ap.parse_args(argv)
     raw = json.loads(Path(args.results).read_text())
     if not raw.get("verify"):
         print(f"{args.results} was not written by a --verify run", file=sys.stderr)
         return 2
+    if args.recheck:
+        from benchmarks.faults.run import load_cases
+
+        cases = {c["id"]: c for c in load_cases("all")}
+        n = 0
+        for r in raw["results"]:
+            rec = r.get("verify") or {}
+            for i, c in enumerate(rec.get("plain", [])):
+                if not c.get("checkable", True):
+                    rec["plain"][i] = {"patch": c["patch"], **check(cases[r["id"]], c["patch"], {})}
+                    n += 1
+            if rec.get("plain"):
+                _verdicts(rec)
+        Path(args.results).write_text(json.dumps(raw, indent=1))
+        print(f"re-checked {n} remedies the plain loop could not check before; {args.results} updated", file=sys.stderr)
     for split in ("dev", "test"):
         rs = [r for r in raw["results"] if r["split"] == split]
         if rs:

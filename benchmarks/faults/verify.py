@@ -34,6 +34,7 @@ Acceptance (every one of the 3 seeds must pass; see README.md):
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -174,6 +175,14 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
         return r
 
     curve = [(0, *evaluate())]  # (step, train loss, val loss, q_train, q_val)
+    # a remedy's probe.early_stopping (remedy_check.py), from its documentation: stop after
+    # `patience` validations (here the plain loop's own, every EVAL_EVERY steps) without a new
+    # validation-loss minimum; with restore_best, end with the best checkpoint's weights
+    stopping = cfg["probe"].get("early_stopping")
+    if stopping is not None:
+        stopping = {"patience": 3, "restore_best": True, **stopping}
+        best = (curve[0][2], copy.deepcopy(model.state_dict()))
+        bad = 0
     first = peak = None
     diverged = False
     perm, pos, step = torch.randperm(len(Xtr), generator=g), 0, 0
@@ -212,6 +221,16 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
             if not all(math.isfinite(v) for v in curve[-1][1:3]):
                 diverged = True
                 break
+            if stopping is not None:
+                if curve[-1][2] < best[0]:
+                    best, bad = (curve[-1][2], copy.deepcopy(model.state_dict())), 0
+                else:
+                    bad += 1
+                if bad >= stopping["patience"]:
+                    break
+    if stopping is not None and stopping["restore_best"] and not diverged:
+        model.load_state_dict(best[1])
+        curve.append((step, *evaluate()))  # the run ends with the best checkpoint
     last = curve[-1]
     at_probe = min(curve, key=lambda c: abs(c[0] - probe_steps))
     two_thirds = min(curve, key=lambda c: abs(c[0] - 2 * steps // 3))
