@@ -246,7 +246,7 @@ def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clo
 
 def attempts(diag: Diagnosis) -> dict[str, list[dict]]:
     """What was tried per rule, without what was measured: saved beside the traces."""
-    keep = ("remedy", "patch", "applicable", "reason", "probe", "seeds", "seeds_note")  # extra seeds' probes are not saved: their outcome is
+    keep = ("remedy", "patch", "applicable", "reason", "note", "probe", "seeds", "seeds_note")  # extra seeds' probes are not saved: their outcome is
     return {f.rule: [{k: v.get(k) for k in keep} for v in f.verification] for f in diag.findings if f.verification}
 
 
@@ -264,7 +264,7 @@ def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -
         for a in tried[f.rule]:
             v = Verification(remedy=a["remedy"], patch=dict(a["patch"]), applicable=a["applicable"], reason=a["reason"],
                              metric=rule.verify, before=diag.symptoms.get(rule.verify), probe=a.get("probe"),
-                             seeds=a.get("seeds"), seeds_note=a.get("seeds_note") or "")
+                             seeds=a.get("seeds"), seeds_note=a.get("seeds_note") or "", note=a.get("note") or "")
             trace = diag.probes.traces.get(v.probe) if v.probe else None
             if v.applicable and trace is None:
                 v.applicable, v.reason = False, "its verification probe was not saved"
