@@ -10,13 +10,24 @@ A rule's remedy may carry a machine-applicable patch of the probe config:
       - text: "Warm up, then decay."
         patch: {schedule: {name: OneCycleLR, args: {max_lr: "$lr", total_steps: "$steps"}}}
 
-Values: ``"x0.1"`` (or ``"*0.1"``) multiplies the current number (of ``optimizer.lr``, also
-the rates a configured schedule sets itself: CyclicLR's base_lr/max_lr, OneCycleLR's max_lr,
-eta_min, min_lr, unless the patch sets the schedule); ``"$lr"`` and ``"$steps"``
+Values: ``"x0.1"`` (or ``"*0.1"``) multiplies the current number; ``"$lr"`` and ``"$steps"``
 stand for the configured learning rate and probe steps, ``"$lr.range_suggested"`` (any
 ``$symptom``) for a number the diagnosis measured (the LR range test's suggestion), each
 optionally scaled: ``"$steps/4"``, ``"$lr.range_best*0.3"``; anything else is set as is. A
-symptom the diagnosis lacks makes the patch not applicable. Setting
+symptom the diagnosis lacks makes the patch not applicable. A relative or measured rate
+(``optimizer.lr: "x0.1"``, ``"$lr.range_suggested"``, ``"$lr*0.5"``) also scales the rates a
+configured schedule sets itself (CyclicLR's base_lr/max_lr, OneCycleLR's max_lr, eta_min,
+min_lr) by new/old, unless the patch sets the schedule: such a schedule would otherwise undo the
+change; a literal number (``optimizer.lr: 0.01``) sets the optimizer's rate alone.
+``schedule: null`` drops the configured schedule (the rate stays constant at ``optimizer.lr``);
+with no schedule configured there is none to drop and the patch is not applicable.
+
+A remedy of a rule whose cause says which way the rate is wrong (``cause``: ``lr_too_high``,
+``lr_too_low``) must move the rate that way: a patch that sets ``optimizer.lr`` to a rate not
+below (``lr_too_high``; not above, ``lr_too_low``) the configured one is not applicable (the LR
+range test's suggestion may lie above a rate that diverges only through its schedule), and so,
+for ``lr_too_high``, is ``schedule: null`` when the baseline never stepped above the configured
+rate (``lr.peak_over_config`` <= 1: the schedule only warms up to it or decays from it). Setting
 ``optimizer.name`` drops ``optimizer.args`` unless the patch sets them too (another optimiser's
 arguments rarely fit). A patch of ``model.args.X`` or ``data.args.X`` applies only if the
 factory takes ``X``: for the user's own factories that do not, the remedy stays text and the
@@ -48,6 +59,10 @@ MULTIPLY = re.compile(r"^\s*[x×*]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
 
 class NotApplicable(Exception):
     """The patch cannot be applied to this config (the reason says what to change by hand)."""
+
+
+# which way a rule's cause says the learning rate is wrong: its remedies must move it that way
+LR_DIRECTION = {"lr_too_high": -1, "lr_too_low": 1}
 
 
 @dataclass
@@ -97,7 +112,9 @@ def _resolve_value(value: Any, current: Any, cfg: ProbeConfig, symptoms: dict[st
             else:
                 found = (symptoms or {}).get(name)
                 if found is None or not math.isfinite(found):
-                    raise NotApplicable(f"needs {name}, which this diagnosis did not measure")
+                    why = (" (the LR range test did not run or found no usable rate: probe.lr_range)"
+                           if name.startswith("lr.range") else "")
+                    raise NotApplicable(f"not applicable: it needs {name}, which this diagnosis did not measure{why}")
                 base = found
             if op is None:
                 return base
@@ -143,11 +160,36 @@ def _args_for(old: str, new: str, args: dict[str, Any], patch: dict[str, Any]) -
     return {k: v for k, v in args.items() if _takes(factory, k) or k in set_here}
 
 
+def _check_direction(value: Any, new: Any, old: float, direction: int | None) -> None:
+    """A rate that does not move the way the rule's cause says is no remedy."""
+    if not direction or not isinstance(new, (int, float)) or isinstance(new, bool):
+        return
+    if direction < 0 and new >= old:
+        raise NotApplicable(f"not applicable: {value} is {new:.3g}, not below the configured rate {old:.3g}, "
+                            "so it would not lower the rate")
+    if direction > 0 and new <= old:
+        raise NotApplicable(f"not applicable: {value} is {new:.3g}, not above the configured rate {old:.3g}, "
+                            "so it would not raise the rate")
+
+
+def _check_schedule_drop(cfg: ProbeConfig, direction: int | None, symptoms: dict[str, float] | None) -> None:
+    """``schedule: null`` needs a schedule to drop; for a rate too high, one that raised the rate
+    above the configured base (dropping it keeps the rate there)."""
+    if cfg.schedule is None:
+        raise NotApplicable("not applicable: no schedule is configured, so there is none to drop")
+    peak = (symptoms or {}).get("lr.peak_over_config")
+    if direction is not None and direction < 0 and peak is not None and math.isfinite(peak) and peak <= 1:
+        raise NotApplicable(f"not applicable: the schedule ({cfg.schedule.name}) never raised the rate above the configured "
+                            f"{cfg.optimizer.lr:.3g} (peak/configured {peak:.3g}), so dropping it would not lower the rate")
+
+
 def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str, Callable] | None = None,
-                symptoms: dict[str, float] | None = None) -> LoadedConfig:
+                symptoms: dict[str, float] | None = None, cause: str | None = None) -> LoadedConfig:
     """A copy of the config with the patch applied; NotApplicable says why it cannot be.
-    ``symptoms``: the diagnosis' measurements, for ``$symptom`` placeholders."""
+    ``symptoms``: the diagnosis' measurements, for ``$symptom`` placeholders. ``cause``: the
+    cause of the rule whose remedy this is (``lr_too_high`` remedies must lower the rate, ...)."""
     cfg = loaded.config
+    direction = LR_DIRECTION.get(cause or "")
     data = cfg.model_dump()
     factories = factories or {}
     loaded_patch_keys = list(patch)
@@ -174,12 +216,19 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
         current = node.get(parts[-1])
         if current is None and parts[0] in ("model", "data") and len(parts) == 3:
             current = _default(factories.get(parts[0]), parts[2])  # "x4" of an argument left at its default
+        if key == "schedule" and value is None:
+            _check_schedule_drop(cfg, direction, symptoms)
         node[parts[-1]] = _resolve_value(copy.deepcopy(value), current, cfg, symptoms)
-        m = MULTIPLY.match(value) if isinstance(value, str) else None
-        if key == "optimizer.lr" and m and isinstance(data.get("schedule"), dict) and "schedule" not in patch:
-            # "x0.1" of the rate also scales the rates a schedule sets itself (CyclicLR's max_lr, ...)
-            sch = data["schedule"]
-            sch["args"] = scaled_schedule_args(sch.get("args") or {}, float(m.group(1)))
+        if key == "optimizer.lr":
+            _check_direction(value, node[parts[-1]], cfg.optimizer.lr, direction)
+        relative = isinstance(value, str) and bool(MULTIPLY.match(value) or PLACEHOLDER.match(value))
+        if key == "optimizer.lr" and relative and isinstance(data.get("schedule"), dict) and "schedule" not in patch:
+            # a relative or measured rate also scales the rates a schedule sets itself (CyclicLR's
+            # max_lr, ...) by new/old: the schedule would otherwise undo the change
+            new_lr, old_lr = node[parts[-1]], cfg.optimizer.lr
+            if isinstance(new_lr, (int, float)) and not isinstance(new_lr, bool) and old_lr:
+                sch = data["schedule"]
+                sch["args"] = scaled_schedule_args(sch.get("args") or {}, new_lr / old_lr)
         if key == "optimizer.name" and not sets_args:
             data["optimizer"]["args"] = {}
         if key == "model.factory":

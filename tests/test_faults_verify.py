@@ -161,3 +161,74 @@ def test_plain_loop_early_stopping_ends_with_the_best_checkpoint():
 def test_reinit_is_checkable_and_reaches_the_plain_loop():
     out = remedy_check.plain_config(CFG, {"probe.reinit": "xavier_normal"}, {}, 300)
     assert out["probe"]["reinit"] == "xavier_normal"
+
+
+def test_the_range_tests_suggestion_sets_the_rate_and_scales_the_schedules_own_rates():
+    patch = {"optimizer.lr": "$lr.range_suggested"}
+    out = remedy_check.plain_config(CFG, patch, {"lr.range_suggested": 0.05}, 300)
+    assert out["optimizer"]["lr"] == pytest.approx(0.05)
+    assert out["schedule"]["args"] == {"base_lr": pytest.approx(0.01), "max_lr": pytest.approx(0.2), "step_size_up": 10}
+    with pytest.raises(remedy_check.NotCheckable, match="lr.range_suggested"):
+        remedy_check.plain_config(CFG, patch, {}, 300)  # no range test: the patch cannot be resolved
+    # a literal rate leaves the schedule's rates alone; a patch that sets the schedule keeps its own
+    assert remedy_check.plain_config(CFG, {"optimizer.lr": 0.05}, {}, 300)["schedule"]["args"]["max_lr"] == 2.0
+    own = remedy_check.plain_config(CFG, {**patch, "schedule": None}, {"lr.range_suggested": 0.05}, 300)
+    assert own["schedule"] is None and own["optimizer"]["lr"] == pytest.approx(0.05)
+    assert CFG["schedule"]["args"]["max_lr"] == 2.0 and CFG["optimizer"]["lr"] == 0.5
+
+
+def test_schedule_null_drops_the_schedule_and_needs_one():
+    out = remedy_check.plain_config(CFG, {"schedule": None}, {}, 300)
+    assert out["schedule"] is None and out["optimizer"]["lr"] == 0.5
+    assert CFG["schedule"]["name"] == "CyclicLR"
+    with pytest.raises(remedy_check.NotCheckable, match="no schedule"):
+        remedy_check.plain_config({**CFG, "schedule": None}, {"schedule": None}, {}, 300)
+
+
+def test_the_plain_loop_runs_a_dropped_schedule_at_the_constant_base_rate():
+    """verify.train with schedule: null steps at optimizer.lr throughout (no scheduler built)."""
+    import torch
+
+    from benchmarks.faults import verify as plain
+
+    seen = []
+    real = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real(self, *a, **k)
+
+    cfg = remedy_check.plain_config(CFG, {"schedule": None}, {}, 4)
+    torch.optim.SGD.step = spy
+    try:
+        plain.train(cfg, 0, 4)
+    finally:
+        torch.optim.SGD.step = real
+    assert seen and set(seen) == {0.5}
+
+
+@pytest.mark.parametrize("patch, symptoms", [
+    ({"optimizer.lr": "$lr.range_suggested"}, {"lr.range_suggested": 0.05}),
+    ({"optimizer.lr": "x0.1"}, {}),
+    ({"optimizer.lr": "$lr.range_best*0.3"}, {"lr.range_best": 0.4}),
+    ({"optimizer.lr": 0.05}, {}),
+    ({"schedule": None}, {}),
+])
+def test_the_plain_loop_and_optdoctor_resolve_rate_and_schedule_patches_alike(tmp_path, patch, symptoms):
+    """Written independently (remedy_check re-implements the patch language from its docs): the
+    two must agree on the rate and the schedule a patch gives."""
+    from optdoctor.config import load_config
+    from optdoctor.remedies import apply_patch
+
+    (tmp_path / "c.json").write_text(json.dumps({k: v for k, v in CFG.items() if k not in ("model", "data")}
+                                                | {"model": {"factory": "optdoctor.models:mlp"},
+                                                   "data": {"factory": "optdoctor.data:blobs", "batch_size": 32}}))
+    loaded = load_config(tmp_path / "c.json")
+    ours = apply_patch(loaded, patch, None, symptoms).config
+    plain_cfg = remedy_check.plain_config(CFG, patch, symptoms, 300)
+    assert ours.optimizer.lr == pytest.approx(plain_cfg["optimizer"]["lr"])
+    if plain_cfg["schedule"] is None:
+        assert ours.schedule is None
+    else:
+        assert ours.schedule.name == plain_cfg["schedule"]["name"]
+        assert ours.schedule.args == pytest.approx(plain_cfg["schedule"]["args"])

@@ -95,10 +95,13 @@ def test_every_shipped_patch_applies_to_a_builtin_config(loaded):
     from optdoctor.engine.rules import load_rules
 
     n = 0
+    scheduled = with_schedule(loaded, {"name": "ExponentialLR", "args": {"gamma": 1.05}})
     for rule in load_rules():
         for r in rule.remedies:
             if r.patch:
-                apply_patch(loaded, r.patch, mlp_factories(), symptoms={"lr.range_suggested": 0.1, "lr.range_best": 0.3})
+                # a schedule to drop for "schedule: null"; a suggestion below the rate for lr_too_high
+                apply_patch(scheduled if "schedule" in r.patch and r.patch["schedule"] is None else loaded, r.patch,
+                            mlp_factories(), symptoms={"lr.range_suggested": 0.01, "lr.range_best": 0.3})
                 n += 1
     assert n >= 15
 
@@ -183,3 +186,108 @@ def test_an_optional_patch_key_applies_only_where_the_factory_takes_it(tmp_path)
     assert new.config.model.args == {"init": "kaiming_normal"}
     with pytest.raises(NotApplicable, match="weight_scale"):
         apply_patch(user, {"model.args.init": "kaiming_normal", "model.args.weight_scale": 1.0}, factories)
+
+
+# ------------------------------------------------------------------ the LR range test's rate, dropping a schedule
+
+
+def with_schedule(loaded, sched: dict):
+    from optdoctor.config.schema import ProbeConfig
+
+    return loaded.model_copy(update={"config": ProbeConfig.model_validate({**loaded.config.model_dump(), "schedule": sched})})
+
+
+CYCLIC = {"name": "CyclicLR", "args": {"base_lr": 0.001, "max_lr": 10.0, "step_size_up": 40, "cycle_momentum": False}}
+SUGGESTED = {"optimizer.lr": "$lr.range_suggested"}
+
+
+def test_the_range_test_suggestion_sets_the_rate_to_the_measured_value(loaded):
+    new = apply_patch(loaded, SUGGESTED, mlp_factories(), {"lr.range_suggested": 0.02, "lr.range_best": 0.05}, "lr_too_high")
+    assert new.config.optimizer.lr == pytest.approx(0.02) and new.config.schedule is None
+    assert loaded.config.optimizer.lr == 0.1
+
+
+@pytest.mark.parametrize("symptoms", [{}, {"lr.range_best": 0.05}, {"lr.range_suggested": float("nan")}])
+def test_without_a_range_test_the_suggestion_is_not_applicable_and_says_why(loaded, symptoms):
+    """probe.lr_range: false (or a range test that found nothing): a clear reason, no crash."""
+    with pytest.raises(NotApplicable, match=r"not applicable: it needs lr.range_suggested.*probe.lr_range"):
+        apply_patch(loaded, SUGGESTED, mlp_factories(), symptoms, "lr_too_high")
+
+
+@pytest.mark.parametrize("suggested", [0.1, 0.5])
+def test_a_rate_not_below_the_configured_one_is_no_remedy_for_a_rate_too_high(loaded, suggested):
+    with pytest.raises(NotApplicable, match=r"not applicable: .* not below the configured rate 0.1"):
+        apply_patch(loaded, SUGGESTED, mlp_factories(), {"lr.range_suggested": suggested}, "lr_too_high")
+    # the mirror for a rate too low; and a rule of another cause sets the rate as asked
+    assert apply_patch(loaded, SUGGESTED, mlp_factories(), {"lr.range_suggested": 0.5}, "lr_too_low").config.optimizer.lr == 0.5
+    with pytest.raises(NotApplicable, match=r"not above the configured rate 0.1"):
+        apply_patch(loaded, SUGGESTED, mlp_factories(), {"lr.range_suggested": 0.01}, "lr_too_low")
+    assert apply_patch(loaded, SUGGESTED, mlp_factories(), {"lr.range_suggested": suggested}).config.optimizer.lr == suggested
+    assert apply_patch(loaded, {"optimizer.lr": "x0.1"}, mlp_factories(), {}, "lr_too_high").config.optimizer.lr == \
+        pytest.approx(0.01)
+
+
+def test_a_measured_rate_scales_the_rates_a_schedule_sets_itself(loaded):
+    """CyclicLR/OneCycleLR set the rate themselves: the suggestion scales their absolute rates by
+    suggested/configured (as "x0.1" does), or the remedy probe would run at the same peak."""
+    cyclic = with_schedule(loaded, CYCLIC)
+    new = apply_patch(cyclic, SUGGESTED, mlp_factories(), {"lr.range_suggested": 0.02}, "lr_too_high")
+    assert new.config.optimizer.lr == pytest.approx(0.02)
+    assert new.config.schedule.args == {"base_lr": pytest.approx(2e-4), "max_lr": pytest.approx(2.0), "step_size_up": 40,
+                                        "cycle_momentum": False}
+    one = with_schedule(loaded, {"name": "OneCycleLR", "args": {"max_lr": 1.0, "total_steps": 200}})
+    assert apply_patch(one, {"optimizer.lr": "$lr.range_best*0.5"}, mlp_factories(), {"lr.range_best": 0.04},
+                       "lr_too_high").config.schedule.args == {"max_lr": pytest.approx(0.2), "total_steps": 200}
+    assert apply_patch(cyclic, {"optimizer.lr": "$lr"}, mlp_factories()).config.schedule.args == CYCLIC["args"]
+    # a patch that sets the schedule too keeps its own; a literal rate leaves the schedule alone
+    own = apply_patch(cyclic, {**SUGGESTED, "schedule": None}, mlp_factories(), {"lr.range_suggested": 0.02}, "lr_too_high")
+    assert own.config.schedule is None and own.config.optimizer.lr == pytest.approx(0.02)
+    assert apply_patch(cyclic, {"optimizer.lr": 0.02}, mlp_factories(), {}, "lr_too_high").config.schedule.args["max_lr"] == 10.0
+
+
+def test_dropping_the_schedule_needs_one_and_for_a_rate_too_high_one_that_raised_it(loaded):
+    growing = with_schedule(loaded, {"name": "ExponentialLR", "args": {"gamma": 1.05}})
+    for symptoms in ({"lr.peak_over_config": 1500.0}, {}):  # measured rise, or not measured
+        new = apply_patch(growing, {"schedule": None}, mlp_factories(), symptoms, "lr_too_high")
+        assert new.config.schedule is None and new.config.optimizer.lr == 0.1
+    assert growing.config.schedule is not None  # the original is untouched
+    with pytest.raises(NotApplicable, match="not applicable: no schedule is configured"):
+        apply_patch(loaded, {"schedule": None}, mlp_factories(), {"lr.peak_over_config": 1.0}, "lr_too_high")
+    decaying = with_schedule(loaded, {"name": "CosineAnnealingLR", "args": {"T_max": 200}})
+    with pytest.raises(NotApplicable, match=r"CosineAnnealingLR\) never raised the rate above the configured 0.1"):
+        apply_patch(decaying, {"schedule": None}, mlp_factories(), {"lr.peak_over_config": 1.0}, "lr_too_high")
+    # a rule of another cause may drop a decaying schedule (a rate decayed too fast)
+    assert apply_patch(decaying, {"schedule": None}, mlp_factories(), {"lr.peak_over_config": 1.0}, "lr_too_low").config.schedule is None
+
+
+def test_every_rate_too_high_rule_tries_the_range_suggestion_and_dropping_a_rising_schedule():
+    from optdoctor.engine.rules import load_rules
+
+    rules = [r for r in load_rules() if r.cause == "lr_too_high"]
+    assert len(rules) >= 5
+    for rule in rules:
+        patches = [r.patch for r in rule.remedies if r.patch]
+        assert SUGGESTED in patches and {"schedule": None} in patches, rule.id
+        assert len(patches) <= 6, rule.id  # probe.verify.max_remedies' default: all of them are tried
+
+
+def test_verify_reports_a_remedy_it_cannot_apply_as_not_tried_with_the_reason(loaded):
+    """No range test (probe.lr_range: false), no schedule: the two remedies are recorded as not
+    applicable, with their reasons, and nothing is probed."""
+    from types import SimpleNamespace
+
+    from optdoctor.diagnose.verify import _Budget, _try
+    from optdoctor.engine.rules import load_rules
+    from optdoctor.remedies import Verification
+
+    rule = next(r for r in load_rules() if r.id == "OD401")
+    diag = SimpleNamespace(loaded=loaded, symptoms={"loss.diverged": 1.0}, probes=SimpleNamespace(traces={}))
+    setup = SimpleNamespace(model_factory=mlp_factories()["model"], data_factory=mlp_factories()["data"])
+    reasons = {}
+    for patch in (SUGGESTED, {"schedule": None}):
+        v = Verification(remedy="r", patch=patch)
+        _try(v, None, rule, "verify_OD401_x", 0, diag, setup, None, _Budget(None, None), None)
+        assert v.applicable is False and v.probe is None and not diag.probes.traces
+        reasons[json.dumps(patch)] = v.reason
+    assert "lr.range_suggested" in reasons[json.dumps(SUGGESTED)] and "probe.lr_range" in reasons[json.dumps(SUGGESTED)]
+    assert "no schedule is configured" in reasons['{"schedule": null}']

@@ -236,6 +236,17 @@ def test_lr_variant_diverged_and_baseline_diverged():
     assert only(extract(probes(base)), "lr") == {}
 
 
+def test_lr_peak_over_config_says_whether_a_schedule_raised_the_rate():
+    growing = trace({"loss.train": flat(2.0, 40), "lr": 0.1 * 1.05 ** np.arange(40)}, lr=0.1)
+    assert extract(probes(growing))["lr.peak_over_config"] == pytest.approx(1.05 ** 39)
+    warmup = trace({"loss.train": flat(2.0, 40), "lr": np.minimum(0.1, np.linspace(0.001, 0.2, 40))}, lr=0.1)
+    assert extract(probes(warmup))["lr.peak_over_config"] == pytest.approx(1.0)
+    decay = trace({"loss.train": flat(2.0, 40), "lr": np.append(0.1 * 0.9 ** np.arange(39), nan)}, lr=0.1)
+    assert extract(probes(decay))["lr.peak_over_config"] == pytest.approx(1.0)  # non-finite rates skipped
+    assert "lr.peak_over_config" not in extract(probes(trace({"loss.train": flat(2.0, 40)}, lr=0.1)))  # no rates logged
+    assert "lr.peak_over_config" not in extract(probes(trace({"loss.train": flat(2.0, 40), "lr": flat(0.1, 40)})))  # no meta lr
+
+
 # --------------------------------------------------------------------------- plateau follow-ups
 
 

@@ -29,7 +29,8 @@ import re
 # probe settings the plain loop runs (verify.train reads them); other probe.* keys are optdoctor's
 # in-loop interventions
 PLAIN_PROBE_KEYS = ("probe.standardize_inputs", "probe.clip_grad_norm", "probe.reinit", "probe.early_stopping")
-# schedule arguments that are absolute rates: "x0.1" of the rate scales them too (remedies.py)
+# schedule arguments that are absolute rates: "x0.1" or "$lr.range_suggested" of the rate scales
+# them too, by new/old (remedies.py)
 ABSOLUTE_LR_ARGS = ("base_lr", "max_lr", "eta_min", "min_lr")
 MULTIPLY = re.compile(r"^\s*[x×*]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 PLACEHOLDER = re.compile(r"^\s*\$([A-Za-z_][\w.]*)\s*(?:([*/])\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?\s*$")
@@ -86,7 +87,10 @@ def _value(value, current, cfg: dict, symptoms: dict, steps: int):
 
 def plain_config(cfg: dict, patch: dict, symptoms: dict, steps: int) -> dict:
     """The case config (a dict, as in cases.json) with a remedy's patch applied, for verify.train;
-    NotCheckable when the plain loop cannot run it. ``steps``: the plain loop's training steps."""
+    NotCheckable when the plain loop cannot run it. ``steps``: the plain loop's training steps.
+    ``schedule: null`` drops the case's schedule (the rate stays at optimizer.lr). Whether a
+    patch moves the rate the way its rule's cause wants is optdoctor's applicability check, not
+    re-done here: only patches optdoctor ran and judged fixed reach the plain loop."""
     out = copy.deepcopy(cfg)
     sets_opt_args = any(k == "optimizer.args" or k.startswith("optimizer.args.") for k in patch)
     for key, value in patch.items():
@@ -109,15 +113,20 @@ def plain_config(cfg: dict, patch: dict, symptoms: dict, steps: int) -> dict:
             current = _default(out, parts[0], parts[2])
         elif parts[0] in ("model", "data") and len(parts) == 3 and parts[1] == "args":
             _default(out, parts[0], parts[2])  # the factory must take it
+        if key == "schedule" and value is None and not cfg.get("schedule"):
+            raise NotCheckable("schedule: null, but the case configures no schedule to drop")
         node[parts[-1]] = _value(copy.deepcopy(value), current, cfg, symptoms, steps)
-        m = MULTIPLY.match(value) if isinstance(value, str) else None
-        if key == "optimizer.lr" and m and out.get("schedule") and "schedule" not in patch:
+        relative = isinstance(value, str) and bool(MULTIPLY.match(value) or PLACEHOLDER.match(value))
+        if key == "optimizer.lr" and relative and out.get("schedule") and "schedule" not in patch:
+            # a relative or measured rate ("x0.1", "$lr.range_suggested") scales the schedule's own
+            # absolute rates by new/old; a literal number sets the optimizer's rate alone
+            factor = node[parts[-1]] / cfg["optimizer"]["lr"]
             args = out["schedule"].setdefault("args", {})
             for a in ABSOLUTE_LR_ARGS:
                 if isinstance(args.get(a), (int, float)) and not isinstance(args[a], bool):
-                    args[a] = args[a] * float(m.group(1))
+                    args[a] = args[a] * factor
                 elif isinstance(args.get(a), list):
-                    args[a] = [x * float(m.group(1)) for x in args[a]]
+                    args[a] = [x * factor for x in args[a]]
         if key == "optimizer.name" and not sets_opt_args:
             out["optimizer"]["args"] = {}
     out["optimizer"].setdefault("args", {})

@@ -124,10 +124,11 @@ class _OutOfBudget(Exception):
     """The diagnosis' time budget (``probe.budget``) has no time left for this probe."""
 
 
-def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progress, clock: _Budget, budget=None):
+def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progress, clock: _Budget, budget=None,
+         cause: str | None = None):
     """The verification probe of one patch on one seed: its trace (NotApplicable when the patch
     cannot be applied or needs a package that is absent; _OutOfBudget when the time budget
-    cannot fit it)."""
+    cannot fit it). ``cause``: the rule's (apply_patch: an lr_too_high remedy must lower the rate)."""
     from optdoctor.config.resolve import optimizer_available
     from optdoctor.probes.runner import ProbeSpec, run_probe
     from optdoctor.probes.setup import derive
@@ -135,7 +136,7 @@ def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progres
 
     loaded = diag.loaded
     factories = {"model": base_setup.model_factory, "data": base_setup.data_factory}
-    patched = apply_patch(loaded, patch, factories, diag.symptoms)
+    patched = apply_patch(loaded, patch, factories, diag.symptoms, cause)
     missing = optimizer_available(patched.config.optimizer.name)
     if missing:
         raise NotApplicable(f"optimizer {patched.config.optimizer.name} is not installed: {missing}")
@@ -190,12 +191,12 @@ def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_
 
     try:
         try:
-            trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget)
+            trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget, rule.cause)
         except NotApplicable as first:
             if or_patch is None:
                 raise
             v.patch, v.note = dict(or_patch), f"instead of {json.dumps(v.patch)} ({first})"
-            trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget)
+            trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget, rule.cause)
     except _OutOfBudget:
         v.applicable, v.reason = False, "not tried: the time budget ran out"
         return
@@ -228,7 +229,8 @@ def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clo
     for k in range(1, n + 1):
         t = time.perf_counter()
         try:
-            trace = _run(v.patch, diag.loaded.config.seed + k, f"{v.probe}_s{k}", diag, base_setup, progress, clock, budget)
+            trace = _run(v.patch, diag.loaded.config.seed + k, f"{v.probe}_s{k}", diag, base_setup, progress, clock, budget,
+                         rule.cause)
         except _OutOfBudget:
             v.seeds_note = "not tried on more seeds (time budget)"
             return

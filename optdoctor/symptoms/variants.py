@@ -150,3 +150,21 @@ def lr_range(p: ProbeSet) -> dict:
         if len(used):
             out["lr.effective_over_best"] = float(np.median(used)) / best
     return out
+
+
+@produces(
+    ("lr.peak_over_config", "highest learning rate the baseline stepped with (after its schedule) / the configured one (>1: the schedule raises the rate above it)", "ratio"),
+)
+def lr_peak(p: ProbeSet) -> dict:
+    """How far a schedule raised the rate above the configured one: whether dropping the schedule
+    (a constant rate at the configured base) would lower the rate the run steps with. 1 without
+    a schedule, or under one that only warms up to the configured rate or decays from it."""
+    base = p.traces.get("baseline")
+    if base is None or not base.has("lr"):
+        return {}
+    cfg_lr = float(base.meta.get("lr", float("nan")))
+    used = base.values("lr")
+    used = used[np.isfinite(used)]
+    if not len(used) or not np.isfinite(cfg_lr) or cfg_lr <= 0:
+        return {}
+    return {"lr.peak_over_config": float(np.max(used)) / cfg_lr}
