@@ -145,7 +145,10 @@ def dense(problem_id: str) -> np.ndarray:
         return loss_fn(torch.func.functional_call(model, params, (x,)), y)
 
     flat0 = torch.cat([p.detach().reshape(-1) for _, p in named])
-    return torch.autograd.functional.hessian(loss_of, flat0).numpy()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):  # the reference too needs attention's twice-differentiable kernel
+        return torch.autograd.functional.hessian(loss_of, flat0).numpy()
 
 
 @functools.cache
@@ -445,3 +448,36 @@ def test_docstring_examples_run():
     for module in (hvp_module, spectrum_module):
         failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert tried > 0 and failures == 0, module.__name__
+
+
+class _Attention(nn.Module):
+    """One self-attention layer through F.scaled_dot_product_attention (what Hugging Face models
+    and nn.MultiheadAttention call): its fused CPU kernel has no double backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(4, 12), nn.Linear(4, 2)
+
+    def forward(self, x):  # (batch, tokens, 4)
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)
+        return self.out(F.scaled_dot_product_attention(q, k, v).squeeze(1).mean(1))
+
+
+@seeded(5)
+def attention():
+    return _Attention(), F.cross_entropy, (torch.randn(16, 5, 4), torch.randint(0, 2, (16,)))
+
+
+BY_ID["attention"] = Problem("attention", attention)
+
+
+@pytest.mark.parametrize("backend", ["autograd", "func"])
+def test_hvp_through_scaled_dot_product_attention_in_float32(backend):
+    """The Hessian of a model calling SDPA, in the default float32 (where the fused kernel runs):
+    equal to the dense float64 Hessian; the fused kernel stays the default outside."""
+    model, loss_fn, batch = attention()
+    hvp, n = hvp_operator(model, loss_fn, batch, backend=backend)
+    h = dense("attention")
+    v = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(hvp(v).double().numpy(), h @ v.double().numpy(), rtol=0, atol=1e-4 * np.abs(h).max())
+    assert hessian_spectrum(model, loss_fn, batch, k=1).top[0] == pytest.approx(exact_eigenvalues("attention")[0], rel=1e-3)

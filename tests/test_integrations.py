@@ -42,7 +42,7 @@ class Net(L.LightningModule):
 (X, y), (Xv, yv) = data.blobs()
 train = DataLoader(TensorDataset(X, y), batch_size=32, shuffle=True)
 val = DataLoader(TensorDataset(Xv, yv), batch_size=128)
-cb = OptDoctor(json_path=sys.argv[1], every=5, detail_every=10, checkpoint_every=20)
+cb = OptDoctor(json_path=sys.argv[1], every=5, detail_every=10, checkpoint_every=20, loss_fn=torch.nn.functional.cross_entropy)
 trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=4, logger=False, callbacks=[cb],
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                     default_root_dir=sys.argv[2])
@@ -72,7 +72,7 @@ class DS(torch.utils.data.Dataset):
 args = TrainingArguments(output_dir=sys.argv[1], max_steps=40, per_device_train_batch_size=16, gradient_accumulation_steps=2,
                          learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", eval_strategy="steps",
                          eval_steps=10, logging_steps=10, disable_tqdm=True)
-cb = OptDoctor(every=2, detail_every=10, checkpoint_every=10)
+cb = OptDoctor(every=2, detail_every=10, checkpoint_every=10, model_loss=True)
 trainer = Trainer(model=model, args=args, train_dataset=DS(ids[:192], labels[:192]), eval_dataset=DS(ids[192:], labels[192:]),
                   callbacks=[cb])
 trainer.train()
@@ -104,6 +104,9 @@ def test_lightning_ddp_two_processes(tmp_path):
     d = json.loads(out_json.read_text())
     assert d["findings"][0]["cause"] == "vanishing_gradients"
     assert d["probes"]["baseline"]["steps"] > 0
+    # loss_fn given: the kept (x, y) batches give the Hessian at the end, and the curvature rules run
+    assert d["symptoms"]["hess.lambda_max"] > 0
+    assert all("hess." not in r.get("reason", "") for r in d["rules"]), [r for r in d["rules"] if "hess." in r.get("reason", "")]
 
 
 @pytest.mark.slow
@@ -117,3 +120,4 @@ def test_huggingface_trainer(tmp_path):
     assert "STEPS 40 " in both and "VAL 4" in both, both[-2000:]
     d = json.loads((tmp_path / "optdoctor.json").read_text())
     assert "findings" in d and d["probes"]["baseline"]["steps"] == 40
+    assert d["symptoms"]["hess.lambda_max"] > 0  # model_loss=True: the model's own loss on a kept batch

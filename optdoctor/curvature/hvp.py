@@ -61,6 +61,22 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+@contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """Attention (``F.scaled_dot_product_attention``: Hugging Face models, ``nn.MultiheadAttention``)
+    through its math kernel inside the block: the fused CPU/GPU kernels have no double backward,
+    which a Hessian-vector product needs ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented")."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: the old context manager
+        with torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False):
+            yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
 def split_batch(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
@@ -167,7 +183,7 @@ def hvp_operator(
         out = torch.func.functional_call(model, {**constants, **params}, args, kwargs)
         return loss_fn(out, targets)
 
-    with eval_mode(model):
+    with eval_mode(model), twice_differentiable():
         loss = forward(leaves)
     loss_value = float(loss.detach())
     names = list(leaves)
@@ -208,7 +224,7 @@ def hvp_operator(
         def flat_grad_of(*ps: torch.Tensor) -> torch.Tensor:
             return torch.cat([g.reshape(-1).to(work_dtype) for g in grad_of(*ps)])
 
-        with eval_mode(model):
+        with eval_mode(model), twice_differentiable():
             _, vjp_fn = torch.func.vjp(flat_grad_of, *primals)  # H symmetric: vjp = H v
 
         def product(v: torch.Tensor) -> torch.Tensor:

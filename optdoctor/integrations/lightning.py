@@ -28,7 +28,10 @@ from optdoctor.integrations import finish
 class OptDoctor(Callback):
     """Args: ``json_path`` (default ``<trainer.default_root_dir>/optdoctor.json``),
     ``val_loss``/``val_acc`` (keys of ``trainer.callback_metrics``), ``follow_up`` (run the
-    counterfactual probes at the end; needs ``loss_fn``), and any ``Monitor`` keyword argument."""
+    counterfactual probes at the end; needs ``loss_fn``), and any ``Monitor`` keyword argument.
+    With ``loss_fn`` (``loss_fn(pl_module(x), y)``: the loss your ``training_step`` computes)
+    and ``(x, y)`` batches, the last ``keep_batches`` batches are kept: the Hessian's spectrum is
+    measured at the end (the curvature rules are then evaluated) and ``follow_up`` has data."""
 
     def __init__(self, json_path: str | Path | None = None, val_loss: str = "val_loss", val_acc: str = "val_acc",
                  follow_up: bool = False, **monitor_kw: Any) -> None:
@@ -53,7 +56,10 @@ class OptDoctor(Callback):
             return
         self._stepped = False
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self.monitor.step(loss)
+        # with a loss_fn, an (inputs, target) batch is kept for the Hessian at the end and the
+        # follow-up probes (loss_fn(pl_module(inputs), target), as the Monitor calls it)
+        keep = self.monitor.loss_fn is not None and isinstance(batch, (tuple, list)) and len(batch) == 2
+        self.monitor.step(loss, batch=tuple(batch) if keep else None)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.monitor is None or trainer.sanity_checking:
