@@ -198,7 +198,10 @@ class Monitor:
         tensorboard: folder for a live TensorBoard run (written at each checkpoint, rank 0 only).
         loss_fn: ``loss_fn(output, target) -> scalar``; with kept batches it enables
             ``diagnose(follow_up=True)``.
-        keep_batches: how many of the most recent ``step(loss, batch=...)`` batches are kept.
+        keep_batches: how many batches passed to ``step(loss, batch=...)`` are kept (copied):
+            the first ones, then one every ``keep_every`` steps, the most recent kept last.
+        keep_every: steps between kept batches once ``keep_batches`` are held (default
+            ``every``): a copy per step would cost a long job one batch copy every step.
         follow_up_steps: steps of each follow-up probe.
         lr_factors: learning-rate multiples of the follow-up variant probes.
         chance_loss: loss of the best constant predictor, if known (e.g. log(K) for K balanced
@@ -223,6 +226,7 @@ class Monitor:
     def __init__(self, model: nn.Module, optimizer: Any, *, every: int = 20, detail_every: int = 100,
                  checkpoint_every: int = 100,
                  tensorboard: str | Path | None = None, loss_fn: Callable | None = None, keep_batches: int = 8,
+                 keep_every: int | None = None,
                  follow_up_steps: int = 50, lr_factors: Sequence[float] = (0.1, 10.0),
                  chance_loss: float | None = None, grads: str = "optimizer", name: str = "monitor",
                  rules: Sequence[Any] | None = None, curvature: bool = True, hessian: Any = None,
@@ -257,6 +261,9 @@ class Monitor:
         self.stopped_at: int | None = None
         self.diagnosis = None
         self._kept: deque = deque(maxlen=keep_batches)
+        self.keep_every = every if keep_every is None else keep_every
+        if self.keep_every < 1:
+            raise ValueError("keep_every must be >= 1")
         self._pending: list[tuple] = []  # (step, detached loss, a number or None, lr as the group holds it) not yet checked
         self._initial: float | None = None
         self._val_losses: list[float] = []  # training losses since the previous validate()
@@ -451,7 +458,7 @@ class Monitor:
         i = self.step_count
         # kept as is (a detached loss tensor, the group's lr): converted at the next checkpoint
         self._pending.append((i, None if loss is None else _as_float(loss), self.optimizer.param_groups[0]["lr"]))
-        if batch is not None and self._kept.maxlen:
+        if batch is not None and self._kept.maxlen and (len(self._kept) < self._kept.maxlen or i % self.keep_every == 0):
             self._kept.append(_detached(batch))
         self.step_count = i + 1
         if self.instruments is not None:

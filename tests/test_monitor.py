@@ -530,3 +530,34 @@ def test_follow_up_runs_the_standardized_pair_unscaled_inputs_ask_for():
     od204 = next(o for o in diag.outcomes if o.rule == "OD204")
     assert od204.status != "not_evaluated", od204.reason
     mon.close()
+
+
+def test_batches_are_copied_only_until_the_buffer_is_full_then_every_keep_every_steps(monkeypatch):
+    """A batch is copied on the first keep_batches steps and then on every keep_every-th step; the
+    buffer holds the most recent copies, and the run's own tensors are never kept."""
+    import optdoctor.monitor as monitor_module
+
+    copies = []
+    real = monitor_module._detached
+    def copy(b):
+        if isinstance(b, tuple):  # the batch itself (its tensors are copied by the same function)
+            copies.append(int(b[0][0, 0]))
+        return real(b)
+
+    monkeypatch.setattr(monitor_module, "_detached", copy)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = optdoctor.Monitor(model, opt, every=5, keep_batches=3)
+    for step in range(21):
+        x = torch.full((4, 3), float(step))
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss, batch=(x, torch.zeros(4)))
+    assert copies == [0, 1, 2, 5, 10, 15, 20]
+    assert [int(X[0, 0]) for X, _ in mon._kept] == [10, 15, 20]
+    assert all(X.data_ptr() != x.data_ptr() for X, _ in mon._kept)
+    mon.close()
+    with pytest.raises(ValueError, match="keep_every"):
+        optdoctor.Monitor(model, opt, keep_every=0)
