@@ -90,7 +90,7 @@ def _reinit(model: nn.Module, scheme: str, what: str) -> None:
 
     if reinit(model, scheme) == 0:
         raise ProbeError(f"probe.reinit: {scheme}: {what} built a model with no Linear, convolution, recurrent or "
-                         "normalisation layer to re-initialise", hint="remove probe.reinit and initialise the model in its factory")
+                         "normalisation layer to re-initialise", hint="a config without probe.reinit (initialise this model in its factory)")
 
 
 def check_model_fits(factory: Callable, args: dict, device: torch.device) -> None:
