@@ -35,7 +35,8 @@ def _standardize(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, 
 
 def table(name: str = "wine", scale: str = "standard", n_train: int | None = None, random_labels: bool = False,
           image: bool = False, scale_target: bool = True, offset: float = 0.0, spread: float = 0.0,
-          multiply: float = 1.0, label_noise: float = 0.0, seed: int = 0):
+          multiply: float = 1.0, label_noise: float = 0.0, pair_rho: float = 0.0, decorrelate: bool = False,
+          dup_noise: float | None = None, big_feature: float = 1.0, big_index: int = 0, seed: int = 0):
     """One of scikit-learn's bundled datasets, split 70/30 (stratified for classes).
 
     scale: "standard" (z-score), "raw" (as shipped: breast_cancer spans 1e-3..4e3), "unit" (/ max).
@@ -47,6 +48,18 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
         features' units span ``spread`` decades (mixed units: grams next to kilometres).
     multiply: every feature times this (e.g. 16 turns digits' 0..16 into 0..256 pixel values).
     label_noise: this fraction of the training labels replaced by random ones (validation clean).
+    big_feature: feature ``big_index`` (after scaling) times this: one feature in other units
+        (a timestamp in milliseconds next to standardised features).
+    pair_rho: each feature x_j becomes a pair of near-duplicate features
+        (s z_j + t x_j, s z_j - t x_j), z_j ~ N(0, 1) a nuisance shared by the pair, s^2 + t^2 = 1,
+        correlation s^2 - t^2 = pair_rho: each feature keeps variance ~1 but the signal lies in the
+        pair's difference, a direction of variance 1 - pair_rho (collinear inputs, Hessian
+        condition number ~ 1 / (1 - pair_rho)). The first half of the columns are the pairs'
+        first members (for images: channel 0), the second half the second members (channel 1).
+    decorrelate: with pair_rho, each pair replaced by its sum and difference, each standardised
+        with the training split's statistics (a whitening of the pairs; the one-change fix).
+    dup_noise: each feature gets a near-duplicate x_j + dup_noise e_j, the signal
+        along the pair's large-variance direction (collinear but harmless: a healthy near miss).
     """
     from sklearn.model_selection import train_test_split
 
@@ -68,6 +81,16 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
         f = 10 ** (spread * (torch.arange(Xtr.shape[1]) / max(Xtr.shape[1] - 1, 1) - 0.5))
         Xtr, Xva = Xtr * f, Xva * f
     Xtr, Xva = Xtr * multiply, Xva * multiply
+    if big_feature != 1.0:
+        Xtr, Xva = Xtr.clone(), Xva.clone()
+        Xtr[:, big_index] *= big_feature
+        Xva[:, big_index] *= big_feature
+    if pair_rho or decorrelate:
+        Xtr, Xva = _pairs(Xtr, Xva, pair_rho, decorrelate, seed)
+    if dup_noise is not None:
+        g = torch.Generator().manual_seed(seed + 3)
+        Xtr = torch.cat([Xtr, Xtr + dup_noise * torch.randn(Xtr.shape, generator=g)], 1)
+        Xva = torch.cat([Xva, Xva + dup_noise * torch.randn(Xva.shape, generator=g)], 1)
     if regression:
         ytr = torch.tensor(ytr, dtype=torch.float32).unsqueeze(1)
         yva = torch.tensor(yva, dtype=torch.float32).unsqueeze(1)
@@ -85,15 +108,38 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
         g = torch.Generator().manual_seed(seed + 2)
         flip = torch.rand(ytr.shape, generator=g) < label_noise
         ytr = torch.where(flip, torch.randint(int(ytr.max()) + 1, ytr.shape, generator=g), ytr)
-    if image:
-        Xtr, Xva = Xtr.reshape(-1, 1, 8, 8), Xva.reshape(-1, 1, 8, 8)
+    if image:  # 64 pixels per channel (two channels for pairs / near-duplicates)
+        Xtr, Xva = Xtr.reshape(len(Xtr), -1, 8, 8), Xva.reshape(len(Xva), -1, 8, 8)
     return (Xtr, ytr), (Xva, yva)
 
 
-def digits_rows(scale: str = "unit", n_train: int | None = None, seed: int = 0):
-    """Digits as sequences: 8 time steps (rows) of 8 pixels, for RNNs and transformers."""
-    (Xtr, ytr), (Xva, yva) = table("digits", scale=scale, n_train=n_train, seed=seed)
-    return (Xtr.reshape(-1, 8, 8), ytr), (Xva.reshape(-1, 8, 8), yva)
+def _pairs(Xtr: torch.Tensor, Xva: torch.Tensor, rho: float, decorrelate: bool, seed: int):
+    """table(pair_rho=...): near-duplicate pairs sharing a nuisance; decorrelate: their sum and difference."""
+    g = torch.Generator().manual_seed(seed + 4)
+    s, t = math.sqrt((1 + rho) / 2), math.sqrt((1 - rho) / 2)
+    out = []
+    for X in (Xtr, Xva):
+        z = torch.randn(X.shape, generator=g)
+        out.append((s * z + t * X, s * z - t * X))
+    if decorrelate:
+        out = [((a + b) / 2, (a - b) / 2) for a, b in out]
+        (ta, tb), (va, vb) = out
+        ta, va = _standardize(ta, va)
+        tb, vb = _standardize(tb, vb)
+        out = [(ta, tb), (va, vb)]
+    return torch.cat(out[0], 1), torch.cat(out[1], 1)
+
+
+def digits_rows(scale: str = "unit", n_train: int | None = None, seed: int = 0, **table_args):
+    """Digits as sequences: 8 time steps (rows) of 8 pixels, for RNNs and transformers.
+    table_args (spread, pair_rho, decorrelate, ...) go to ``table``; with pairs each step holds
+    the row's 8 first members, then its 8 second members (16 features)."""
+    (Xtr, ytr), (Xva, yva) = table("digits", scale=scale, n_train=n_train, seed=seed, **table_args)
+
+    def rows(X):
+        return torch.cat([c.reshape(len(X), 8, 8) for c in X.split(64, 1)], 2)
+
+    return (rows(Xtr), ytr), (rows(Xva), yva)
 
 
 # --- data: synthetic tasks with known structure ---------------------------------------------
@@ -104,17 +150,20 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def teacher(n_features: int = 10, hidden: int = 16, n_train: int = 512, n_val: int = 256, noise: float = 0.05,
-            spread: float = 0.0, seed: int = 0):
+            spread: float = 0.0, target_scale: float = 1.0, target_offset: float = 0.0, seed: int = 0):
     """y = v . tanh(W x), a random one-hidden-layer teacher; targets standardised.
 
     spread: the inputs the model sees are x_j * 10 ** (spread * (j / (d - 1) - 1/2)) (features in
-    mixed units); the target is computed from the unscaled x, so only the units change."""
+    mixed units); the target is computed from the unscaled x, so only the units change.
+    target_scale, target_offset: the target in other units, y * target_scale + target_offset
+    (e.g. a price in cents around 500: unscaled regression targets)."""
     g = _gen(seed)
     W = torch.randn(hidden, n_features, generator=g) / math.sqrt(n_features)
     v = torch.randn(hidden, 1, generator=g) / math.sqrt(hidden)
     X = torch.randn(n_train + n_val, n_features, generator=g)
     y = torch.tanh(X @ W.T * 2) @ v
     y = (y - y.mean()) / y.std() + noise * torch.randn(y.shape, generator=g)
+    y = y * target_scale + target_offset
     if spread:
         X = X * 10 ** (spread * (torch.arange(n_features) / max(n_features - 1, 1) - 0.5))
     return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
@@ -214,6 +263,20 @@ def sine(frequency: float = 3.0, n_train: int = 256, n_val: int = 128, damped: b
     return split(n_train), split(n_val)
 
 
+def bumps(centers: tuple = (2.0, -2.0), heights: tuple = (1.0, 0.3), width: float = 0.5, x_max: float = 4.0,
+          n_train: int = 256, n_val: int = 128, seed: int = 0):
+    """y = sum_k heights_k exp(-(x - centers_k)^2 / (2 width^2)), x ~ U(-x_max, x_max): a tall bump
+    and a small decoy bump (a one-dimensional regression with two basins for a bump model)."""
+    g = _gen(seed)
+
+    def split(n):
+        x = (torch.rand(n, 1, generator=g) * 2 - 1) * x_max
+        y = sum(h * torch.exp(-(x - c) ** 2 / (2 * width ** 2)) for c, h in zip(centers, heights))
+        return x, y
+
+    return split(n_train), split(n_val)
+
+
 def line(slope: float = 2.0, n_train: int = 256, n_val: int = 128, seed: int = 0):
     """y = slope * x + small noise, x ~ N(0, 1): one input, one output."""
     g = _gen(seed)
@@ -224,7 +287,8 @@ def line(slope: float = 2.0, n_train: int = 256, n_val: int = 128, seed: int = 0
 
 # --- models ---------------------------------------------------------------------------------
 
-ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
+ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU,
+        "identity": nn.Identity}
 
 
 TORCH_INITS = {
@@ -239,7 +303,8 @@ def _init_(model: nn.Module, init: str, std: float, gain: float, bias: float | N
     """Re-initialise every Linear/Conv weight (all but the last layer when skip_last).
 
     init: default (PyTorch's), zero, constant (= std), normal (N(weight_mean, std^2)),
-    uniform (U(-std, std)), orthogonal (x gain), xavier (x gain), kaiming; also torch.nn.init's
+    uniform (U(-std, std)), orthogonal (x gain), xavier (x gain), kaiming, kaiming_gain (Kaiming
+    x gain); also torch.nn.init's
     names xavier_normal/xavier_uniform (gain 1) and kaiming_normal/kaiming_uniform (ReLU), which
     no case uses: they let a remedy that sets them run (remedy_check.py).
     """
@@ -262,6 +327,9 @@ def _init_(model: nn.Module, init: str, std: float, gain: float, bias: float | N
             nn.init.xavier_normal_(w, gain)
         elif init == "kaiming":
             nn.init.kaiming_normal_(w, nonlinearity="relu")
+        elif init == "kaiming_gain":  # Kaiming (ReLU) times gain
+            nn.init.kaiming_normal_(w, nonlinearity="relu")
+            w.data.mul_(gain)
         elif init in TORCH_INITS:  # PyTorch's own names, as a remedy's patch writes them (gain 1 / ReLU's)
             TORCH_INITS[init](w)
         elif init != "default":
@@ -349,11 +417,11 @@ def resnet(in_dim: int, out_dim: int, width: int = 64, blocks: int = 3, act: str
 
 def cnn(out_dim: int = 10, channels: tuple = (8, 16), batchnorm: bool = False, act: str = "relu",
         init: str = "default", std: float = 0.01, gain: float = 1.0, bias: float | None = None,
-        weight_mean: float = 0.0, size: int = 8, bn_bias: float | None = None) -> nn.Module:
+        weight_mean: float = 0.0, size: int = 8, bn_bias: float | None = None, in_channels: int = 1) -> nn.Module:
     """Conv(3x3, pad 1) [+BatchNorm] + act per entry of ``channels``, a 2x2 max-pool after the
-    second, average pooling to 4x4, Linear head. Input (N, 1, size, size)."""
+    second, average pooling to 4x4, Linear head. Input (N, in_channels, size, size)."""
     layers: list[nn.Module] = []
-    c = 1
+    c = in_channels
     for i, ch in enumerate(channels):
         layers.append(nn.Conv2d(c, ch, 3, padding=1))
         if batchnorm:
@@ -368,7 +436,8 @@ def cnn(out_dim: int = 10, channels: tuple = (8, 16), batchnorm: bool = False, a
 
 
 class _Recurrent(nn.Module):
-    def __init__(self, kind, in_dim, hidden, out_dim, nonlinearity, recurrent_gain):
+    def __init__(self, kind, in_dim, hidden, out_dim, nonlinearity, recurrent_gain, init="default", std=0.01,
+                 gate_bias=None):
         super().__init__()
         cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind]
         kw = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
@@ -379,6 +448,16 @@ class _Recurrent(nn.Module):
                 if name.startswith("weight_hh"):
                     for chunk in p.data.split(hidden):
                         nn.init.orthogonal_(chunk, recurrent_gain)
+        if init == "uniform":  # every input and recurrent weight U(-std, std)
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("weight"):
+                    nn.init.uniform_(p, -std, std)
+        elif init != "default":
+            raise ValueError(f"unknown recurrent init {init!r}")
+        if gate_bias is not None:  # the second gate block: LSTM's forget gate, GRU's update gate
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("bias"):
+                    p.data[hidden:2 * hidden] = gate_bias if name.startswith("bias_ih") else 0.0
 
     def forward(self, x):
         out, _ = self.rnn(x)
@@ -386,9 +465,13 @@ class _Recurrent(nn.Module):
 
 
 def recurrent(in_dim: int, out_dim: int, kind: str = "lstm", hidden: int = 32, nonlinearity: str = "tanh",
-              recurrent_gain: float | None = None) -> nn.Module:
-    """nn.RNN / nn.GRU / nn.LSTM over (N, T, in_dim); a Linear head on the last step's state."""
-    return _Recurrent(kind, in_dim, hidden, out_dim, nonlinearity, recurrent_gain)
+              recurrent_gain: float | None = None, init: str = "default", std: float = 0.01,
+              gate_bias: float | None = None) -> nn.Module:
+    """nn.RNN / nn.GRU / nn.LSTM over (N, T, in_dim); a Linear head on the last step's state.
+    init: "default" (PyTorch's) or "uniform" (every recurrent-layer weight U(-std, std)).
+    gate_bias: the input bias of the second gate (LSTM: forget gate; GRU: update gate), its
+    hidden bias 0: -6 closes an LSTM's forget gate (nothing carried) and makes a GRU a plain RNN."""
+    return _Recurrent(kind, in_dim, hidden, out_dim, nonlinearity, recurrent_gain, init, std, gate_bias)
 
 
 class _Transformer(nn.Module):
@@ -408,9 +491,20 @@ class _Transformer(nn.Module):
 
 
 def transformer(in_dim: int, out_dim: int, d_model: int = 32, heads: int = 4, layers: int = 2,
-                max_len: int = 64) -> nn.Module:
-    """Pre-LN transformer encoder (LayerNorm, GELU), mean-pooled, Linear head; input (N, T, in_dim)."""
-    return _Transformer(in_dim, out_dim, d_model, heads, layers, max_len)
+                max_len: int = 64, init_std: float | None = None) -> nn.Module:
+    """Pre-LN transformer encoder (LayerNorm, GELU), mean-pooled, Linear head; input (N, T, in_dim).
+    init_std: every weight matrix (embedding, attention, feed-forward, head; not the positions)
+    drawn from N(0, init_std^2), the Linear biases zero (GPT-2 style at 0.02)."""
+    net = _Transformer(in_dim, out_dim, d_model, heads, layers, max_len)
+    if init_std is not None:
+        for name, p in net.named_parameters():
+            if name == "pos" or "norm" in name:
+                continue
+            if p.dim() >= 2:
+                nn.init.normal_(p, 0.0, init_std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+    return net
 
 
 class _TwoWeight(nn.Module):
@@ -442,6 +536,39 @@ def frequency_model(frequency: float = 4.8) -> nn.Module:
     """y = amplitude sin(frequency x), starting from the given frequency (the loss in the
     frequency has a basin per frequency that correlates with the target)."""
     return _Frequency(frequency)
+
+
+class _CubicSlope(nn.Module):
+    def __init__(self, init):
+        super().__init__()
+        self.theta = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x):
+        return (self.theta ** 3 - 3 * self.theta) * x
+
+
+def cubic_slope(init: float = 1.5) -> nn.Module:
+    """y = (theta^3 - 3 theta) x: a slope reached through a cubic. For a target slope below -2 the
+    loss in theta has a local minimum at theta = 1 (slope -2) and the global one below theta = -2,
+    with a barrier at theta = -1 (slope +2)."""
+    return _CubicSlope(init)
+
+
+class _Bump(nn.Module):
+    def __init__(self, center, width):
+        super().__init__()
+        self.center = nn.Parameter(torch.tensor(float(center)))
+        self.height = nn.Parameter(torch.tensor(1.0))
+        self.offset = nn.Parameter(torch.tensor(0.0))
+        self.width = width
+
+    def forward(self, x):
+        return self.height * torch.exp(-(x - self.center) ** 2 / (2 * self.width ** 2)) + self.offset
+
+
+def bump(center: float = -1.5, width: float = 0.5) -> nn.Module:
+    """y = height exp(-(x - center)^2 / (2 width^2)) + offset, learnable center, height and offset."""
+    return _Bump(center, width)
 
 
 # --- losses ---------------------------------------------------------------------------------

@@ -241,7 +241,8 @@ def tables(results: list[dict], title: str) -> str:
 
 def by_batch(results: list[dict]) -> str:
     """Headline figures per batch of mechanism families (grid.SPLIT_SEEDS): batch 2's families
-    were added after batch 1's test split had been looked at, and split among themselves."""
+    were added after batch 1's test split had been looked at, batch 3's after both, each batch
+    split among its own families."""
     lines = []
     for b in sorted({r.get("batch", 1) for r in results}):
         rs = [r for r in results if r.get("batch", 1) == b]
@@ -271,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__.splitlines()[0])
     ap.add_argument("--split", choices=["dev", "test", "all"], default="dev")
     ap.add_argument("--filter", action="append", default=[], help="only cases whose id contains this (repeatable: any)")
-    ap.add_argument("--batch", type=int, choices=[1, 2], default=None,
-                    help="only this batch of mechanism families (default: both; see grid.SPLIT_SEEDS)")
+    ap.add_argument("--batch", type=int, choices=[1, 2, 3], default=None,
+                    help="only this batch of mechanism families (default: all; see grid.SPLIT_SEEDS)")
     ap.add_argument("--subset", choices=["fast"], default=None, help="the small fast subset the test suite runs")
     ap.add_argument("--jobs", type=int, default=1, help="cases diagnosed at once (subprocesses)")
     ap.add_argument("--mode", choices=["inprocess", "subprocess"], default="inprocess")
