@@ -163,6 +163,25 @@ def test_reinit_is_checkable_and_reaches_the_plain_loop():
     assert out["probe"]["reinit"] == "xavier_normal"
 
 
+def test_plain_loop_standardizes_targets_by_the_train_statistics():
+    """probe.standardize_targets in the plain loop: the fault's targets (x100 + 500) become the
+    fix's (unit scale), so the plain run of the remedy equals training on the fix's data up to
+    the standardisation's rounding."""
+    from benchmarks.faults import verify as plain
+
+    cfg = {"data": {"factory": "../factories.py:teacher", "args": {"target_scale": 100.0, "target_offset": 500.0},
+                    "batch_size": 64},
+           "model": {"factory": "../factories.py:mlp", "args": {"in_dim": 10, "out_dim": 1}},
+           "loss": "mse", "optimizer": {"name": "adam", "lr": 0.001}, "schedule": None, "probe": {"steps": 60}}
+    out = remedy_check.plain_config(cfg, {"probe.standardize_targets": True}, {}, 120)
+    assert out["probe"]["standardize_targets"] is True
+    fixed = plain.train(out, 0, 120)
+    raw = plain.train(cfg, 0, 120)
+    unit = plain.train({**cfg, "data": {**cfg["data"], "args": {}}}, 0, 120)
+    assert fixed["l_ref"] == pytest.approx(1.0, rel=0.02) and raw["l_ref"] > 1e3  # the loss's units moved
+    assert fixed["q_val"] == pytest.approx(unit["q_val"], abs=0.02) and fixed["q_val"] > raw["q_val"] + 0.3
+
+
 def test_the_range_tests_suggestion_sets_the_rate_and_scales_the_schedules_own_rates():
     patch = {"optimizer.lr": "$lr.range_suggested"}
     out = remedy_check.plain_config(CFG, patch, {"lr.range_suggested": 0.05}, 300)

@@ -1321,6 +1321,35 @@ def test_weight_init_gain_equals_hand_computation_and_knows_standard_inits():
         assert float(weight_init_gain([("x", big)])[0]) == pytest.approx(gain, rel=0.05)
 
 
+def test_weight_recurrent_gain_equals_hand_computation_on_rnn_gru_lstm():
+    """rms(W_hh) * sqrt(hidden), by hand, for every recurrent kind and depth; NaN for the
+    input-to-hidden matrices and for every other layer; PyTorch's default reads 1/sqrt(3)."""
+    from optdoctor.probes.instruments import parametrised_layers
+    from optdoctor.probes.instruments.weight_symmetry import weight_recurrent_gain
+
+    torch.manual_seed(0)
+    for cls, kw in [(nn.RNN, {}), (nn.GRU, {"num_layers": 2}), (nn.LSTM, {}), (nn.LSTM, {"proj_size": 16})]:
+        net = nn.Sequential(cls(8, 256, batch_first=True, **kw), nn.Linear(256, 3))
+        layers = parametrised_layers(net)
+        got = weight_recurrent_gain(layers).numpy()
+        assert len(got) == len(layers)
+        for (name, m), g in zip(layers, got):
+            if ".weight_hh" in name:
+                w = m.weight.detach().double()
+                rms = (sum(v * v for v in w.flatten().tolist()) / w.numel()) ** 0.5
+                assert g == pytest.approx(rms * w.shape[1] ** 0.5, rel=1e-5)
+                if "proj_size" not in kw:  # U(-1/sqrt(H), 1/sqrt(H)) over H inputs
+                    assert g == pytest.approx(1 / 3 ** 0.5, rel=0.05)
+            else:
+                assert np.isnan(g), name
+    gru = nn.GRU(4, 64)
+    for name, p in gru.named_parameters():
+        if name.startswith("weight"):
+            nn.init.uniform_(p, -1e-3, 1e-3)
+    (g,) = [v for v in weight_recurrent_gain(parametrised_layers(gru)).tolist() if v == v]
+    assert g == pytest.approx(1e-3 / 3 ** 0.5 * 64 ** 0.5, rel=0.05)
+
+
 # --------------------------------------------------------------------------- schedules: next due step
 @pytest.mark.parametrize("schedule", [Every(1), Every(7), Every(20), At([0]), At([3, 50, 51]), At([])],
                          ids=["every1", "every7", "every20", "at0", "at3-50-51", "never"])

@@ -413,8 +413,11 @@ def rich_probeset() -> ProbeSet:
     lrs = np.logspace(-5, 0, 50)
     lr_range = trace({"lr": lrs, "loss.train": 2.0 - 1.5 * np.exp(-((np.log10(lrs) + 2) ** 2))}, probe="lr_range", lr=0.1)
     others = [lr_trace(0.1, 1.9, dead=0.2), lr_trace(10.0, 0.5), final_at("continued", 0.9), final_at("perturbed", 0.5),
-              final_at("reseed_1", 0.8), final_at("standardized", 0.7), lr_range]
-    return probes(base, *others, data_stats={"feature_scale_spread": 10.0, "feature_mean_over_std": 2.0})
+              final_at("reseed_1", 0.8), final_at("standardized", 0.7), final_at("target_standardized", 0.7), lr_range]
+    others[-2].meta["chance_loss"] = 1.0  # standardised targets: their own chance loss
+    base.series["weight.recurrent_gain"] = (np.array([0]), np.array([[np.nan, 0.58, np.nan, np.nan]]))
+    return probes(base, *others, data_stats={"feature_scale_spread": 10.0, "feature_mean_over_std": 2.0,
+                                             "target_scale": 3.0, "target_mean_over_std": 1.0})
 
 
 def test_every_produced_name_is_declared_with_a_meaning():
@@ -507,12 +510,14 @@ def test_time_ratio_is_first_over_last_position_early_on():
     assert s["grad.time_ratio"] == pytest.approx((8.0 * 27.0 * 8.0) ** (1 / 3))  # the first 3 measurements only
     shrinking = extract(probes(trace({"grad.position": (np.array([0]), np.array([[1e-9, 1e-3, 1.0]]))})))
     assert shrinking["grad.time_ratio"] == pytest.approx(1e-9)
+    assert s["grad.time_factor"] == pytest.approx(((8.0 * 27.0 * 8.0) ** (1 / 3)) ** (1 / 3))  # per position: 3 steps apart
+    assert shrinking["grad.time_factor"] == pytest.approx(1e-9 ** 0.5)
 
 
 def test_time_symptoms_absent_without_a_sequence_and_a_dead_first_position_is_no_ratio():
     assert only(extract(probes(trace({"loss.train": flat(1.0)}))), "grad") == {}
     s = extract(probes(trace({"grad.position": (np.array([0]), np.array([[0.0, 1.0]]))})))
-    assert "grad.time_ratio" not in s and s["grad.time_steps"] == 2
+    assert "grad.time_ratio" not in s and "grad.time_factor" not in s and s["grad.time_steps"] == 2
 
 
 def test_standardize_gain_is_relative_to_the_baselines_final_loss():
@@ -545,6 +550,16 @@ def test_init_gain_is_the_hidden_layers_median_and_needs_two_of_them():
     assert init_gain(ps([0.01, 0.02, np.nan, 0.5, 9.0]))["weight.init_gain"] == pytest.approx(0.02)  # median of 0.01, 0.02, 0.5
     assert init_gain(ps([0.01, np.nan, 9.0])) == {}  # one hidden layer: no trend to speak of
     assert init_gain(ps([np.nan, np.nan])) == {}
+
+    def rec(row, rrow):
+        out = ps(row)
+        out.baseline.series["weight.recurrent_gain"] = (np.array([0]), np.array([rrow]))
+        return out
+
+    # one recurrent matrix is enough (the state crosses it once per position); the head still left out
+    assert init_gain(rec([np.nan, np.nan, 0.9], [np.nan, 0.003, np.nan]))["weight.init_gain"] == pytest.approx(0.003)
+    assert init_gain(rec([np.nan, 0.6, np.nan, 9.0], [np.nan, np.nan, 0.58, np.nan]))["weight.init_gain"] == pytest.approx(0.59)
+    assert init_gain(rec([np.nan, 0.9], [np.nan, np.nan])) == {}
 
 
 def test_step_gain_reads_the_step_taken_not_lr_times_g_squared():

@@ -147,6 +147,9 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
     (Xtr, ytr), (Xva, yva) = _fn(cfg["data"]["factory"])(**cfg["data"]["args"])
     if cfg["probe"].get("standardize_inputs"):  # a remedy's patch (remedy_check.py): per feature, train statistics
         Xtr, Xva = _standardized(Xtr, Xva)
+    if cfg["probe"].get("standardize_targets") and ytr.is_floating_point():  # likewise, per output (the schema's words)
+        mean, std = ytr.mean(0, keepdim=True), ytr.std(0, keepdim=True).clamp_min(1e-12)
+        ytr, yva = (ytr - mean) / std, (yva - mean) / std
     clip = cfg["probe"].get("clip_grad_norm")  # likewise
     classes = not ytr.is_floating_point()
     torch.manual_seed(seed)

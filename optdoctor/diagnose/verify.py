@@ -209,7 +209,7 @@ def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_
     trace.meta["verifies"] = {"rule": rule.id, "remedy": v.remedy}
     v.probe = name
     diag.probes.traces[name] = trace
-    judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), _reference(diag.symptoms))
+    judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), _reference(diag.symptoms, rule.verify))
     step = trace.meta.get("step_seconds")
     if step and base_step:
         v.cost = step / base_step
@@ -237,7 +237,7 @@ def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clo
         except (NotApplicable, OptdoctorError, ValueError, TypeError):
             continue
         after = _after(trace, diag.probes)
-        ref = _reference(diag.symptoms)
+        ref = _reference(diag.symptoms, rule.verify)
         g = gain(v.before, after.get(v.metric, math.nan), ref) if v.before is not None else None
         fixed += bool(g is not None and g >= VERIFY_MIN_GAIN and holds(rule, after) is not True
                       and trains(after.get(v.metric), ref))
@@ -271,7 +271,7 @@ def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -
             if v.applicable and trace is None:
                 v.applicable, v.reason = False, "its verification probe was not saved"
             if v.applicable:
-                judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), _reference(diag.symptoms))
+                judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), _reference(diag.symptoms, rule.verify))
                 base_step = diag.probes.baseline.meta.get("step_seconds") if "baseline" in diag.probes.traces else None
                 if trace.meta.get("step_seconds") and base_step:
                     v.cost = trace.meta["step_seconds"] / base_step
@@ -286,7 +286,13 @@ def _after(trace, probes: ProbeSet) -> dict[str, float]:
     return extract(ProbeSet({"baseline": trace}, dict(trace.meta.get("data_stats", probes.data_stats))))
 
 
-def _reference(symptoms: dict[str, float]) -> float | None:
+def _reference(symptoms: dict[str, float], metric: str = "loss.final") -> float | None:
+    """The loss a remedied run must end below, in the compared metric's units: the lower of the
+    initial and the chance loss (for ``loss.final_over_chance``, the initial loss over chance
+    and 1)."""
+    if metric == "loss.final_over_chance":
+        refs = [symptoms["loss.init_over_chance"]] if "loss.init_over_chance" in symptoms else []
+        return min(refs + [1.0])
     refs = [symptoms[k] for k in ("loss.initial", "loss.chance") if k in symptoms]
     return min(refs) if refs else None
 

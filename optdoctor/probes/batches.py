@@ -439,6 +439,7 @@ class Reader:
         self.pass_target = pass_target
         self.config_error = config_error or (lambda key, msg, suggestion=None: ProbeError(f"{key}: {msg}"))
         self.scale: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _err(self, key: str, msg: str, options=()) -> Exception:
         from optdoctor.config.loader import did_you_mean
@@ -451,6 +452,9 @@ class Reader:
         inputs, target, key = self._split(raw)
         if self.scale is not None:
             inputs = self._standardize(inputs)
+        if self.target_scale is not None and isinstance(target, torch.Tensor) and target.is_floating_point():
+            mean, std = self.target_scale
+            target = (target - mean.to(target.device, target.dtype)) / std.to(target.device, target.dtype)
         if self.pass_target:
             return Inputs(inputs.args, inputs.kwargs, target, key), target
         return inputs, target
@@ -516,6 +520,25 @@ class Reader:
             return
         dims = [0] + ([2, 3] if X.dim() == 4 else list(range(2, X.dim())) if X.dim() > 2 else [])
         self.scale = (X.mean(dim=dims, keepdim=True), X.std(dim=dims, keepdim=True).clamp_min(1e-12))
+
+    # --- probe.standardize_targets: floating (regression) targets, per output
+    def fit_standardize_targets(self, raws: list[Any]) -> bool:
+        """Mean and std per output of floating targets (over the batch dimension; over every
+        dimension but the last for sequences of outputs), from the evaluation sample. False
+        (nothing fitted) when the targets are not all floating tensors of one trailing shape:
+        class ids and the like are left alone."""
+        ys = [self._split(r)[1] for r in raws]
+        if not ys or not all(isinstance(y, torch.Tensor) and y.is_floating_point() and y.dim() >= 1 for y in ys):
+            return False
+        try:
+            Y = torch.cat([y.detach().double() for y in ys])
+        except RuntimeError:
+            return False
+        if len(Y) < 2:
+            return False
+        dims = [0] if Y.dim() <= 2 else list(range(Y.dim() - 1))
+        self.target_scale = (Y.mean(dim=dims, keepdim=True), Y.std(dim=dims, keepdim=True).clamp_min(1e-12))
+        return True
 
     @staticmethod
     def _only_float(inputs: Inputs) -> torch.Tensor | None:

@@ -27,6 +27,7 @@ from optdoctor.probes.runner import (
     run_lr_range,
     run_probe,
     standardized_probe,
+    target_standardized_probe,
 )
 from optdoctor.probes.setup import Setup, fraction_steps
 from optdoctor.trace import ProbeSet
@@ -104,6 +105,10 @@ def run_probes_across_ranks(setup: Setup, progress=None, followups: Callable[...
     base_state = results[base.name][1]
     if followups is not None and not cfg.probe.standardize_inputs and followups(probes, "standardized"):
         spec, std_setup = standardized_probe(setup)
+        for name, (trace, _) in _share([(spec.name, lambda prog: (run_probe(std_setup, spec, prog, stop=stop)[0], None))], progress).items():
+            probes.traces[name] = trace
+    if followups is not None and not cfg.probe.standardize_targets and followups(probes, "target_standardized"):
+        spec, std_setup = target_standardized_probe(setup)
         for name, (trace, _) in _share([(spec.name, lambda prog: (run_probe(std_setup, spec, prog, stop=stop)[0], None))], progress).items():
             probes.traces[name] = trace
     if followups is not None and cfg.probe.variants.perturb and followups(probes, "plateau"):

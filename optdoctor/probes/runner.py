@@ -334,6 +334,8 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
             ctx.meta["step_seconds"] = statistics.median(seconds)
         instruments.detach()
         instruments.finish(trace)
+        if setup.target_stats and "data_stats" in trace.meta:  # the inputs' statistics and the targets' scale
+            trace.meta["data_stats"] = {**trace.meta["data_stats"], **setup.target_stats}
     if trace.status == "interrupted":
         raise ProbeInterrupted(ProbeSet({spec.name: trace}))
     if trace.status == "stopped":
@@ -414,6 +416,18 @@ def standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
     return ProbeSpec(name="standardized", kind="standardized", steps=steps, seed=cfg.seed, full=False), std_setup
 
 
+def target_standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
+    """Does the targets' scale matter? The baseline again, on standardised targets."""
+    from optdoctor.probes.setup import derive
+
+    cfg = setup.cfg
+    cfg_std = cfg.model_copy(deep=True)
+    cfg_std.probe.standardize_targets = True
+    std_setup = derive(setup, setup.loaded.model_copy(update={"config": cfg_std}), {"probe.standardize_targets": True})
+    steps = cfg.probe.variants.steps or cfg.probe.steps
+    return ProbeSpec(name="target_standardized", kind="target_standardized", steps=steps, seed=cfg.seed, full=False), std_setup
+
+
 def run_probes(setup: Setup, progress: Progress | None = None,
                followups: Callable[..., bool] | None = None, budget=None) -> ProbeSet:
     """Baseline, then learning-rate variants; then, when ``followups(probes)`` says the
@@ -468,6 +482,10 @@ def run_probes(setup: Setup, progress: Progress | None = None,
             budget.end(probes.traces["lr_range"])
     if followups is not None and not cfg.probe.standardize_inputs and followups(probes, "standardized"):
         spec, std_setup = standardized_probe(setup)
+        if fits(spec.name, spec):
+            run(spec, std_setup)
+    if followups is not None and not cfg.probe.standardize_targets and followups(probes, "target_standardized"):
+        spec, std_setup = target_standardized_probe(setup)
         if fits(spec.name, spec):
             run(spec, std_setup)
     if followups is not None and cfg.probe.variants.perturb and followups(probes, "plateau"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -40,6 +40,7 @@ class Setup:
     chance_loss: float | None  # loss of the best constant predictor (class prior entropy, var(y))
     n_classes: int | None
     data_factory: Callable | None = None
+    target_stats: dict[str, float] = field(default_factory=dict)  # regression targets' scale (target_stats())
     size_checked: bool = False
     criterion: Criterion | None = None  # (model output as it comes, target) -> loss
 
@@ -203,6 +204,34 @@ def _targets_info(y: Any, loss: str) -> tuple[int | None, int | None, float | No
     return out, None, None
 
 
+# Losses whose targets are classes or probabilities: their targets have no scale to speak of.
+CLASS_LOSSES = ("cross_entropy", "nll", "bce_with_logits", "model")
+
+
+def target_stats(y: Any, loss: str) -> dict[str, float]:
+    """The scale of regression targets, as the loss sees them (standardised when
+    probe.standardize_targets is on), from the same targets as the chance loss:
+    ``target_scale``, the largest root mean square of an output (offset included: a network's
+    outputs start near unit scale, so this is how far the loss's units are from the model's);
+    ``target_mean_over_std``, the largest |mean| / std of an output. Empty for class targets
+    and anything that is not a floating tensor with at least two items."""
+    if loss in CLASS_LOSSES or not isinstance(y, torch.Tensor) or not y.is_floating_point() or y.dim() == 0 or len(y) < 2:
+        return {}
+    yy = y.detach().double()
+    yy = yy.reshape(len(yy), -1) if yy.dim() <= 2 else yy.reshape(-1, yy.shape[-1])
+    ok = torch.isfinite(yy).all(dim=1)
+    yy = yy[ok]
+    if len(yy) < 2:
+        return {}
+    rms = yy.square().mean(dim=0).sqrt()
+    mean, std = yy.mean(dim=0), yy.std(dim=0)
+    out = {"target_scale": float(rms.max())}
+    live = std > 0
+    if live.any():
+        out["target_mean_over_std"] = float((mean[live].abs() / std[live]).max())
+    return out
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -235,7 +264,7 @@ def prepare(loaded: LoadedConfig, data_from: Setup | None = None) -> Setup:
     n_out, n_classes, chance = _targets_info(y, cfg.loss)
     model_args = _fill_shapes(model_factory, cfg.model.args, X, n_out)
     return Setup(loaded, model_factory, model_args, train, val, reader, loss_fn, optimizer_cls, scheduler_cls,
-                 device, chance, n_classes, data_factory)
+                 device, chance, n_classes, data_factory, target_stats=target_stats(y, cfg.loss))
 
 
 def _shape_sample(train: Source, reader: Reader) -> tuple[torch.Tensor | None, Any]:
@@ -282,6 +311,8 @@ def _load_data(data_factory: Callable, loaded: LoadedConfig, device: torch.devic
     reader(train.sample()[0])  # names that do not fit the items: a config error before any probe
     if cfg.probe.standardize_inputs:
         reader.fit_standardize(train.sample())
+    if cfg.probe.standardize_targets and cfg.loss not in CLASS_LOSSES:
+        reader.fit_standardize_targets(train.sample())
     return train, val, reader
 
 
@@ -291,5 +322,6 @@ def fraction_steps(fracs: list[float], steps: int) -> list[int]:
 
 def derive(setup: Setup, patched: LoadedConfig, patch: dict) -> Setup:
     """The setup of a patched config, reusing the data when the patch leaves it alone."""
-    touches_data = any(k.startswith("data") or k in ("probe.standardize_inputs", "loss") for k in patch)
+    touches_data = any(k.startswith("data") or k in ("probe.standardize_inputs", "probe.standardize_targets", "loss")
+                       for k in patch)
     return prepare(patched, data_from=None if touches_data else setup)

@@ -23,19 +23,24 @@ def _nanmax(x: np.ndarray) -> float | None:
 
 
 @produces(
-    ("weight.init_gain", "median over the hidden Linear/Conv layers (the head left out) of rms(W) * sqrt(fan_in) at step 0; every standard init gives ~0.6-1.4", "ratio"),
+    ("weight.init_gain", "median over the hidden Linear/Conv layers (the head left out) and recurrent hidden-to-hidden matrices of rms(W) * sqrt(fan_in) at step 0; every standard init gives ~0.6-1.4", "ratio"),
 )
 def init_gain(p: ProbeSet) -> dict:
     """How far the weights start from a variance-preserving scale. A head is often initialised
-    small on purpose (zero-init classifiers), so it is left out; at least two hidden layers."""
+    small on purpose (zero-init classifiers), so it is left out. Needs a trend to compound: two
+    hidden layers, or one recurrent matrix (which the state crosses once per position)."""
     t = p.baseline
     if not t.has("weight.init_gain"):
         return {}
     g = t.values("weight.init_gain")[0]
     g = g[np.isfinite(g)][:-1]
-    if len(g) < 2:
+    r = np.zeros(0)
+    if t.has("weight.recurrent_gain"):
+        r = t.values("weight.recurrent_gain")[0]
+        r = r[np.isfinite(r)]
+    if len(g) + len(r) < 2 and not len(r):
         return {}
-    return {"weight.init_gain": float(np.median(g))}
+    return {"weight.init_gain": float(np.median(np.concatenate([g, r])))}
 
 
 @produces(

@@ -18,3 +18,17 @@ def data_stats(p: ProbeSet) -> dict:
     if "feature_mean_over_std" in s:
         out["data.feature_mean_over_std"] = s["feature_mean_over_std"]
     return out
+
+
+@produces(
+    ("data.target_scale", "largest root mean square of a regression target's output (offset included); a network's outputs start near unit scale", "ratio"),
+    ("data.target_mean_over_std", "largest |mean| / std of a regression target's output (a target far off zero)", "ratio"),
+)
+def target_stats(p: ProbeSet) -> dict:
+    s = p.data_stats
+    out = {}
+    if "target_scale" in s:
+        out["data.target_scale"] = s["target_scale"]
+    if "target_mean_over_std" in s:
+        out["data.target_mean_over_std"] = s["target_mean_over_std"]
+    return out

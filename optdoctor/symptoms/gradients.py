@@ -112,6 +112,7 @@ TIME_EARLY = 3  # measurements of the per-position gradient that count as "at th
 @produces(
     ("grad.time_ratio", "loss-gradient norm at a sequence input's first position / at its last, geometric mean over the first measurements (>>1: exploding through time, <<1: vanishing through time)", "ratio"),
     ("grad.time_steps", "length of the sequence whose positions the gradient was measured at", "count"),
+    ("grad.time_factor", "per-position factor of grad.time_ratio: its (time_steps - 1)-th root (default-initialised GRU/LSTM ~0.5-0.7, a vanilla tanh RNN ~0.5)", "ratio"),
 )
 def gradient_time(p: ProbeSet) -> dict:
     """Depth in time (Pascanu, Mikolov & Bengio 2013): a recurrent layer is one layer, but its
@@ -128,6 +129,8 @@ def gradient_time(p: ProbeSet) -> dict:
     out = {"grad.time_steps": float(G.shape[1])}
     if np.isfinite(ratio):
         out["grad.time_ratio"] = ratio
+        if ratio > 0:
+            out["grad.time_factor"] = float(ratio ** (1.0 / (G.shape[1] - 1)))
     return out
 
 

@@ -16,6 +16,7 @@ from optdoctor.symptoms.registry import produces
     ("loss.rel_drop", "(initial - final) / initial: how much of the starting loss the probe removed; -inf if it diverged", "fraction"),
     ("loss.progress", "(chance - final) / chance: how much better than predicting a constant the model ends", "fraction"),
     ("loss.init_over_chance", "initial loss / chance loss; ~1 for a sane init, >>1 for overconfident or badly scaled outputs", "ratio"),
+    ("loss.final_over_chance", "final loss / chance loss: the end point in units of predicting a constant, comparable between runs whose targets are scaled differently (inf if the probe diverged)", "ratio"),
     ("loss.late_rel_drop", "drop of the smoothed loss over the second half of the probe, relative to the initial loss", "fraction"),
     ("loss.spike", "largest rise of the loss above its running minimum, relative to the initial loss", "fraction"),
     ("loss.diverged", "1 if the loss became non-finite or exploded (probe stopped), else 0", "flag"),
@@ -43,6 +44,7 @@ def loss_curve(p: ProbeSet) -> dict:
         out["loss.chance"] = chance
         out["loss.progress"] = (chance - final) / chance if np.isfinite(final) else float("-inf")
         out["loss.init_over_chance"] = initial / chance
+        out["loss.final_over_chance"] = final / chance
     s = smooth(v, max(1, len(v) // 20))
     if len(s) >= 4:
         mid = len(s) // 2

@@ -82,6 +82,28 @@ def standardized(p: ProbeSet) -> dict:
 
 
 @produces(
+    ("data.target_standardize_gain", "share of the baseline's remaining loss, both relative to their own chance loss (the loss of predicting the targets' mean), that the same probe on standardised targets removed ((base - std) / base of final / chance; 1 if only the baseline diverged, -1 if the standardised one did): does the targets' scale matter?", "fraction"),
+)
+def target_standardized(p: ProbeSet) -> dict:
+    """Standardising the targets changes the loss's units, so each run's final loss is read
+    against its own chance loss (var(y) for the mean squared error): the share of the way to
+    chance that is left, compared between the two."""
+    t = p.one("target_standardized")
+    if t is None or not p.baseline.has("loss.train"):
+        return {}
+    base, std = final_loss(p.baseline), final_loss(t)
+    if not np.isfinite(std):
+        return {"data.target_standardize_gain": -1.0}
+    if not np.isfinite(base):
+        return {"data.target_standardize_gain": 1.0}
+    c_base, c_std = p.baseline.meta.get("chance_loss"), t.meta.get("chance_loss")
+    if not c_base or not c_std or not (np.isfinite(c_base) and np.isfinite(c_std)):
+        return {}
+    rb, rs = base / c_base, std / c_std
+    return {"data.target_standardize_gain": (rb - rs) / abs(rb) if rb else 0.0}
+
+
+@produces(
     ("plateau.escape", "loss removed by a small random kick at the plateau beyond going on unkicked on the same batches, relative to the plateau loss (a saddle lets the kicked run escape, a minimum pulls it back)", "fraction"),
     ("plateau.reseed_gain", "loss the best of a few freshly seeded probes reached below the baseline's, relative to the baseline's final loss", "fraction"),
 )
