@@ -404,28 +404,26 @@ def plan_variants(setup: Setup) -> list[ProbeSpec]:
             for f in cfg.probe.variants.lr_factors]
 
 
-def standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
-    """Does the inputs' scale spread matter? The baseline again, on standardised inputs."""
+def _standardized_rerun(setup: Setup, setting: str, name: str) -> tuple[ProbeSpec, Setup]:
+    """The baseline again with ``probe.<setting>`` switched on, as a probe of kind ``name``."""
     from optdoctor.probes.setup import derive
 
     cfg = setup.cfg
     cfg_std = cfg.model_copy(deep=True)
-    cfg_std.probe.standardize_inputs = True
-    std_setup = derive(setup, setup.loaded.model_copy(update={"config": cfg_std}), {"probe.standardize_inputs": True})
+    setattr(cfg_std.probe, setting, True)
+    std_setup = derive(setup, setup.loaded.model_copy(update={"config": cfg_std}), {f"probe.{setting}": True})
     steps = cfg.probe.variants.steps or cfg.probe.steps
-    return ProbeSpec(name="standardized", kind="standardized", steps=steps, seed=cfg.seed, full=False), std_setup
+    return ProbeSpec(name=name, kind=name, steps=steps, seed=cfg.seed, full=False), std_setup
+
+
+def standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
+    """Does the inputs' scale spread matter? The baseline again, on standardised inputs."""
+    return _standardized_rerun(setup, "standardize_inputs", "standardized")
 
 
 def target_standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
     """Does the targets' scale matter? The baseline again, on standardised targets."""
-    from optdoctor.probes.setup import derive
-
-    cfg = setup.cfg
-    cfg_std = cfg.model_copy(deep=True)
-    cfg_std.probe.standardize_targets = True
-    std_setup = derive(setup, setup.loaded.model_copy(update={"config": cfg_std}), {"probe.standardize_targets": True})
-    steps = cfg.probe.variants.steps or cfg.probe.steps
-    return ProbeSpec(name="target_standardized", kind="target_standardized", steps=steps, seed=cfg.seed, full=False), std_setup
+    return _standardized_rerun(setup, "standardize_targets", "target_standardized")
 
 
 def run_probes(setup: Setup, progress: Progress | None = None,
