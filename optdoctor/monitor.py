@@ -106,6 +106,8 @@ LOOP_SERIES = (
 )
 # Symptoms only counterfactual probes give (symptoms/variants.py): what follow_up=True decides.
 COUNTERFACTUAL = ("lr.", "plateau.", "data.standardize_gain")
+# ... and those of reruns on transformed data, which only ``optdoctor diagnose`` runs (it owns the data).
+DIAGNOSE_ONLY = ("data.whiten_gain", "data.target_standardize_gain")
 
 
 def monitor_instruments(every: int, detail_every: int, has_acts: bool = True, seed: int = 0,
@@ -952,7 +954,11 @@ def evaluate(probes: ProbeSet, rules=None, selection=None, extra: dict[str, floa
     hint = "counterfactual: monitor.diagnose(follow_up=True) decides it" if not followed_up else "the follow-up probes could not decide it"
     fixed = []
     for o in outcomes:
-        if o.status == "not_evaluated" and any(n.startswith(COUNTERFACTUAL) for n in o.reason.split(": ", 1)[-1].split(", ")):
+        missing = o.reason.split(": ", 1)[-1].split(", ") if o.status == "not_evaluated" else []
+        if any(n.startswith(DIAGNOSE_ONLY) for n in missing):
+            o = RuleOutcome(o.rule, o.name, o.cause, o.status, f"{o.reason} (a rerun on transformed inputs or targets: "
+                                                               "`optdoctor diagnose` on a config decides it)")
+        elif any(n.startswith(COUNTERFACTUAL) for n in missing):
             o = RuleOutcome(o.rule, o.name, o.cause, o.status, f"{o.reason} ({hint})")
         fixed.append(o)
     return Diagnosis(name, name, findings, fixed, snaps[-1][1], probes, "completed")

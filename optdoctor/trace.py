@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 # What a probe is, recorded in ``meta["kind"]``: symptoms select probes by kind, never by name.
-KINDS = ("baseline", "lr_variant", "continued", "perturbed", "reseed", "lr_range", "standardized", "target_standardized", "verify", "seed",
+KINDS = ("baseline", "lr_variant", "continued", "perturbed", "reseed", "lr_range", "standardized", "whitened", "target_standardized", "verify", "seed",
          "monitor")
 
 

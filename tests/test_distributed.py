@@ -47,7 +47,7 @@ def test_torchrun_ddp_matches_single_process(tmp_path):
     assert np.isfinite(acts[3, 0]).sum() == 6  # unit diversity, first measurement
     np.testing.assert_allclose(acts, acts_single, rtol=1e-5, atol=1e-7)
     stats, stats_single = (json.loads((tmp_path / f).read_text()) for f in ("data_stats.json", "data_stats_single.json"))
-    assert stats.keys() == stats_single.keys() == {"feature_scale_spread", "feature_mean_over_std"}
+    assert stats.keys() == stats_single.keys() == {"feature_scale_spread", "feature_mean_over_std", "feature_condition"}
     for k in stats:
         assert stats[k] == pytest.approx(stats_single[k], rel=1e-9)
     a = json.loads((tmp_path / "diagnosis.json").read_text())

@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("sklearn")
@@ -180,6 +182,25 @@ def test_plain_loop_standardizes_targets_by_the_train_statistics():
     unit = plain.train({**cfg, "data": {**cfg["data"], "args": {}}}, 0, 120)
     assert fixed["l_ref"] == pytest.approx(1.0, rel=0.02) and raw["l_ref"] > 1e3  # the loss's units moved
     assert fixed["q_val"] == pytest.approx(unit["q_val"], abs=0.02) and fixed["q_val"] > raw["q_val"] + 0.3
+
+
+def test_plain_loop_whitens_inputs_by_the_train_statistics():
+    """probe.whiten_inputs in the plain loop: inputs mixed from a few factors (the fault) become
+    uncorrelated unit-variance features, which train as well as the factory's own PCA-whitened
+    fix (ZCA and PCA whitening differ by a rotation, to which a linear first layer is blind up to
+    its init), and far better than the fault."""
+    from benchmarks.faults import verify as plain
+
+    cfg = {"data": {"factory": "../factories.py:teacher", "args": {"mix": 5.0}, "batch_size": 64},
+           "model": {"factory": "../factories.py:mlp", "args": {"in_dim": 10, "out_dim": 1}},
+           "loss": "mse", "optimizer": {"name": "adam", "lr": 0.001}, "schedule": None, "probe": {"steps": 150}}
+    out = remedy_check.plain_config(cfg, {"probe.whiten_inputs": True}, {}, 300)
+    assert out["probe"]["whiten_inputs"] is True
+    fixed, raw = plain.train(out, 0, 300), plain.train(cfg, 0, 300)
+    own = plain.train({**cfg, "data": {**cfg["data"], "args": {"mix": 5.0, "whiten": True}}}, 0, 300)
+    assert fixed["q_val"] == pytest.approx(own["q_val"], abs=0.05) and fixed["q_val"] > raw["q_val"] + 0.3
+    Xtr, Xva = plain._whitened(torch.randn(300, 4) @ torch.randn(4, 4), torch.randn(50, 4))
+    np.testing.assert_allclose(np.cov(Xtr.double().numpy().T), np.eye(4), atol=1e-4)
 
 
 def test_the_range_tests_suggestion_sets_the_rate_and_scales_the_schedules_own_rates():

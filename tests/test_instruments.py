@@ -1168,7 +1168,9 @@ def test_data_stats_equal_hand_loop_on_the_first_samples_seen():
     means = [sum(c) / len(c) for c in cols]
     assert got["feature_scale_spread"] == pytest.approx(max(stds) / min(stds), rel=1e-9)
     assert got["feature_mean_over_std"] == pytest.approx(max(abs(m) / s for m, s in zip(means, stds)), rel=1e-9)
-    assert sorted(got) == ["feature_mean_over_std", "feature_scale_spread"]
+    corr = np.corrcoef(np.array(rows).T)  # the correlation matrix's condition number, by numpy
+    assert got["feature_condition"] == pytest.approx(np.linalg.cond(corr), rel=1e-6)
+    assert sorted(got) == ["feature_condition", "feature_mean_over_std", "feature_scale_spread"]
 
 
 def test_data_stats_say_nothing_for_token_ids():

@@ -561,3 +561,26 @@ def test_batches_are_copied_only_until_the_buffer_is_full_then_every_keep_every_
     mon.close()
     with pytest.raises(ValueError, match="keep_every"):
         optdoctor.Monitor(model, opt, keep_every=0)
+
+
+def test_rules_that_need_a_rerun_on_transformed_inputs_say_diagnose_decides_them():
+    """OD206 reads the whitened rerun, which only `optdoctor diagnose` runs (it owns the data):
+    in the monitor it is "not evaluated", and the reason says what would decide it, not that
+    follow_up would."""
+    torch.manual_seed(0)
+    z = torch.randn(256, 4)
+    x = torch.cat([z, z + 0.01 * torch.randn(256, 4)], 1)  # near-duplicate features
+    y = z[:, :1] - z[:, 1:2]
+    model = nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with optdoctor.Monitor(model, opt, loss_fn=nn.functional.mse_loss, every=1) as mon:
+        for i in range(0, 256, 32):
+            loss = nn.functional.mse_loss(model(x[i:i + 32]), y[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss, batch=(x[i:i + 32], y[i:i + 32]))
+        for follow_up in (False, True):
+            od206 = next(o for o in mon.diagnose(follow_up=follow_up).outcomes if o.rule == "OD206")
+            assert od206.status == "not_evaluated" and "data.whiten_gain" in od206.reason
+            assert "optdoctor diagnose" in od206.reason and "follow_up=True" not in od206.reason

@@ -413,11 +413,11 @@ def rich_probeset() -> ProbeSet:
     lrs = np.logspace(-5, 0, 50)
     lr_range = trace({"lr": lrs, "loss.train": 2.0 - 1.5 * np.exp(-((np.log10(lrs) + 2) ** 2))}, probe="lr_range", lr=0.1)
     others = [lr_trace(0.1, 1.9, dead=0.2), lr_trace(10.0, 0.5), final_at("continued", 0.9), final_at("perturbed", 0.5),
-              final_at("reseed_1", 0.8), final_at("standardized", 0.7), final_at("target_standardized", 0.7), lr_range]
+              final_at("reseed_1", 0.8), final_at("standardized", 0.7), final_at("whitened", 0.6), final_at("target_standardized", 0.7), lr_range]
     others[-2].meta["chance_loss"] = 1.0  # standardised targets: their own chance loss
     base.series["weight.recurrent_gain"] = (np.array([0]), np.array([[np.nan, 0.58, np.nan, np.nan]]))
     return probes(base, *others, data_stats={"feature_scale_spread": 10.0, "feature_mean_over_std": 2.0,
-                                             "target_scale": 3.0, "target_mean_over_std": 1.0})
+                                             "feature_condition": 500.0, "target_scale": 3.0, "target_mean_over_std": 1.0})
 
 
 def test_every_produced_name_is_declared_with_a_meaning():

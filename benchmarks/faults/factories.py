@@ -36,7 +36,8 @@ def _standardize(train: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, 
 def table(name: str = "wine", scale: str = "standard", n_train: int | None = None, random_labels: bool = False,
           image: bool = False, scale_target: bool = True, offset: float = 0.0, spread: float = 0.0,
           multiply: float = 1.0, label_noise: float = 0.0, pair_rho: float = 0.0, decorrelate: bool = False,
-          dup_noise: float | None = None, big_feature: float = 1.0, big_index: int = 0, seed: int = 0):
+          dup_noise: float | None = None, big_feature: float = 1.0, big_index: int = 0, mix: float = 0.0,
+          whiten: bool = False, seed: int = 0):
     """One of scikit-learn's bundled datasets, split 70/30 (stratified for classes).
 
     scale: "standard" (z-score), "raw" (as shipped: breast_cancer spans 1e-3..4e3), "unit" (/ max).
@@ -60,6 +61,12 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
         with the training split's statistics (a whitening of the pairs; the one-change fix).
     dup_noise: each feature gets a near-duplicate x_j + dup_noise e_j, the signal
         along the pair's large-variance direction (collinear but harmless: a healthy near miss).
+    mix: the (scaled) features mixed by a random matrix whose singular values span ``mix``
+        decades, then each mixed column standardised (training statistics): every feature keeps
+        unit variance but the features are strongly correlated, the information squeezed into
+        directions of small variance (sensors that each measure a blend of the same few factors).
+    whiten: finally PCA-whiten the features with the training split's mean and covariance (the
+        one-change fix of ``mix``; for vectors only).
     """
     from sklearn.model_selection import train_test_split
 
@@ -87,6 +94,10 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
         Xva[:, big_index] *= big_feature
     if pair_rho or decorrelate:
         Xtr, Xva = _pairs(Xtr, Xva, pair_rho, decorrelate, seed)
+    if mix:
+        Xtr, Xva = _mix(Xtr, Xva, mix, seed)
+    if whiten:
+        Xtr, Xva = _whiten(Xtr, Xva)
     if dup_noise is not None:
         g = torch.Generator().manual_seed(seed + 3)
         Xtr = torch.cat([Xtr, Xtr + dup_noise * torch.randn(Xtr.shape, generator=g)], 1)
@@ -111,6 +122,29 @@ def table(name: str = "wine", scale: str = "standard", n_train: int | None = Non
     if image:  # 64 pixels per channel (two channels for pairs / near-duplicates)
         Xtr, Xva = Xtr.reshape(len(Xtr), -1, 8, 8), Xva.reshape(len(Xva), -1, 8, 8)
     return (Xtr, ytr), (Xva, yva)
+
+
+def _mix(Xtr: torch.Tensor, Xva: torch.Tensor, decades: float, seed: int):
+    """table(mix=...): X -> standardise(X U diag(s) V^T), s log-spaced over ``decades``."""
+    d = Xtr.shape[1]
+    g = torch.Generator().manual_seed(seed + 5)
+    U, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    V, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    M = U @ torch.diag(10 ** torch.linspace(0.0, -decades, d)) @ V.T
+    return _standardize(Xtr @ M, Xva @ M)
+
+
+def _whiten(Xtr: torch.Tensor, Xva: torch.Tensor):
+    """PCA whitening with the training split's mean and covariance; directions without variance
+    become columns of zeros, so the width stays the same."""
+    mean = Xtr.mean(0)
+    C = torch.cov((Xtr - mean).T.double())
+    lam, Q = torch.linalg.eigh(C)
+    keep = lam > lam.max() * 1e-10
+    W = torch.zeros_like(Q)
+    W[:, keep] = Q[:, keep] / lam[keep].sqrt()
+    W = W.float()
+    return (Xtr - mean) @ W, (Xva - mean) @ W
 
 
 def _pairs(Xtr: torch.Tensor, Xva: torch.Tensor, rho: float, decorrelate: bool, seed: int):
@@ -150,13 +184,16 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def teacher(n_features: int = 10, hidden: int = 16, n_train: int = 512, n_val: int = 256, noise: float = 0.05,
-            spread: float = 0.0, target_scale: float = 1.0, target_offset: float = 0.0, seed: int = 0):
+            spread: float = 0.0, target_scale: float = 1.0, target_offset: float = 0.0, mix: float = 0.0,
+            whiten: bool = False, seed: int = 0):
     """y = v . tanh(W x), a random one-hidden-layer teacher; targets standardised.
 
     spread: the inputs the model sees are x_j * 10 ** (spread * (j / (d - 1) - 1/2)) (features in
     mixed units); the target is computed from the unscaled x, so only the units change.
     target_scale, target_offset: the target in other units, y * target_scale + target_offset
-    (e.g. a price in cents around 500: unscaled regression targets)."""
+    (e.g. a price in cents around 500: unscaled regression targets).
+    mix, whiten: the inputs the model sees mixed into correlated unit-variance features, and
+    their PCA whitening (the fix), as in ``table``."""
     g = _gen(seed)
     W = torch.randn(hidden, n_features, generator=g) / math.sqrt(n_features)
     v = torch.randn(hidden, 1, generator=g) / math.sqrt(hidden)
@@ -166,25 +203,36 @@ def teacher(n_features: int = 10, hidden: int = 16, n_train: int = 512, n_val: i
     y = y * target_scale + target_offset
     if spread:
         X = X * 10 ** (spread * (torch.arange(n_features) / max(n_features - 1, 1) - 0.5))
-    return (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:])
+    Xtr, Xva = X[:n_train], X[n_train:]
+    if mix:
+        Xtr, Xva = _mix(Xtr, Xva, mix, seed)
+    if whiten:
+        Xtr, Xva = _whiten(Xtr, Xva)
+    return (Xtr, y[:n_train]), (Xva, y[n_train:])
 
 
 def polynomial(degree: int = 5, x_max: float = 5.0, n_train: int = 512, n_val: int = 256, standardize: bool = False,
-               seed: int = 0):
+               frequency: float = 3.0, whiten: bool = False, seed: int = 0):
     """Polynomial regression with the monomials x, x^2, ..., x^degree as features, x ~ U(0, x_max).
 
-    Unscaled, feature k has scale ~x_max^k (3125 for k=5). The target is a fixed polynomial,
-    standardised, so only the features' scales differ between the fault and its fix.
+    Unscaled, feature k has scale ~x_max^k (3125 for k=5). The target is a fixed function of x
+    (sin(frequency t) + t^2, t = x / x_max), standardised, so only the features differ between
+    a fault and its fix. Standardised monomials are still nearly collinear (x^4 and x^5 on
+    [0, x_max] correlate > 0.99): a higher ``frequency`` puts the target in the directions of
+    small variance. whiten: PCA-whiten the (standardised) monomials, i.e. an orthogonal
+    polynomial basis (the fix of that collinearity).
     """
     g = _gen(seed)
     x = torch.rand(n_train + n_val, 1, generator=g) * x_max
     X = torch.cat([x ** k for k in range(1, degree + 1)], 1)
     t = x / x_max
-    y = torch.sin(3 * t) + t ** 2
+    y = torch.sin(frequency * t) + t ** 2
     y = (y - y.mean()) / y.std() + 0.05 * torch.randn(y.shape, generator=g)
     Xtr, Xva = X[:n_train], X[n_train:]
-    if standardize:
+    if standardize or whiten:
         Xtr, Xva = _standardize(Xtr, Xva)
+    if whiten:
+        Xtr, Xva = _whiten(Xtr, Xva)
     return (Xtr, y[:n_train]), (Xva, y[n_train:])
 
 

@@ -28,7 +28,7 @@ import re
 
 # probe settings the plain loop runs (verify.train reads them); other probe.* keys are optdoctor's
 # in-loop interventions
-PLAIN_PROBE_KEYS = ("probe.standardize_inputs", "probe.standardize_targets", "probe.clip_grad_norm", "probe.reinit",
+PLAIN_PROBE_KEYS = ("probe.standardize_inputs", "probe.whiten_inputs", "probe.standardize_targets", "probe.clip_grad_norm", "probe.reinit",
                     "probe.early_stopping")
 # schedule arguments that are absolute rates: "x0.1" or "$lr.range_suggested" of the rate scales
 # them too, by new/old (remedies.py)

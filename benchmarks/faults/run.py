@@ -32,6 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.faults import grid  # the batches (nothing heavy)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CASES = HERE / "cases"
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__.splitlines()[0])
     ap.add_argument("--split", choices=["dev", "test", "all"], default="dev")
     ap.add_argument("--filter", action="append", default=[], help="only cases whose id contains this (repeatable: any)")
-    ap.add_argument("--batch", type=int, choices=[1, 2, 3], default=None,
+    ap.add_argument("--batch", type=int, choices=sorted(grid.SPLIT_SEEDS), default=None,
                     help="only this batch of mechanism families (default: all; see grid.SPLIT_SEEDS)")
     ap.add_argument("--subset", choices=["fast"], default=None, help="the small fast subset the test suite runs")
     ap.add_argument("--jobs", type=int, default=1, help="cases diagnosed at once (subprocesses)")

@@ -111,6 +111,25 @@ def _standardized(Xtr: torch.Tensor, Xva: torch.Tensor) -> tuple[torch.Tensor, t
     return (Xtr - mean) / std, (Xva - mean) / std
 
 
+def _whitened(Xtr: torch.Tensor, Xva: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A remedy's ``probe.whiten_inputs``, from the schema's words: ZCA whitening of the input,
+    its non-batch dimensions flattened into features, with the training set's mean and
+    covariance (the symmetric inverse square root; directions without variance map to 0)."""
+    if not Xtr.is_floating_point():
+        return Xtr, Xva
+    flat = Xtr.reshape(len(Xtr), -1).double()
+    mean = flat.mean(0)
+    lam, Q = torch.linalg.eigh(torch.cov((flat - mean).T))
+    keep = lam > lam.max() * 1e-10
+    inv = torch.where(keep, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
+    W = (Q * inv) @ Q.T
+
+    def apply(X):
+        return ((X.reshape(len(X), -1).double() - mean) @ W).to(X.dtype).reshape(X.shape)
+
+    return apply(Xtr), apply(Xva)
+
+
 def _reinit(model: torch.nn.Module, scheme: str) -> None:
     """A remedy's ``probe.reinit`` (remedy_check.py), written from its documentation (the config
     schema's description; optdoctor/probes/reinit.py's docstring), not by calling it: Linear and
@@ -145,7 +164,9 @@ def _reinit(model: torch.nn.Module, scheme: str) -> None:
 def train(cfg: dict, seed: int, steps: int) -> dict:
     """One plain training run; the numbers the acceptance criteria need."""
     (Xtr, ytr), (Xva, yva) = _fn(cfg["data"]["factory"])(**cfg["data"]["args"])
-    if cfg["probe"].get("standardize_inputs"):  # a remedy's patch (remedy_check.py): per feature, train statistics
+    if cfg["probe"].get("whiten_inputs"):  # a remedy's patch (remedy_check.py): all features jointly
+        Xtr, Xva = _whitened(Xtr, Xva)
+    elif cfg["probe"].get("standardize_inputs"):  # a remedy's patch (remedy_check.py): per feature, train statistics
         Xtr, Xva = _standardized(Xtr, Xva)
     if cfg["probe"].get("standardize_targets") and ytr.is_floating_point():  # likewise, per output (the schema's words)
         mean, std = ytr.mean(0, keepdim=True), ytr.std(0, keepdim=True).clamp_min(1e-12)

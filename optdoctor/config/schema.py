@@ -156,6 +156,8 @@ class ProbeSettings(_Strict):
     tensorboard: str | None = Field(None, description="write TensorBoard logs under this folder (relative to the config)")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm, as the user's training does")
     standardize_inputs: bool = Field(False, description="standardise each input feature with the training set's mean and std before probing")
+    whiten_inputs: bool = Field(False, description="whiten the one floating input (ZCA: every feature jointly decorrelated to unit "
+                                                    "variance, training-set statistics; at most 512 features) before probing")
     standardize_targets: bool = Field(False, description="standardise floating (regression) targets per output with the training "
                                                          "set's mean and std before the loss; losses are then in those units")
     reinit: Literal["kaiming_normal", "xavier_normal", "orthogonal", "default"] | None = Field(

@@ -32,7 +32,7 @@ def plateau_gate(rules: list[Rule], selection: Selection | None = None) -> Calla
 
     def gate(probes: ProbeSet, which: str = "plateau") -> bool:
         # what ran before any follow-up: the baseline (or a monitored run), LR variants, range test
-        later = ("continued", "perturbed", "reseed", "standardized", "target_standardized", "verify", "seed")
+        later = ("continued", "perturbed", "reseed", "standardized", "whitened", "target_standardized", "verify", "seed")
         base = ProbeSet({n: t for n, t in probes.traces.items() if t.kind not in later}, probes.data_stats)
         return followups_wanted(rules, extract(base), selection, which)
 

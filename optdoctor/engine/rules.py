@@ -66,9 +66,10 @@ REQUIRED = ("id", "name", "cause", "severity", "confidence", "when", "summary", 
 DEFAULT_VERIFY = "loss.final"  # what --verify compares unless a rule says otherwise
 # Follow-up probes a rule's gate can open: "plateau" (continued, perturbed, reseed_1..3: is the
 # plateau a saddle or a bad basin?), "standardized" (the baseline on standardised inputs: does
-# the inputs' scale spread matter?), "target_standardized" (the baseline on standardised regression
-# targets: does the targets' scale matter?).
-FOLLOWUPS = ("plateau", "standardized", "target_standardized")
+# the inputs' scale spread matter?), "whitened" (the baseline on whitened inputs: do the inputs'
+# correlations matter?), "target_standardized" (the baseline on standardised regression targets:
+# does the targets' scale matter?).
+FOLLOWUPS = ("plateau", "standardized", "whitened", "target_standardized")
 FAMILIES = {"1": "gradients", "2": "curvature and conditioning", "3": "initialisation and activations",
             "4": "learning rate", "5": "generalisation", "9": "probe health"}
 

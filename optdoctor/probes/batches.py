@@ -36,6 +36,7 @@ from optdoctor.config.factories import call_user
 from optdoctor.errors import ProbeError
 
 EVAL_CAP = 1024  # items in the fixed evaluation sample (train/val loss at checkpoints, statistics)
+WHITEN_MAX_DIM = 512  # probe.whiten_inputs: at most this many features (a D x D covariance from >= 2 D items)
 # Above this many items, training indices are drawn i.i.d. per batch instead of from a
 # permutation per epoch: torch.randperm of 10M indices takes ~2 s here (1M: 0.15 s).
 PERMUTE_MAX = 1 << 20
@@ -439,6 +440,7 @@ class Reader:
         self.pass_target = pass_target
         self.config_error = config_error or (lambda key, msg, suggestion=None: ProbeError(f"{key}: {msg}"))
         self.scale: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.whitening: tuple[torch.Tensor, torch.Tensor] | None = None
         self.target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _err(self, key: str, msg: str, options=()) -> Exception:
@@ -450,7 +452,9 @@ class Reader:
 
     def __call__(self, raw: Any) -> tuple[Inputs, Any]:
         inputs, target, key = self._split(raw)
-        if self.scale is not None:
+        if self.whitening is not None:
+            inputs = self._apply(inputs, self._whiten)
+        elif self.scale is not None:
             inputs = self._standardize(inputs)
         if self.target_scale is not None and isinstance(target, torch.Tensor) and target.is_floating_point():
             mean, std = self.target_scale
@@ -521,6 +525,47 @@ class Reader:
         dims = [0] + ([2, 3] if X.dim() == 4 else list(range(2, X.dim())) if X.dim() > 2 else [])
         self.scale = (X.mean(dim=dims, keepdim=True), X.std(dim=dims, keepdim=True).clamp_min(1e-12))
 
+    # --- probe.whiten_inputs: one floating input, every feature jointly (ZCA)
+    def fit_whiten(self, raws: list[Any]) -> bool:
+        """ZCA whitening of the one floating input (its non-batch dimensions flattened into D
+        features), from the evaluation sample: ``x -> (x - mean) W`` with ``W = Q diag(lam^-1/2)
+        Q^T`` from the sample covariance's eigenpairs, so the features become uncorrelated with
+        unit variance and keep their layout (an image stays an image). Directions with no
+        variance (below 1e-10 of the largest) map to zero. False (nothing fitted) when there is
+        no single floating input, when D > WHITEN_MAX_DIM, or when the sample has fewer than
+        2 D items (its covariance would be too noisy to invert)."""
+        xs = [self._only_float(self._split(r)[0]) for r in raws]
+        if not xs or any(x is None for x in xs):
+            return False
+        try:
+            X = torch.cat([x.detach().reshape(len(x), -1).double() for x in xs])
+        except RuntimeError:
+            return False
+        n, d = X.shape
+        if d < 2 or d > WHITEN_MAX_DIM or n < 2 * d:
+            return False
+        mean = X.mean(dim=0, keepdim=True)
+        lam, Q = torch.linalg.eigh(torch.cov((X - mean).T))
+        keep = lam > lam.max().clamp_min(0) * 1e-10
+        if not keep.any():
+            return False
+        inv = torch.where(keep, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
+        self.whitening = (mean, (Q * inv) @ Q.T)
+        return True
+
+    def _whiten(self, x: torch.Tensor) -> torch.Tensor:
+        mean, W = self.whitening
+        flat = x.reshape(len(x), -1)
+        out = (flat - mean.to(flat.device, flat.dtype)) @ W.to(flat.device, flat.dtype)
+        return out.reshape(x.shape)
+
+    @staticmethod
+    def _apply(inputs: Inputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
+        if inputs.args:
+            return Inputs((fn(inputs.args[0]),), {})
+        (k, v), = inputs.kwargs.items()
+        return Inputs((), {k: fn(v)})
+
     # --- probe.standardize_targets: floating (regression) targets, per output
     def fit_standardize_targets(self, raws: list[Any]) -> bool:
         """Mean and std per output of floating targets (over the batch dimension; over every
@@ -549,10 +594,7 @@ class Reader:
 
     def _standardize(self, inputs: Inputs) -> Inputs:
         mean, std = self.scale
-        if inputs.args:
-            return Inputs(((inputs.args[0] - mean) / std,), {})
-        (k, v), = inputs.kwargs.items()
-        return Inputs((), {k: (v - mean) / std})
+        return self._apply(inputs, lambda v: (v - mean) / std)
 
 
 # --------------------------------------------------------------------------- output -> loss

@@ -28,6 +28,7 @@ from optdoctor.probes.runner import (
     run_probe,
     standardized_probe,
     target_standardized_probe,
+    whitened_probe,
 )
 from optdoctor.probes.setup import Setup, fraction_steps
 from optdoctor.trace import ProbeSet
@@ -106,6 +107,12 @@ def run_probes_across_ranks(setup: Setup, progress=None, followups: Callable[...
     if followups is not None and not cfg.probe.standardize_inputs and followups(probes, "standardized"):
         spec, std_setup = standardized_probe(setup)
         for name, (trace, _) in _share([(spec.name, lambda prog: (run_probe(std_setup, spec, prog, stop=stop)[0], None))], progress).items():
+            probes.traces[name] = trace
+    rerun = whitened_probe(setup) if followups is not None and not cfg.probe.whiten_inputs and \
+        followups(probes, "whitened") else None
+    if rerun is not None:
+        spec, w_setup = rerun
+        for name, (trace, _) in _share([(spec.name, lambda prog: (run_probe(w_setup, spec, prog, stop=stop)[0], None))], progress).items():
             probes.traces[name] = trace
     if followups is not None and not cfg.probe.standardize_targets and followups(probes, "target_standardized"):
         spec, std_setup = target_standardized_probe(setup)

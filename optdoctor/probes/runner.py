@@ -18,7 +18,7 @@ from torch import nn
 
 from optdoctor.config.schedule import scaled_schedule_args
 from optdoctor.config.factories import call_user, crash, raised_in_optdoctor, stage
-from optdoctor.errors import OptdoctorError, ProbeError
+from optdoctor.errors import ConfigError, OptdoctorError, ProbeError
 from optdoctor.probes.instruments import Context, InstrumentSet, default_instruments, discover
 from optdoctor.probes.recorder import Recorder
 from optdoctor.probes.instruments.base import Series
@@ -421,6 +421,15 @@ def standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
     return _standardized_rerun(setup, "standardize_inputs", "standardized")
 
 
+def whitened_probe(setup: Setup) -> tuple[ProbeSpec, Setup] | None:
+    """Do the inputs' correlations matter? The baseline again, on whitened inputs; None when the
+    inputs cannot be whitened (not one floating input of at most 512 features, too few items)."""
+    try:
+        return _standardized_rerun(setup, "whiten_inputs", "whitened")
+    except ConfigError:
+        return None
+
+
 def target_standardized_probe(setup: Setup) -> tuple[ProbeSpec, Setup]:
     """Does the targets' scale matter? The baseline again, on standardised targets."""
     return _standardized_rerun(setup, "standardize_targets", "target_standardized")
@@ -482,6 +491,10 @@ def run_probes(setup: Setup, progress: Progress | None = None,
         spec, std_setup = standardized_probe(setup)
         if fits(spec.name, spec):
             run(spec, std_setup)
+    if followups is not None and not cfg.probe.whiten_inputs and followups(probes, "whitened"):
+        rerun = whitened_probe(setup)
+        if rerun is not None and fits(rerun[0].name, rerun[0]):
+            run(*rerun)
     if followups is not None and not cfg.probe.standardize_targets and followups(probes, "target_standardized"):
         spec, std_setup = target_standardized_probe(setup)
         if fits(spec.name, spec):

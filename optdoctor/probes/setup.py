@@ -18,7 +18,7 @@ from optdoctor.config.resolve import resolve_loss, resolve_optimizer, resolve_sc
 from optdoctor.config.schema import LoadedConfig
 from optdoctor.config.loader import problem_at
 from optdoctor.errors import ConfigError, ProbeError, exhaustion
-from optdoctor.probes.batches import EVAL_CAP, Criterion, Inputs, Reader, Source, batch_len, make_source
+from optdoctor.probes.batches import EVAL_CAP, WHITEN_MAX_DIM, Criterion, Inputs, Reader, Source, batch_len, make_source
 
 __all__ = ["EVAL_CAP", "Setup", "prepare", "derive", "fraction_steps", "pick_device"]
 
@@ -309,7 +309,14 @@ def _load_data(data_factory: Callable, loaded: LoadedConfig, device: torch.devic
         raise ProbeError(f"{what} returned an empty training set")
     reader = Reader(cfg.data.inputs, cfg.data.target, pass_target=cfg.loss == "model", config_error=_config_error(loaded))
     reader(train.sample()[0])  # names that do not fit the items: a config error before any probe
-    if cfg.probe.standardize_inputs:
+    if cfg.probe.whiten_inputs:
+        if not reader.fit_whiten(train.sample()):
+            raise ConfigError([problem_at(loaded, "probe.whiten_inputs", "cannot whiten these inputs: it takes one floating "
+                                          f"input of at most {WHITEN_MAX_DIM} features (non-batch dimensions "
+                                          "flattened) and at least twice as many training items",
+                                          "remove probe.whiten_inputs (probe.standardize_inputs scales each "
+                                          "floating feature on its own)")])
+    elif cfg.probe.standardize_inputs:
         reader.fit_standardize(train.sample())
     if cfg.probe.standardize_targets and cfg.loss not in CLASS_LOSSES:
         reader.fit_standardize_targets(train.sample())
@@ -322,6 +329,7 @@ def fraction_steps(fracs: list[float], steps: int) -> list[int]:
 
 def derive(setup: Setup, patched: LoadedConfig, patch: dict) -> Setup:
     """The setup of a patched config, reusing the data when the patch leaves it alone."""
-    touches_data = any(k.startswith("data") or k in ("probe.standardize_inputs", "probe.standardize_targets", "loss")
+    touches_data = any(k.startswith("data") or k in ("probe.standardize_inputs", "probe.whiten_inputs", "probe.standardize_targets",
+                                                            "loss")
                        for k in patch)
     return prepare(patched, data_from=None if touches_data else setup)

@@ -9,15 +9,11 @@ from optdoctor.symptoms.registry import produces
 @produces(
     ("data.feature_scale_spread", "largest / smallest per-feature standard deviation of the training inputs", "ratio"),
     ("data.feature_mean_over_std", "largest |mean| / std of an input feature (uncentred inputs)", "ratio"),
+    ("data.feature_condition", "condition number of the input features' correlation matrix (collinear inputs: the curvature ratio left after standardising; at most 512 features, capped at 1e12)", "ratio"),
 )
 def data_stats(p: ProbeSet) -> dict:
     s = p.data_stats
-    out = {}
-    if "feature_scale_spread" in s:
-        out["data.feature_scale_spread"] = s["feature_scale_spread"]
-    if "feature_mean_over_std" in s:
-        out["data.feature_mean_over_std"] = s["feature_mean_over_std"]
-    return out
+    return {f"data.{k}": s[k] for k in ("feature_scale_spread", "feature_mean_over_std", "feature_condition") if k in s}
 
 
 @produces(
@@ -26,9 +22,4 @@ def data_stats(p: ProbeSet) -> dict:
 )
 def target_stats(p: ProbeSet) -> dict:
     s = p.data_stats
-    out = {}
-    if "target_scale" in s:
-        out["data.target_scale"] = s["target_scale"]
-    if "target_mean_over_std" in s:
-        out["data.target_mean_over_std"] = s["target_mean_over_std"]
-    return out
+    return {f"data.{k}": s[k] for k in ("target_scale", "target_mean_over_std") if k in s}

@@ -70,15 +70,27 @@ def lr_variants(p: ProbeSet) -> dict:
 def standardized(p: ProbeSet) -> dict:
     """Relative to the baseline's final loss, not its initial one: unscaled inputs often start
     at a huge loss, next to which any end point looks alike."""
-    t = p.one("standardized")
+    return _rerun_gain(p, "standardized", "data.standardize_gain")
+
+
+@produces(
+    ("data.whiten_gain", "share of the baseline's final loss that the same probe on whitened inputs (decorrelated, unit variance: probe.whiten_inputs) removed ((baseline - whitened) / baseline; 1 if only the baseline diverged, -1 if the whitened one did): do the inputs' correlations matter?", "fraction"),
+)
+def whitened(p: ProbeSet) -> dict:
+    return _rerun_gain(p, "whitened", "data.whiten_gain")
+
+
+def _rerun_gain(p: ProbeSet, kind: str, key: str) -> dict:
+    """(baseline - rerun) / baseline of the final losses of the baseline and its rerun ``kind``."""
+    t = p.one(kind)
     if t is None or not p.baseline.has("loss.train"):
         return {}
-    base, std = final_loss(p.baseline), final_loss(t)
-    if not np.isfinite(std):
-        return {"data.standardize_gain": -1.0}
+    base, other = final_loss(p.baseline), final_loss(t)
+    if not np.isfinite(other):
+        return {key: -1.0}
     if not np.isfinite(base):
-        return {"data.standardize_gain": 1.0}
-    return {"data.standardize_gain": (base - std) / abs(base) if base else 0.0}
+        return {key: 1.0}
+    return {key: (base - other) / abs(base) if base else 0.0}
 
 
 @produces(

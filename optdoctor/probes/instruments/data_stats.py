@@ -20,7 +20,11 @@ class DataStats(Instrument):
     passes (exactly what the model gets: standardised when the setup standardises) until
     ``cap`` samples were seen, and summarises them in ``meta["data_stats"]``:
     ``feature_scale_spread`` (largest / smallest per-feature std among non-constant features),
-    ``feature_mean_over_std`` (largest |mean| / std).
+    ``feature_mean_over_std`` (largest |mean| / std) and, for at most ``CONDITION_MAX_DIM``
+    features seen in at least twice as many samples, ``feature_condition``: the condition number
+    of the varying features' correlation matrix (largest / smallest eigenvalue, capped at 1e12),
+    the curvature ratio that correlation alone puts into a linear layer's Hessian after
+    standardisation (collinear inputs).
     Nothing for integer inputs (token ids) or fewer than two varying features."""
 
     needs = frozenset()  # its own forward pre-hook, removed once ``cap`` samples were seen
@@ -66,21 +70,26 @@ class DataStats(Instrument):
         dims = dims.to(distributed.device())
         dist.all_reduce(dims, op=dist.ReduceOp.MAX)
         d = int(dims.item())
-        sums = torch.zeros(1 + 2 * d, dtype=torch.float64)
+        full = d <= CONDITION_MAX_DIM  # also the cross products, for the correlation matrix
+        sums = torch.zeros(1 + d + (d * d if full else d), dtype=torch.float64)
         if d and X.dim() == 2 and X.shape[1] == d and len(X):
-            mean = X.mean(dim=0)
-            m2 = ((X - mean) ** 2).sum(dim=0)  # two-pass per rank; Chan et al. across ranks
             sums[0] = len(X)
-            sums[1:1 + d] = len(X) * mean
-            sums[1 + d:] = m2 + len(X) * mean * mean
+            sums[1:1 + d] = X.sum(dim=0)
+            sums[1 + d:] = (X.T @ X).reshape(-1) if full else (X * X).sum(dim=0)
         sums = sums.to(distributed.device())
         dist.all_reduce(sums)
         sums = sums.cpu()
         n = float(sums[0])
         if n >= 2 and d:
             mean = sums[1:1 + d] / n
-            var = ((sums[1 + d:] - n * mean * mean) / (n - 1)).clamp_min(0.0)
-            self._reduced = (self.seen, moment_stats(mean, var.sqrt()))
+            if full:  # about the mean, in float64 (features are standardised or small in the cases that matter)
+                cov = (sums[1 + d:].reshape(d, d) - n * torch.outer(mean, mean)) / (n - 1)
+                stats = moment_stats(mean, cov.diagonal().clamp_min(0.0).sqrt())
+                stats.update(condition_stats(cov, n))
+            else:
+                var = ((sums[1 + d:] - n * mean * mean) / (n - 1)).clamp_min(0.0)
+                stats = moment_stats(mean, var.sqrt())
+            self._reduced = (self.seen, stats)
         else:
             self._reduced = (self.seen, {})
 
@@ -93,11 +102,34 @@ class DataStats(Instrument):
         trace.meta["data_stats"] = stats
 
 
+CONDITION_MAX_DIM = 512  # feature_condition for at most this many features
+CONDITION_CAP = 1e12
+
+
 def data_stats(X: torch.Tensor) -> dict[str, float]:
     """(N, D) float64 samples -> the statistics above (empty when they do not apply)."""
     if X.dim() != 2 or X.shape[1] < 2 or X.shape[0] < 2:
         return {}
-    return moment_stats(X.mean(dim=0), X.std(dim=0))
+    out = moment_stats(X.mean(dim=0), X.std(dim=0))
+    if out and X.shape[1] <= CONDITION_MAX_DIM:
+        out.update(condition_stats(torch.cov(X.T), X.shape[0]))
+    return out
+
+
+def condition_stats(cov: torch.Tensor, n: float) -> dict[str, float]:
+    """A (D, D) covariance from ``n`` samples -> ``feature_condition`` of its varying features'
+    correlation matrix; nothing with fewer than 2 D samples (a rank-starved estimate)."""
+    std = cov.diagonal().clamp_min(0.0).sqrt()
+    live = std > 0
+    d = int(live.sum())
+    if d < 2 or n < 2 * d:
+        return {}
+    s = std[live]
+    corr = cov[live][:, live] / torch.outer(s, s)
+    lam = torch.linalg.eigvalsh((corr + corr.T) / 2)
+    top = float(lam[-1])
+    low = max(float(lam[0]), top / CONDITION_CAP)
+    return {"feature_condition": top / low}
 
 
 def moment_stats(mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
