@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,26 +106,11 @@ def test_the_correlated_inputs_rule_gates_its_probe():
     assert not followups_wanted(PACK, {"loss.progress": 0.2, "loss.diverged": 0.0}, which="whitened")  # not measured
 
 
-DATA = textwrap.dedent("""\
-    import torch
-
-    def mixed(decades=4.0, signal="all", n=512, tokens=False):
-        g = torch.Generator().manual_seed(0)
-        Z = torch.randn(n + 256, 8, generator=g)
-        U, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
-        X = Z @ torch.diag(10 ** torch.linspace(0.0, -decades, 8)) @ U  # mixed: correlated features
-        X = (X - X[:n].mean(0)) / X[:n].std(0)  # each feature standardised
-        w = torch.randn(8, 1, generator=g) if signal == "all" else torch.eye(8)[:, :1] * 3.0
-        y = Z @ w / w.norm() + 0.05 * torch.randn(n + 256, 1, generator=g)
-        if tokens:
-            X = (X.abs() * 3).long()
-        return (X[:n], y[:n]), (X[n:], y[n:])
-    """)
+MIXDATA = Path(__file__).parent / "fixtures" / "mixdata.py"
 
 
 def _config(tmp_path, name, args, model="optdoctor.models:mlp", model_args="{depth: 0, in_dim: 8, out_dim: 1}",
             extra=""):
-    (tmp_path / "mixdata.py").write_text(DATA)
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(textwrap.dedent(f"""\
         name: {name}
@@ -132,7 +118,7 @@ def _config(tmp_path, name, args, model="optdoctor.models:mlp", model_args="{dep
           factory: {model}
           args: {model_args}
         data:
-          factory: mixdata.py:mixed
+          factory: {MIXDATA}:mixed
           args: {args}
           batch_size: 64
         loss: mse

@@ -74,16 +74,36 @@ def test_torchrun_fsdp2_sharded_norms_match_single_process(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "loss_fsdp.npy"), np.load(tmp_path / "loss_single.npy"), rtol=1e-5)
 
 
+COLLINEAR = f"""\
+name: collinear
+model: {{factory: "optdoctor.models:mlp", args: {{depth: 0, in_dim: 8, out_dim: 1}}}}
+data: {{factory: "{ROOT / 'tests' / 'fixtures' / 'mixdata.py'}:mixed", args: {{decades: 4.0}}, batch_size: 64}}
+loss: mse
+optimizer: {{name: sgd, lr: 0.1}}
+probe: {{steps: 120}}
+"""
+
+
 @pytest.mark.slow
-def test_diagnose_under_torchrun_gives_the_same_report(tmp_path):
-    """Issue 12 item 4: probes split across 2 ranks, traces gathered: byte-identical JSON."""
+@pytest.mark.parametrize("which", ["lr-too-high", "collinear"])
+def test_diagnose_under_torchrun_gives_the_same_report(tmp_path, which):
+    """Issue 12 item 4: probes split across 2 ranks, traces gathered: byte-identical JSON. The
+    collinear config also runs a follow-up wave (the whitened rerun, OD206) across the ranks."""
     pytest.importorskip("torch")
-    cfg = str(ROOT / "sample_runs" / "lr-too-high.yaml")
-    args = ["-m", "optdoctor", "diagnose", cfg, "--format", "json", "--check"]
+    if which == "collinear":
+        cfg = tmp_path / "collinear.yaml"
+        cfg.write_text(COLLINEAR)
+        cause, rule = "ill_conditioning", "OD206"
+    else:
+        cfg, cause, rule = ROOT / "sample_runs" / "lr-too-high.yaml", "lr_too_high", None
+    args = ["-m", "optdoctor", "diagnose", str(cfg), "--format", "json", "--check"]
     one = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
                          capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
     assert one.returncode == 1, one.stderr[-2000:]  # findings at error level
     assert two.returncode == 1, two.stderr[-2000:]  # torchrun passes the ranks' exit code 1 on
-    assert json.loads(one.stdout)["findings"][0]["cause"] == "lr_too_high"
+    report = json.loads(one.stdout)
+    assert report["findings"][0]["cause"] == cause
+    if rule:
+        assert report["findings"][0]["rule"] == rule and "whitened" in report["probes"]
     assert two.stdout == one.stdout  # rank 0 alone wrote stdout, and it is the same report
