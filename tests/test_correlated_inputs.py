@@ -101,6 +101,8 @@ def test_the_correlated_inputs_rule_gates_its_probe():
     s = {"data.feature_condition": 2.0e4, "loss.progress": 0.2, "loss.diverged": 0.0}
     assert [r.id for r in PACK if "whitened" in r.opens] == ["OD206"]
     assert followups_wanted(PACK, s, which="whitened")
+    # and the per-feature standardised rerun beside it: what whitening adds beyond it is the decorrelation
+    assert followups_wanted(PACK, s, which="standardized")
     assert not followups_wanted(PACK, {**s, "loss.progress": 0.9}, which="whitened")  # it trains
     assert not followups_wanted(PACK, {**s, "data.feature_condition": 30.0}, which="whitened")
     assert not followups_wanted(PACK, {"loss.progress": 0.2, "loss.diverged": 0.0}, which="whitened")  # not measured
@@ -140,8 +142,9 @@ def test_inputs_mixed_from_few_factors_are_named_and_whitening_them_is_verified(
     report = _diagnose(_config(tmp_path, "mixed", "{decades: 4.0}"), "--verify")
     first = report["findings"][0]
     assert first["rule"] == "OD206" and first["cause"] == "ill_conditioning", report["findings"]
-    assert "whitened" in report["probes"]
+    assert "whitened" in report["probes"] and "standardized" in report["probes"]
     assert report["symptoms"]["data.feature_scale_spread"] < 2  # every feature has unit variance
+    assert abs(report["symptoms"]["data.standardize_gain"]) < 0.1  # so standardising them changes little
     tried = {json.dumps(v["patch"], sort_keys=True): v for v in first["verification"]}
     assert tried['{"probe.whiten_inputs": true}']["helped"]
 
