@@ -135,6 +135,16 @@ def _takes(factory: Callable | None, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _optimizer_takes(cfg: ProbeConfig, name: str) -> bool:
+    """Whether the configured optimizer's class takes an argument ``name`` (True when unsure)."""
+    try:
+        from optdoctor.config.resolve import resolve_optimizer
+
+        return _takes(resolve_optimizer(cfg.optimizer), name)
+    except Exception:  # an optimizer that does not resolve fails later, where the config is checked
+        return True
+
+
 def _default(factory: Callable | None, name: str) -> Any:
     try:
         p = inspect.signature(factory).parameters.get(name) if factory else None
@@ -206,6 +216,10 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
                 where = loaded.line_of(f"{parts[0]}.factory")
                 at = f" ({loaded.path}:{where[0]})" if where else ""
                 raise NotApplicable(f"{spec}{at} takes no argument {parts[2]!r}: make this change in your code")
+        if parts[:2] == ["optimizer", "args"] and len(parts) == 3 and "optimizer.name" not in patch \
+                and not _optimizer_takes(cfg, parts[2]):
+            raise NotApplicable(f"not applicable: {cfg.optimizer.name} takes no argument {parts[2]!r}"
+                                + (" (Adam-type optimizers carry momentum in their betas)" if parts[2] == "momentum" else ""))
         node = data
         for p in parts[:-1]:
             if node.get(p) is None:

@@ -179,3 +179,34 @@ def test_verify_tries_the_or_patch_on_a_factory_without_an_init_argument(tmp_pat
     tried = [v for v in dead["verification"] if v["patch"] == {"probe.reinit": "kaiming_normal"}]
     assert len(tried) == 1 and "model.args.bias_init" in tried[0]["note"] and tried[0]["applicable"]
     assert tried[0]["helped"]
+
+
+def test_verify_tries_the_or_patch_when_the_factory_rejects_the_scheme(tmp_path):
+    """A user's factory that takes ``init`` but knows only its own schemes: the init remedy's
+    ``model.args.init: kaiming_normal`` makes the factory raise, and the remedy runs as
+    ``probe.reinit`` instead (the note says why), and fixes the run."""
+    (tmp_path / "m.py").write_text(textwrap.dedent("""\
+        import torch
+        def net(init="tiny"):
+            if init not in ("tiny", "default"):
+                raise ValueError(f"unknown init {init!r}")
+            m = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                    torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+            if init == "tiny":
+                with torch.no_grad():
+                    for layer in m:
+                        if isinstance(layer, torch.nn.Linear):
+                            layer.weight.uniform_(-1e-3, 1e-3)
+                            layer.bias.zero_()
+            return m
+        """))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {factory: m.py:net}\ndata: {factory: optdoctor.data:blobs}\n"
+                   "optimizer: {name: sgd, lr: 0.05, args: {momentum: 0.9}}\nprobe: {steps: 150}\n")
+    r = CliRunner().invoke(app, ["diagnose", str(cfg), "--verify", "--format", "json"])
+    assert r.exit_code in (0, 1), r.output
+    findings = json.loads(r.stdout)["findings"]
+    init = next(f for f in findings if f["cause"] == "bad_init")
+    tried = [v for v in init["verification"] if v["patch"].get("probe.reinit")]
+    assert tried and "could not run" in tried[0]["note"] and "unknown init" in tried[0]["note"], init["verification"]
+    assert any(v["helped"] for v in tried)

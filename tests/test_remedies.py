@@ -90,6 +90,20 @@ def test_invalid_patched_config_is_not_applicable(loaded):
         apply_patch(loaded, {"optimizer.lr": -1.0}, mlp_factories())
 
 
+def test_an_optimizer_argument_the_optimizer_lacks_is_not_applicable(loaded):
+    """Momentum for Adam: not applicable, saying why, rather than a patched probe that fails."""
+    adam = loaded.model_copy(update={"config": loaded.config.model_copy(
+        update={"optimizer": loaded.config.optimizer.model_copy(update={"name": "adam", "args": {}})})})
+    with pytest.raises(NotApplicable, match="adam takes no argument 'momentum'.*betas"):
+        apply_patch(adam, {"optimizer.args.momentum": 0.9}, mlp_factories())
+    assert apply_patch(adam, {"optimizer.args.weight_decay": 0.01}, mlp_factories()).config.optimizer.args == \
+        {"weight_decay": 0.01}
+    sgd = apply_patch(loaded, {"optimizer.args.momentum": 0.9}, mlp_factories())  # the sample's SGD takes it
+    assert sgd.config.optimizer.args["momentum"] == 0.9
+    swap = apply_patch(adam, {"optimizer.name": "sgd", "optimizer.args.momentum": 0.9}, mlp_factories())
+    assert swap.config.optimizer.name == "sgd"  # a patch that also names the optimizer is checked as a whole
+
+
 def test_every_shipped_patch_applies_to_a_builtin_config(loaded):
     """The rule pack's patches are well-formed: each applies to a built-in MLP config."""
     from optdoctor.engine.rules import load_rules

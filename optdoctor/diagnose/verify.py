@@ -185,7 +185,8 @@ def _cycles_absent_momentum(setup, patch: dict) -> bool:
 def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_setup, progress, clock: _Budget,
          base_step: float | None, budget=None, or_patch: dict | None = None) -> None:
     """One remedy's first probe; ``or_patch``: the same remedy in a form the config can take when
-    ``v.patch`` is not applicable (``v.patch`` then records the one that ran)."""
+    ``v.patch`` is not applicable, or when the patched probe could not run (a factory that takes
+    ``init`` but not that scheme); ``v.patch`` then records the one that ran."""
     from optdoctor.errors import OptdoctorError
     from optdoctor.remedies import NotApplicable
 
@@ -196,6 +197,11 @@ def _try(v, f: Finding, rule: Rule, name: str, seed: int, diag: Diagnosis, base_
             if or_patch is None:
                 raise
             v.patch, v.note = dict(or_patch), f"instead of {json.dumps(v.patch)} ({first})"
+            trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget, rule.cause)
+        except (OptdoctorError, ValueError, TypeError) as first:
+            if or_patch is None:
+                raise
+            v.patch, v.note = dict(or_patch), f"instead of {json.dumps(v.patch)} (which could not run: {first})"
             trace = _run(v.patch, seed, name, diag, base_setup, progress, clock, budget, rule.cause)
     except _OutOfBudget:
         v.applicable, v.reason = False, "not tried: the time budget ran out"
