@@ -136,7 +136,7 @@ def test_the_plateau_rules_gate_the_followup_probes_with_their_own_params():
 
 def test_the_input_scale_rule_gates_the_standardised_probe():
     spread = {"data.feature_scale_spread": 1000.0, "loss.progress": 0.1, "loss.diverged": 0.0, "loss.late_rel_drop": 0.5}
-    assert [r.id for r in PACK if "standardized" in r.opens] == ["OD204"]
+    assert [r.id for r in PACK if "standardized" in r.opens] == ["OD204", "OD206"]  # OD206: beside its whitened rerun
     assert followups_wanted(PACK, spread, which="standardized")
     assert not followups_wanted(PACK, spread)  # not a plateau: the saddle/minimum probes stay off
     assert followups_wanted(PACK, {**spread, "loss.progress": float("nan"), "loss.diverged": 1.0}, which="standardized")
