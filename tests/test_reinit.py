@@ -155,6 +155,16 @@ def test_rules_or_patch_is_validated(tmp_path):
 
 
 @pytest.mark.slow
+def _verify_user_net(tmp_path) -> list[dict]:
+    """``diagnose --verify`` of the net ``m.py:net`` in ``tmp_path`` on blobs (SGD + momentum): its findings."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {factory: m.py:net}\ndata: {factory: optdoctor.data:blobs}\n"
+                   "optimizer: {name: sgd, lr: 0.05, args: {momentum: 0.9}}\nprobe: {steps: 150}\n")
+    r = CliRunner().invoke(app, ["diagnose", str(cfg), "--verify", "--format", "json"])
+    assert r.exit_code in (0, 1), r.output
+    return json.loads(r.stdout)["findings"]
+
+
 def test_verify_tries_the_or_patch_on_a_factory_without_an_init_argument(tmp_path):
     """A user's ReLU net whose biases start at -3 (dead at step 0) and that takes no argument:
     the dead-ReLU rule's init remedy is not applicable as ``model.args.bias_init`` and runs as
@@ -169,12 +179,7 @@ def test_verify_tries_the_or_patch_on_a_factory_without_an_init_argument(tmp_pat
                 m[2].bias.fill_(-3.0)
             return m
         """))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("model: {factory: m.py:net}\ndata: {factory: optdoctor.data:blobs}\n"
-                   "optimizer: {name: sgd, lr: 0.05, args: {momentum: 0.9}}\nprobe: {steps: 150}\n")
-    r = CliRunner().invoke(app, ["diagnose", str(cfg), "--verify", "--format", "json"])
-    assert r.exit_code in (0, 1), r.output
-    findings = json.loads(r.stdout)["findings"]
+    findings = _verify_user_net(tmp_path)
     dead = next(f for f in findings if f["cause"] == "dead_relu")
     tried = [v for v in dead["verification"] if v["patch"] == {"probe.reinit": "kaiming_normal"}]
     assert len(tried) == 1 and "model.args.bias_init" in tried[0]["note"] and tried[0]["applicable"]
@@ -200,12 +205,7 @@ def test_verify_tries_the_or_patch_when_the_factory_rejects_the_scheme(tmp_path)
                             layer.bias.zero_()
             return m
         """))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("model: {factory: m.py:net}\ndata: {factory: optdoctor.data:blobs}\n"
-                   "optimizer: {name: sgd, lr: 0.05, args: {momentum: 0.9}}\nprobe: {steps: 150}\n")
-    r = CliRunner().invoke(app, ["diagnose", str(cfg), "--verify", "--format", "json"])
-    assert r.exit_code in (0, 1), r.output
-    findings = json.loads(r.stdout)["findings"]
+    findings = _verify_user_net(tmp_path)
     init = next(f for f in findings if f["cause"] == "bad_init")
     tried = [v for v in init["verification"] if v["patch"].get("probe.reinit")]
     assert tried and "could not run" in tried[0]["note"] and "unknown init" in tried[0]["note"], init["verification"]
