@@ -258,6 +258,7 @@ class Monitor:
         self.model_factory, self.reseeds = model_factory, reseeds
         self.reseed_steps = reseed_steps
         self.follow_up_skipped: dict[str, str] = {}  # follow-up probe -> why it could not run
+        self._affine: float | None = None  # probes.affine, on the first training batch (None: untested)
         self.step_count = 0  # training steps taken (calls to step())
         self.status = "completed"
         self.stopped_at: int | None = None
@@ -309,6 +310,11 @@ class Monitor:
             return
         inputs = (args[0] if len(args) == 1 else tuple(args)) if args else (dict(kwargs) if kwargs else None)
         layers, acts = discover(module, inputs)
+        if not self.sharded and inputs is not None:  # (a shard is not the model's function)
+            from optdoctor.probes.affine import affine_in_input
+
+            a = affine_in_input(module, inputs)
+            self._affine = None if math.isnan(a) else a
         self._attach(layers, acts)
         self.instruments.step = self.step_count
         # this very forward is the first training step: instruments that watch it start now
@@ -371,6 +377,7 @@ class Monitor:
             "optimizer_args": {k: v for k, v in group.items() if k not in ("params", "lr") and isinstance(v, (int, float, bool))},
             "n_params": sum(p.numel() for p in self.model.parameters()),
             "chance_loss": self.chance_loss, "world_size": distributed.world_size(), "every": self.every,
+            "affine": self._affine,
         })
         if self.sharded:
             from optdoctor.probes.instruments.sharded_grad_norms import ShardedGradNorms

@@ -30,7 +30,11 @@ SPLIT_SEED = "optdoctor-faults-v1"
 # all in dev, so that a rule for collinear inputs can be tuned on dev while the test split's
 # near-duplicate-pairs and correlated-features families stay held out (as held out as anything
 # can be once its misses were seen: RESULTS.md says so).
-SPLIT_SEEDS = {1: SPLIT_SEED, 2: "optdoctor-faults-v2", 3: "optdoctor-faults-v3", 4: None}
+# Batch 5 (dev only; added after the sixth look, whose misses mixed up bad_init and saddle_point
+# among small inits): small inits on both sides of that boundary, deep linear stacks (a saddle at
+# the origin) and nonlinear nets (a bad init), with healthy deep linear controls, all in dev, so
+# that the rule telling them apart (OD207, the affine test) is judged on dev.
+SPLIT_SEEDS = {1: SPLIT_SEED, 2: "optdoctor-faults-v2", 3: "optdoctor-faults-v3", 4: None, 5: None}
 
 
 # --- datasets: factory args, shapes, loss, and what "trains well" / "fails" mean on them ----
@@ -682,6 +686,35 @@ def _cases() -> list[Case]:
                                 ("resnet", "teacher", OPT["adam"], {}, {"mix": 1.0})]:
         add4("healthy", mk + "-collinear", "healthy-collinear", mk, dk, opt, None, model_kw=kw, data_args=da,
              tag=on(opt) + "".join(f"-{k}{v}" for k, v in da.items()))
+
+    # --- batch 5 (dev only): small inits, linear and nonlinear --------------------------------
+    def add5(*a, **k):
+        add(*a, **k, batch=5)
+
+    sgd05, default_init = {"name": "sgd", "lr": 0.05}, {"model": {"args": {"init": "default"}}}
+    # saddle_point: deeper linear stacks from tiny weights (with biases; and an orthogonal init x 0.01)
+    for dk, opt in [("wine", sgd05), ("teacher", mom), ("digits_std", sgd05)]:
+        add5("saddle_point", "deep-linear-mlp-d4", "deep-linear-mlp-d4", "mlp", dk, opt, default_init,
+             model_kw={"act": "identity", "depth": 4, "width": 32, "init": "normal", "std": 1e-3},
+             tag="identity-d4-std1e-3-" + on(opt))
+    for dk, opt in [("linreg", mom), ("wine", sgd05), ("teacher", sgd05)]:
+        add5("saddle_point", "deep-linear-orthogonal-tiny", "deep-linear-orthogonal-tiny", "deep_linear", dk, opt,
+             default_init, model_kw={"depth": 4, "width": 16, "init": "orthogonal", "gain": 0.01},
+             tag="d4-orth0.01-" + on(opt))
+    # bad_init: nonlinear nets from tiny weights, trained by (momentum) SGD
+    for dk in ["wine", "digits", "teacher"]:
+        add5("bad_init", "tiny-normal-tanh", "tiny-normal-tanh", "mlp", dk, mom, default_init,
+             model_kw={"act": "tanh", "depth": 4, "init": "normal", "std": 1e-3}, tag="tanh-d4-std1e-3")
+    for dk in ["digits", "wine", "breast_cancer"]:
+        add5("bad_init", "kaiming-small-gain", "kaiming-small-gain", "mlp", dk, mom, {"model": {"args": {"gain": 1.0}}},
+             model_kw={"depth": 4, "init": "kaiming_gain", "gain": 0.05}, tag="d4-kx0.05")
+    for opt in [sgd01, mom]:
+        add5("bad_init", "tiny-normal-gelu-cnn", "tiny-normal-gelu-cnn", "cnn", "digits_img", opt, default_init,
+             model_kw={"act": "gelu", "channels": [8, 16, 16], "init": "normal", "std": 1e-3}, tag="gelu-std1e-3-" + on(opt))
+    # healthy: deep linear stacks at PyTorch's default init (the near miss of OD207)
+    for dk, opt in [("wine", sgd05), ("linreg", mom), ("digits_std", sgd05)]:
+        add5("healthy", "mlp-deep-linear-d4", "healthy-deep-linear-d4", "mlp", dk, opt, None,
+             model_kw={"act": "identity", "depth": 4, "width": 32}, tag="identity-d4-" + on(opt))
     return cases
 
 

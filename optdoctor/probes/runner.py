@@ -39,6 +39,8 @@ LR_RANGE_STEPS = 100
 # Fresh initialisations tried when the baseline is stuck: the best of them tells a bad basin
 # from a model that cannot do better anyway.
 RESEEDS = 3
+# fresh-start probes whose traces are read as a baseline: the affine test (probes.affine) runs there
+AFFINE_KINDS = ("baseline", "verify", "seed")
 
 # What the training loop itself records (the instruments declare theirs).
 LOOP_SERIES = (
@@ -263,12 +265,18 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
     except ProbeError:  # a forward that cannot take the target: the training step says so
         example = None
     layers, acts = discover(model, example)
+    affine = None  # untested: meta stays plain JSON
+    if spec.kind in AFFINE_KINDS and spec.start_state is None and example is not None:
+        from optdoctor.probes.affine import affine_in_input
+
+        a = affine_in_input(model, example)
+        affine = None if math.isnan(a) else a
     ctx = Context(model, optimizer, rec, layers, acts, meta={
         "kind": spec.kind, "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
         "optimizer": cfg.optimizer.name.lower(), "optimizer_args": dict(cfg.optimizer.args),
         "batch_size": bs, "n_train": setup.train.n, "n_params": sum(p.numel() for p in model.parameters()),
         "chance_loss": setup.chance_loss, "n_classes": setup.n_classes, "loss": cfg.loss,
-        "perturb": spec.perturb, "continued": spec.start_state is not None,
+        "perturb": spec.perturb, "continued": spec.start_state is not None, "affine": affine,
     })
     trace = Trace(spec.name)
     instruments = InstrumentSet(_instruments(setup, spec, step_fn))

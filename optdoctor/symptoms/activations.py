@@ -44,6 +44,17 @@ def init_gain(p: ProbeSet) -> dict:
 
 
 @produces(
+    ("model.affine", "1 if the model at step 0 is an affine function of its input (a linear or deep linear net: f(a x) - f(0) = a (f(x) - f(0)) for a = -1, 2, 1000, float64), 0 if not; absent where untested (inputs that are not one float tensor)", "flag"),
+)
+def affine(p: ProbeSet) -> dict:
+    """Tells a deep linear net started near zero (the saddle at the origin, Saxe et al. 2014)
+    from a nonlinear net started with tiny weights (a bad init): their weights look alike
+    (probes.affine)."""
+    a = p.baseline.meta.get("affine")
+    return {} if a is None else {"model.affine": float(a)}
+
+
+@produces(
     ("act.layers", "number of activation layers seen (modules and functional calls such as F.relu; softmax not counted)", "count"),
     ("act.dead_frac.max", "largest fraction of a ReLU layer's units never active on recent batches, at the end", "fraction"),
     ("act.dead_frac.mean", "mean over ReLU layers of the never-active fraction, at the end", "fraction"),

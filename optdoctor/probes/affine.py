@@ -1,0 +1,121 @@
+"""Whether a model, as it starts, is an affine function of its input (a linear or deep linear
+net), tested on one batch.
+
+A deep linear net started near zero sits at the saddle of the origin (Saxe et al. 2014); a
+nonlinear net started with tiny weights is badly initialised. The weights alone cannot tell the
+two apart, a model's *function* can: f is affine iff
+
+    f(a x) - f(0) = a (f(x) - f(0))      for every scalar a.
+
+Tested along the batch's own direction at large multiples A in {1e2, 1e5, 1e8, 1e11}: g(a) = f(a x) -
+f(0) must be odd (g(-A) = -g(A): a ReLU is not), double with a (g(2A) = 2 g(A): a curve, a
+saturating tanh/sigmoid/GELU or a normalisation layer's scale invariance is not) and grow 1000x
+from one A to the next. Large multiples, because a net with tiny weights and default-sized
+biases is *locally* affine (every unit's state is set by its bias): only inputs large enough to
+overcome the biases show its nonlinearity, and only they lift f(a x) - f(0) above the rounding
+of f(0). Run on a float64 copy of the model, in eval mode, without gradients. An output that the
+input barely moves even at 1e11 tells nothing (NaN). Only a model with one floating-point input
+tensor is tested (token ids cannot be scaled): the others get NaN, as do models with more than
+``MAX_PARAMS`` parameters (the copy would double their memory) and models
+whose forward cannot run on the copy."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+MAX_PARAMS = 10_000_000
+SCALES = (1e2, 1e5, 1e8, 1e11)
+RTOL = 1e-6  # float64: an affine map's residue is ~1e-13 of its output; ReLU(-x) or tanh(1e5 x) is O(1)
+ROUNDING = 1e-12  # of f(0)'s magnitude: float64's 1e-16, with room for a deep net's accumulation
+
+
+def _one_float_input(inputs: Any) -> tuple[Any, torch.Tensor] | None:
+    """(a way to rebuild the call with another tensor, the tensor), or None."""
+    if isinstance(inputs, torch.Tensor):
+        return ("tensor", None), inputs
+    args = getattr(inputs, "args", None)
+    kwargs = getattr(inputs, "kwargs", None)
+    if args is None or kwargs is None:
+        return None
+    leaves = [("arg", i) for i, v in enumerate(args)] + [("kw", k) for k in kwargs]
+    values = list(args) + list(kwargs.values())
+    if len(values) != 1 or not isinstance(values[0], torch.Tensor):
+        return None
+    return leaves[0], values[0]
+
+
+def _output(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        out = out.get("logits", next(iter(out.values()), None) if out else None)
+        return out if isinstance(out, torch.Tensor) else None
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return getattr(out, "logits", None) if isinstance(getattr(out, "logits", None), torch.Tensor) else None
+
+
+def affine_in_input(model: nn.Module, inputs: Any) -> float:
+    """1.0 if ``model`` is affine in its (single, floating-point) input on this batch, 0.0 if
+    not, NaN if it cannot be tested. The model, its mode and the global RNG are left as they
+    were."""
+    found = _one_float_input(inputs)
+    if found is None:
+        return math.nan
+    (where, key), x = found
+    if not x.is_floating_point() or x.numel() == 0:
+        return math.nan
+    if sum(p.numel() for p in model.parameters()) > MAX_PARAMS:
+        return math.nan
+
+    def call(m, t):
+        return m(**{key: t}) if where == "kw" else m(t)
+
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), _no_autocast(x.device.type):
+            m = copy.deepcopy(model).double().eval()
+            return _verdict(lambda a: _output(call(m, a * x.detach().double())))
+    except Exception:  # noqa: BLE001 - a forward that cannot run in float64 on a copy: untested
+        return math.nan
+
+
+def _no_autocast(device_type: str):
+    """Inside a user's ``autocast`` region (the monitor's hook runs in their forward) a float64
+    copy would still compute in half precision."""
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing to switch off
+        return contextlib.nullcontext()
+
+
+def _verdict(f) -> float:
+    """The checks, scale by scale; the first that fails decides (a nonlinear net usually fails at
+    the first scale, after four forward passes)."""
+    f0 = f(0.0)
+    if f0 is None or not f0.is_floating_point():
+        return math.nan
+    noise = ROUNDING * float(f0.abs().max())  # what f(0)'s own rounding leaves in a difference
+    g, prev = {}, None
+    for A in SCALES:
+        for a in (A, -A, 2 * A):
+            out = f(a)
+            if out is None or not out.is_floating_point() or out.shape != f0.shape:
+                return math.nan
+            if not torch.isfinite(out).all():
+                return 0.0  # an affine map of finite inputs is finite
+            g[a] = out - f0
+        tol = RTOL * float(g[A].abs().max()) + noise
+        if float((g[-A] + g[A]).abs().max()) > 2 * tol or float((g[2 * A] - 2 * g[A]).abs().max()) > 3 * tol:
+            return 0.0
+        if prev is not None and float((g[A] - (A / prev) * g[prev]).abs().max()) > tol + (A / prev) * noise:
+            return 0.0
+        prev = A
+    if not torch.isfinite(f0).all() or float(g[SCALES[-1]].abs().max()) <= 100 * noise:
+        return math.nan  # the input barely moves the output even at the largest scale: nothing to tell
+    return 1.0
