@@ -43,6 +43,18 @@ class _FunctionalRelu(nn.Module):
         return self.b(torch.nn.functional.relu(self.a(x)))
 
 
+class _Residual(nn.Module):
+    """x + W2 relu(W1 x), between a linear stem and head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.fc1, self.fc2, self.head = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(h + self.fc2(torch.relu(self.fc1(h))))
+
+
 class _Keyword(nn.Module):
     def __init__(self):
         super().__init__()
@@ -64,6 +76,8 @@ class _Keyword(nn.Module):
     (lambda: _tiny(nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)), 1e-5), 0.0),  # tanh near 0, seen at large a
     (lambda: nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 2)), 0.0),
     (lambda: nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2)), 0.0),  # scale-invariant: not affine
+    (lambda: _tiny(_Residual(), 1e-4), 0.0),  # a ReLU branch of tiny weights beside a skip connection
+    (lambda: nn.Sequential(nn.Linear(6, 256), *[nn.Linear(256, 256) for _ in range(8)], nn.Linear(256, 2)), 1.0),  # rounding
 ])
 def test_the_affine_test_knows_linear_nets_from_nonlinear_ones(build, want):
     torch.manual_seed(0)
