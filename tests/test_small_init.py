@@ -77,6 +77,8 @@ class _Keyword(nn.Module):
     (lambda: nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 2)), 0.0),
     (lambda: nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 2)), 0.0),  # scale-invariant: not affine
     (lambda: _tiny(_Residual(), 1e-4), 0.0),  # a ReLU branch of tiny weights beside a skip connection
+    (lambda: nn.Sequential(nn.Unflatten(1, (1, 2, 3)), nn.Conv2d(1, 4, 1), nn.MaxPool2d((2, 1)), nn.Flatten(), nn.Linear(12, 2)),
+     0.0),  # max-pooling is positively homogeneous, not odd
     (lambda: nn.Sequential(nn.Linear(6, 256), *[nn.Linear(256, 256) for _ in range(8)], nn.Linear(256, 2)), 1.0),  # rounding
 ])
 def test_the_affine_test_knows_linear_nets_from_nonlinear_ones(build, want):

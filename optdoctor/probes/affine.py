@@ -38,19 +38,16 @@ RTOL = 1e-10
 ROUNDING = 1e-12  # of f(0)'s magnitude: float64's 1e-16, with room for a deep net's accumulation
 
 
-def _one_float_input(inputs: Any) -> tuple[Any, torch.Tensor] | None:
-    """(a way to rebuild the call with another tensor, the tensor), or None."""
+def _one_float_input(inputs: Any) -> tuple[str | None, torch.Tensor] | None:
+    """(the keyword it is passed by, or None for positional; the tensor) when the call takes one
+    tensor (a bare tensor, or a ``probes.batches.Call`` of one argument); else None."""
     if isinstance(inputs, torch.Tensor):
-        return ("tensor", None), inputs
-    args = getattr(inputs, "args", None)
-    kwargs = getattr(inputs, "kwargs", None)
-    if args is None or kwargs is None:
+        return None, inputs
+    args, kwargs = getattr(inputs, "args", None), getattr(inputs, "kwargs", None)
+    if args is None or kwargs is None or len(args) + len(kwargs) != 1:
         return None
-    leaves = [("arg", i) for i, v in enumerate(args)] + [("kw", k) for k in kwargs]
-    values = list(args) + list(kwargs.values())
-    if len(values) != 1 or not isinstance(values[0], torch.Tensor):
-        return None
-    return leaves[0], values[0]
+    key, x = (None, args[0]) if args else next(iter(kwargs.items()))
+    return (key, x) if isinstance(x, torch.Tensor) else None
 
 
 def _output(out: Any) -> torch.Tensor | None:
@@ -71,14 +68,14 @@ def affine_in_input(model: nn.Module, inputs: Any) -> float:
     found = _one_float_input(inputs)
     if found is None:
         return math.nan
-    (where, key), x = found
+    key, x = found
     if not x.is_floating_point() or x.numel() == 0:
         return math.nan
     if sum(p.numel() for p in model.parameters()) > MAX_PARAMS:
         return math.nan
 
     def call(m, t):
-        return m(**{key: t}) if where == "kw" else m(t)
+        return m(t) if key is None else m(**{key: t})
 
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), _no_autocast(x.device.type):

@@ -44,7 +44,7 @@ def init_gain(p: ProbeSet) -> dict:
 
 
 @produces(
-    ("model.affine", "1 if the model at step 0 is an affine function of its input (a linear or deep linear net: f(a x) - f(0) = a (f(x) - f(0)) for a = -1, 2, 1000, float64), 0 if not; absent where untested (inputs that are not one float tensor)", "flag"),
+    ("model.affine", "1 if the model at step 0 is an affine function of its input (a linear or deep linear net: g(a) = f(a x) - f(0) odd and linear in a for a = +-A, 2A at A = 1e2 ... 1e11, on a float64 copy, to 1e-10), 0 if not; absent where untested (inputs that are not one float tensor)", "flag"),
 )
 def affine(p: ProbeSet) -> dict:
     """Tells a deep linear net started near zero (the saddle at the origin, Saxe et al. 2014)
