@@ -258,7 +258,8 @@ class Monitor:
         self.model_factory, self.reseeds = model_factory, reseeds
         self.reseed_steps = reseed_steps
         self.follow_up_skipped: dict[str, str] = {}  # follow-up probe -> why it could not run
-        self._affine: float | None = None  # probes.affine, on the first training batch (None: untested)
+        self._affine: float | None = None  # probes.affine (None: untested)
+        self._affine_input: Any = None  # the first training batch's first items, until tested
         self.step_count = 0  # training steps taken (calls to step())
         self.status = "completed"
         self.stopped_at: int | None = None
@@ -311,10 +312,9 @@ class Monitor:
         inputs = (args[0] if len(args) == 1 else tuple(args)) if args else (dict(kwargs) if kwargs else None)
         layers, acts = discover(module, inputs)
         if not self.sharded and inputs is not None:  # (a shard is not the model's function)
-            from optdoctor.probes.affine import affine_in_input
+            from optdoctor.probes.affine import first_items
 
-            a = affine_in_input(module, inputs)
-            self._affine = None if math.isnan(a) else a
+            self._affine_input = first_items(inputs)  # tested at the first trace(), off the loop
         self._attach(layers, acts)
         self.instruments.step = self.step_count
         # this very forward is the first training step: instruments that watch it start now
@@ -377,7 +377,6 @@ class Monitor:
             "optimizer_args": {k: v for k, v in group.items() if k not in ("params", "lr") and isinstance(v, (int, float, bool))},
             "n_params": sum(p.numel() for p in self.model.parameters()),
             "chance_loss": self.chance_loss, "world_size": distributed.world_size(), "every": self.every,
-            "affine": self._affine,
         })
         if self.sharded:
             from optdoctor.probes.instruments.sharded_grad_norms import ShardedGradNorms
@@ -609,10 +608,23 @@ class Monitor:
         trace.hessian.extend(dict(r) for r in sorted(self._hessian_rows, key=lambda r: r["step"]))
         if self._hessian_errors:
             trace.meta["hessian_errors"] = list(self._hessian_errors)
-        trace.meta.update({"kind": "monitor", "steps": self.step_count, "chance_loss": self.chance_loss})
+        trace.meta.update({"kind": "monitor", "steps": self.step_count, "chance_loss": self.chance_loss,
+                           "affine": self._affine_verdict()})
         if self.status == "diverged" and self.stopped_at is not None:
             cut_at(trace, self.stopped_at)
         return trace
+
+    def _affine_verdict(self) -> float | None:
+        """Whether the model is affine in its input (probes.affine), tested once, on the first
+        training batch's first items and the model as it is then: linear stacks stay linear and
+        nonlinear nets nonlinear as they train, and the test (a float64 copy, up to 13 forward
+        passes) stays out of the training loop."""
+        if self._affine_input is not None:
+            from optdoctor.probes.affine import affine_in_input
+
+            a = affine_in_input(self.model, self._affine_input)
+            self._affine, self._affine_input = (None if math.isnan(a) else a), None
+        return self._affine
 
     def probes(self) -> ProbeSet:
         """The monitored run as a ProbeSet whose baseline it is (what symptoms read)."""

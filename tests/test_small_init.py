@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from optdoctor.cli import app
 from optdoctor.engine.evaluate import evaluate
 from optdoctor.engine.rules import load_rules
-from optdoctor.probes.affine import affine_in_input
+from optdoctor.probes.affine import affine_in_input, first_items
 from optdoctor.probes.batches import Call
 
 runner = CliRunner()
@@ -100,6 +100,10 @@ def test_the_affine_test_leaves_the_model_and_the_rng_as_they_were_and_skips_wha
     two = Call((torch.randn(4, 6), torch.randn(4, 6)), {})
     assert math.isnan(affine_in_input(nn.Bilinear(6, 6, 2), two))  # two inputs: untested
     assert affine_in_input(_Keyword(), Call((), {"pixels": torch.randn(4, 6)})) == 1.0
+    # what the monitor keeps from its first training forward: the first items of the one float input
+    kept = first_items({"pixels": torch.randn(40, 6)})
+    assert kept.kwargs["pixels"].shape == (16, 6) and affine_in_input(_Keyword(), kept) == 1.0
+    assert first_items((torch.randn(4, 6), torch.randn(4, 6))) is None and first_items(torch.randint(0, 3, (4, 5))) is None
 
 
 def _fired(symptoms: dict) -> list[str]:

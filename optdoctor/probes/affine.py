@@ -50,6 +50,25 @@ def _one_float_input(inputs: Any) -> tuple[str | None, torch.Tensor] | None:
     return (key, x) if isinstance(x, torch.Tensor) else None
 
 
+def first_items(inputs: Any, k: int = 16) -> Any:
+    """A detached copy of the first ``k`` items of a call's one floating-point input, in a form
+    ``affine_in_input`` takes (the monitor keeps it from the first training forward and tests at
+    ``diagnose``, off the training loop); None when there is nothing to test. ``inputs``: a
+    tensor, a tuple of positional inputs, a dict of keyword inputs or a ``Call``."""
+    from optdoctor.probes.batches import Call
+
+    if isinstance(inputs, dict):
+        inputs = Call((), dict(inputs))
+    elif isinstance(inputs, tuple):
+        inputs = Call(inputs, {})
+    found = _one_float_input(inputs)
+    if found is None or not found[1].is_floating_point() or found[1].dim() == 0:
+        return None
+    key, x = found
+    x = x[:k].detach().clone()
+    return x if key is None else Call((), {key: x})
+
+
 def _output(out: Any) -> torch.Tensor | None:
     if isinstance(out, torch.Tensor):
         return out
