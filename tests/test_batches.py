@@ -332,6 +332,36 @@ class _Two(nn.Module):
         return x * (mask if mask is not None else 1), labels
 
 
+@pytest.mark.parametrize("shape", [(40, 3), (40, 4, 3), (40, 2, 3, 3)])
+def test_standardize_inputs_scales_every_element_on_its_own_like_a_hand_loop(shape):
+    """probe.standardize_inputs: each element of the non-batch dimensions is a feature (what
+    DataStats measures and the finding cites): mean 0, std 1 from the sample, against a loop over
+    elements; a feature constant in the sample is only centred (a later batch that lights it is
+    not blown up); dict items as tensors."""
+    g = torch.Generator().manual_seed(0)
+    d = int(np.prod(shape[1:]))
+    X = torch.randn(shape, generator=g) * torch.logspace(-3, 3, d).reshape(1, *shape[1:]) + 5.0
+    X.reshape(len(X), -1)[:, 1] = 2.0  # a constant feature
+    y = torch.zeros(len(X))
+    reader = Reader(None, None)
+    reader.fit_standardize([(X[:20], y[:20]), (X[20:], y[20:])])
+    out = reader((X, y))[0].args[0]
+    flat, got = X.reshape(len(X), -1).double(), out.reshape(len(X), -1).double()
+    for j in range(d):
+        col = flat[:, j].tolist()
+        mean = sum(col) / len(col)
+        std = (sum((v - mean) ** 2 for v in col) / (len(col) - 1)) ** 0.5
+        ref = [(v - mean) / (std if std > 0 else 1.0) for v in col]
+        tol = 1e-6 * (1 + abs(mean) / (std or 1.0))  # applied in the input's float32
+        assert got[:, j].tolist() == pytest.approx(ref, rel=1e-5, abs=tol)
+    lit = X.clone()
+    lit.reshape(len(X), -1)[0, 1] = 3.0
+    assert reader((lit, y))[0].args[0].reshape(len(X), -1)[0, 1].item() == pytest.approx(1.0)
+    keyed = Reader(None, "y")
+    keyed.fit_standardize([{"x": X, "y": y}])
+    assert torch.allclose(keyed({"x": X, "y": y})[0].kwargs["x"], out)
+
+
 def test_bind_passes_keys_that_forward_names_by_name_and_the_rest_positionally():
     x, m, y = torch.ones(2), torch.zeros(2), torch.arange(2)
     c = bind(_Two(), Inputs((), {"pixel_values": x, "mask": m}))

@@ -100,6 +100,25 @@ def test_accounting_counts_plain_loop_verdicts_and_keeps_the_uncheckable_apart(m
     assert not crashed["tried_any"] and not crashed["judged_fixed"]
 
 
+@pytest.mark.parametrize("remedy_q, fix_q, strict, as_fix", [
+    ((0.811, 0.799, 0.816), (0.811, 0.800, 0.815), False, True),   # the fix itself just above good: matched
+    ((0.811, 0.785, 0.816), (0.811, 0.800, 0.815), False, False),  # more than FIX_TOL below the fix's seed
+    ((0.95, 0.799, 0.95), (0.95, 0.95, 0.95), False, False),       # the fix well above good: good is the bar
+    ((0.85, 0.85, 0.85), (0.95, 0.95, 0.95), True, True),          # confirmed is also as well as the fix
+])
+def test_as_well_as_the_fix_relaxes_good_only_where_the_fix_itself_sat_at_it(monkeypatch, remedy_q, fix_q, strict, as_fix):
+    from benchmarks.faults import verify as plain
+
+    q = dict(zip(plain.SEEDS, remedy_q))
+    monkeypatch.setattr(plain, "train", lambda cfg, seed, steps: {"diverged": False, "q_val": q[seed], "val_final": 0.1,
+                                                                   "val_min": 0.1, "l_ref": 1.0})
+    case = {"cause": "ill_conditioning", "good": 0.8, "config": CFG, "fix_runs": [{"q_val": x} for x in fix_q]}
+    out = remedy_check.check(case, {"optimizer.lr": "x0.1"}, {})
+    assert (out["trains_well"], out["as_fix"]) == (strict, as_fix)
+    rec = remedy_check._verdicts({"plain": [{"patch": {}, **out}]})
+    assert (rec["confirmed"], rec["confirmed_as_fix"]) == (strict, as_fix)
+
+
 def test_a_healthy_case_that_verify_left_alone_tried_nothing_and_one_it_probed_did():
     healthy = {"cause": "healthy"}
     assert not remedy_check.account(healthy, {"findings": [{"cause": "overfitting", "severity": "info"}]})["tried_any"]
@@ -272,3 +291,20 @@ def test_the_plain_loop_and_optdoctor_resolve_rate_and_schedule_patches_alike(tm
     else:
         assert ours.schedule.name == plain_cfg["schedule"]["name"]
         assert ours.schedule.args == pytest.approx(plain_cfg["schedule"]["args"])
+
+
+@pytest.mark.parametrize("shape", [(64, 5), (64, 4, 5), (64, 1, 4, 4)])
+def test_plain_loop_standardizes_inputs_as_optdoctor_does(shape):
+    """The ground-truth loop's probe.standardize_inputs (written from the schema's words) and
+    optdoctor's Reader give the same inputs: each element of the non-batch dimensions its own
+    feature, constant ones only centred."""
+    from benchmarks.faults import verify as plain
+    from optdoctor.probes.batches import Reader
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(shape, generator=g) * torch.logspace(-2, 2, int(np.prod(shape[1:]))).reshape(1, *shape[1:])
+    X.reshape(len(X), -1)[:, 0] = 4.0
+    ours = Reader(None, None)
+    ours.fit_standardize([(X, torch.zeros(len(X)))])
+    theirs, _ = plain._standardized(X, X[:3])
+    assert torch.allclose(ours((X, torch.zeros(len(X))))[0].args[0], theirs, atol=1e-5)

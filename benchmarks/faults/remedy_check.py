@@ -134,6 +134,15 @@ def plain_config(cfg: dict, patch: dict, symptoms: dict, steps: int) -> dict:
     return out
 
 
+# "As well as the fix": a remedy that matches the case's own one-change fix seed by seed, to
+# within this much of q_val (the share of the reference loss removed), trains as well as the fix,
+# even where the fix itself landed just above ``good`` and the remedy just below. Counted in a
+# column of its own, never as "confirmed". Chosen after the dev run at 941627e showed remedies
+# equivalent to the fix (standardising mixed-unit inputs or targets) a few thousandths below good
+# where the fix was a few thousandths above.
+FIX_TOL = 0.01
+
+
 def check(case: dict, patch: dict, symptoms: dict) -> dict:
     """The plain loop's verdict on one remedy: trains well on every seed (verify.trains_well, with
     the no-overfitting bound for overfitting cases, as for the case's own fix)."""
@@ -147,15 +156,23 @@ def check(case: dict, patch: dict, symptoms: dict) -> dict:
         cfg = plain_config(case["config"], patch, symptoms, steps)
     except NotCheckable as e:
         return {"checkable": False, "why": str(e)}
+    fix_q = {s: r["q_val"] for s, r in zip(plain.SEEDS, case.get("fix_runs", []))}
     seeds = []
     for s in plain.SEEDS:
         try:
             run = plain.train(cfg, s, steps)
-            ok, why = plain.trains_well(run, case["good"], check_rise=case["cause"] == "overfitting")
-            seeds.append({"seed": s, "ok": ok, "why": why, "q_val": run["q_val"], "diverged": run["diverged"]})
+            rise = case["cause"] == "overfitting"
+            ok, why = plain.trains_well(run, case["good"], check_rise=rise)
+            # the secondary verdict: as well as the case's own fix on this seed, within FIX_TOL
+            # (differs from ok only where the fix itself landed within FIX_TOL of good)
+            bar = case["good"] if fix_q.get(s) is None else min(case["good"], fix_q[s] - FIX_TOL)
+            as_fix = plain.trains_well(run, bar, check_rise=rise)[0]
+            seeds.append({"seed": s, "ok": ok, "why": why, "q_val": run["q_val"], "diverged": run["diverged"],
+                          "as_fix": as_fix})
         except Exception as e:  # noqa: BLE001 -- the patched config does not run in the plain loop: not a fix
-            seeds.append({"seed": s, "ok": False, "why": f"error: {type(e).__name__}: {e}"})
-    return {"checkable": True, "trains_well": all(x["ok"] for x in seeds), "seeds": seeds}
+            seeds.append({"seed": s, "ok": False, "why": f"error: {type(e).__name__}: {e}", "as_fix": False})
+    return {"checkable": True, "trains_well": all(x["ok"] for x in seeds),
+            "as_fix": all(x["as_fix"] for x in seeds), "seeds": seeds}
 
 
 def tried(report: dict) -> list[dict]:
@@ -194,6 +211,7 @@ def account(case: dict, report: dict | None, plain_check: bool = True) -> dict:
 def _verdicts(rec: dict) -> dict:
     """The case's counts from its plain-loop checks."""
     rec["confirmed"] = any(c.get("trains_well") for c in rec["plain"])
+    rec["confirmed_as_fix"] = any(c.get("trains_well") or c.get("as_fix") for c in rec["plain"])
     rec["false_fixed"] = [c["patch"] for c in rec["plain"] if c["checkable"] and not c["trains_well"]]
     rec["not_checkable"] = [c["patch"] for c in rec["plain"] if not c["checkable"]]
     return rec
@@ -209,15 +227,16 @@ def tables(results: list[dict], causes: list[str], title: str) -> str:
     healthy = [r for r in results if r["cause"] == "healthy"]
     lines = [(f"### {title}, --verify: {len(results)} cases ({len(healthy)} healthy, "
               f"{sum('error' in r for r in results)} could not be diagnosed)"), "",
-             ("| cause | n | a remedy tried | judged fixed (optdoctor) | confirmed (plain loop) | remedies judged fixed "
-              "| confirmed | false 'fixed' | not checkable |"),
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             ("| cause | n | a remedy tried | judged fixed (optdoctor) | confirmed (plain loop) | confirmed or matching the fix "
+              "| remedies judged fixed | confirmed | false 'fixed' | not checkable |"),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def row(name, rs):
         checks = [c for r in rs for c in r["verify"]["plain"]]
         return (f"| {name} | {len(rs)} | {_share(sum(r['verify']['tried_any'] for r in rs), len(rs))} "
                 f"| {_share(sum(r['verify']['judged_fixed'] for r in rs), len(rs))} "
-                f"| {_share(sum(r['verify']['confirmed'] for r in rs), len(rs))} | {len(checks)} "
+                f"| {_share(sum(r['verify']['confirmed'] for r in rs), len(rs))} "
+                f"| {_share(sum(bool(r['verify'].get('confirmed_as_fix')) for r in rs), len(rs))} | {len(checks)} "
                 f"| {sum(bool(c.get('trains_well')) for c in checks)} "
                 f"| {sum(c['checkable'] and not c['trains_well'] for c in checks)} "
                 f"| {sum(not c['checkable'] for c in checks)} |")

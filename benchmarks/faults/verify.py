@@ -102,12 +102,13 @@ def _optimizer_class(name: str):
 
 
 def _standardized(Xtr: torch.Tensor, Xva: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each input feature (each channel of an image, each feature of a sequence) to mean 0, std 1
-    with the training set's statistics."""
+    """A remedy's ``probe.standardize_inputs``, from the schema's words: each input feature (each
+    element of the non-batch dimensions: a pixel, a time step's feature) to mean 0, std 1 with the
+    training set's statistics; a feature constant in the training set is only centred."""
     if not Xtr.is_floating_point():
         return Xtr, Xva
-    dims = (0, 2, 3) if Xtr.dim() == 4 else tuple(range(Xtr.dim() - 1))
-    mean, std = Xtr.mean(dims, keepdim=True), Xtr.std(dims, keepdim=True).clamp_min(1e-12)
+    mean, std = Xtr.mean(0, keepdim=True), Xtr.std(0, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))
     return (Xtr - mean) / std, (Xva - mean) / std
 
 

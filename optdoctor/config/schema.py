@@ -155,7 +155,7 @@ class ProbeSettings(_Strict):
     variants: VariantsConfig = Field(default_factory=VariantsConfig)
     tensorboard: str | None = Field(None, description="write TensorBoard logs under this folder (relative to the config)")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm, as the user's training does")
-    standardize_inputs: bool = Field(False, description="standardise each input feature with the training set's mean and std before probing")
+    standardize_inputs: bool = Field(False, description="standardise each input feature (each element of its non-batch dimensions: a pixel, a time step's feature) with the training set's mean and std before probing; features constant in the sample are only centred")
     whiten_inputs: bool = Field(False, description="whiten the one floating input (ZCA: every feature jointly decorrelated to unit "
                                                     "variance, training-set statistics; at most 512 features) before probing")
     standardize_targets: bool = Field(False, description="standardise floating (regression) targets per output with the training "

@@ -512,18 +512,29 @@ class Reader:
             raise self._err("data.inputs", f"no input among the item's keys ({', '.join(map(str, keys))}): set data.inputs")
         return Inputs((), {k: raw[k] for k in ins}), (raw[t] if t is not None else None), t
 
-    # --- probe.standardize_inputs: one floating input, per feature (per channel for images)
+    # --- probe.standardize_inputs: one floating input, per feature (every element its own)
     def fit_standardize(self, raws: list[Any]) -> None:
-        """Mean and std per feature of the one floating input, from the evaluation sample."""
+        """Mean and std of every feature of the one floating input, from the evaluation sample.
+        A feature is an element of the input's non-batch dimensions (each pixel of an image, each
+        time step's feature of a sequence), the unit the input-scale statistics measure
+        (``DataStats``) and whitening uses, so that the remedy undoes the spread the finding
+        cites, whatever the layout. Statistics in float64; a feature that does not vary in the
+        sample keeps its scale and is only centred (scikit-learn's ``StandardScaler`` does the
+        same), so a border pixel that is 0 throughout the sample is not blown up when a later
+        batch lights it."""
         xs = [self._only_float(self._split(r)[0]) for r in raws]
         if not xs or any(x is None for x in xs):
             return
         try:
-            X = torch.cat(xs)
+            X = torch.cat([x.detach().double() for x in xs])
         except RuntimeError:
             return
-        dims = [0] + ([2, 3] if X.dim() == 4 else list(range(2, X.dim())) if X.dim() > 2 else [])
-        self.scale = (X.mean(dim=dims, keepdim=True), X.std(dim=dims, keepdim=True).clamp_min(1e-12))
+        if len(X) < 2:
+            return
+        mean, std = X.mean(dim=0, keepdim=True), X.std(dim=0, keepdim=True)
+        flat = std <= 1e-12 * mean.abs().clamp_min(1.0)  # constant in the sample (up to rounding)
+        dtype = xs[0].dtype
+        self.scale = (mean.to(dtype), torch.where(flat, torch.ones_like(std), std).to(dtype))
 
     # --- probe.whiten_inputs: one floating input, every feature jointly (ZCA)
     def fit_whiten(self, raws: list[Any]) -> bool:
