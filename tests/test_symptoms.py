@@ -68,6 +68,43 @@ def test_loss_curve_linear_descent():
     assert (s["loss.diverged"], s["loss.diverged_at"]) == (0.0, 1.0)
 
 
+def _late_drop_lo_by_hand(v) -> float:
+    """Ordinary least squares over the second half, written out term by term."""
+    h = [float(x) for x in v[len(v) // 2:]]
+    n = len(h)
+    xbar = (n - 1) / 2
+    ybar = sum(h) / n
+    sxx = sum((i - xbar) ** 2 for i in range(n))
+    slope = sum((i - xbar) * (h[i] - ybar) for i in range(n)) / sxx
+    rss = sum((h[i] - (ybar + slope * (i - xbar))) ** 2 for i in range(n))
+    se = math.sqrt(rss / (n - 2) / sxx)
+    return (-slope - 2 * se) * (n - 1) / abs(float(v[0]))
+
+
+def test_late_drop_lower_bound_is_the_least_squares_drop_less_two_standard_errors():
+    rng = np.random.default_rng(0)
+    clean = np.linspace(2.0, 1.0, 100)
+    s = extract(probes(trace({"loss.train": clean})))
+    # a straight line: no residual, the bound is the line's drop over the half (49 of 99 steps)
+    assert s["loss.late_rel_drop_lo"] == pytest.approx((49 / 99) / 2.0)
+    for series in (clean + rng.normal(0, 0.05, 100), np.exp(-np.arange(150) / 30) + rng.normal(0, 0.1, 150),
+                   1.0 + rng.normal(0, 0.2, 40)):
+        s = extract(probes(trace({"loss.train": series})))
+        assert s["loss.late_rel_drop_lo"] == pytest.approx(_late_drop_lo_by_hand(series), rel=1e-9)
+
+
+def test_noise_around_a_level_is_no_late_drop_however_the_smoothed_ends_fall():
+    # mini-batch noise around a constant: the trailing means at mid and end may differ by chance,
+    # the least-squares bound does not read that as progress
+    rng = np.random.default_rng(3)
+    v = 0.5 + rng.normal(0, 0.05, 150)
+    v[0] = 1.0
+    s = extract(probes(trace({"loss.train": v})))
+    assert s["loss.late_rel_drop_lo"] < 0.0
+    # too short a second half for a standard error: absent, not guessed
+    assert "loss.late_rel_drop_lo" not in extract(probes(trace({"loss.train": np.linspace(2, 1, 14)})))
+
+
 def test_loss_spike_is_relative_to_the_initial_loss():
     v = flat(2.0)
     v[30:] = 1.0

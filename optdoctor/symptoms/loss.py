@@ -18,6 +18,7 @@ from optdoctor.symptoms.registry import produces
     ("loss.init_over_chance", "initial loss / chance loss; ~1 for a sane init, >>1 for overconfident or badly scaled outputs", "ratio"),
     ("loss.final_over_chance", "final loss / chance loss: the end point in units of predicting a constant, comparable between runs whose targets are scaled differently (inf if the probe diverged)", "ratio"),
     ("loss.late_rel_drop", "drop of the smoothed loss over the second half of the probe, relative to the initial loss", "fraction"),
+    ("loss.late_rel_drop_lo", "lower bound of the second half's drop that the noisy curve supports: the least-squares line's drop over the second half minus two standard errors of it, relative to the initial loss (a clean curve: ~loss.late_rel_drop; mini-batch noise around a level: <= 0)", "fraction"),
     ("loss.spike", "largest rise of the loss above its running minimum, relative to the initial loss", "fraction"),
     ("loss.diverged", "1 if the loss became non-finite or exploded (probe stopped), else 0", "flag"),
     ("loss.diverged_at", "step at which the probe diverged, as a fraction of its steps (1 if it did not)", "fraction"),
@@ -49,6 +50,26 @@ def loss_curve(p: ProbeSet) -> dict:
     if len(s) >= 4:
         mid = len(s) // 2
         out["loss.late_rel_drop"] = (s[mid] - s[-1]) / denom
+    lo = _late_drop_lower_bound(v)
+    if lo is not None:
+        out["loss.late_rel_drop_lo"] = lo / denom
     runmin = np.minimum.accumulate(v)
     out["loss.spike"] = float(safe_div(float((v - runmin).max()), denom))
     return out
+
+
+def _late_drop_lower_bound(v: np.ndarray) -> float | None:
+    """Drop of the least-squares line through the second half of ``v`` over that half, minus two
+    standard errors of it (ordinary least squares: se(slope) = sqrt(RSS / (n - 2) / Sxx)). A
+    second half of fewer than 8 points gives None."""
+    h = np.asarray(v[len(v) // 2:], dtype=np.float64)
+    n = len(h)
+    if n < 8:
+        return None
+    x = np.arange(n, dtype=np.float64)
+    xc = x - x.mean()
+    sxx = float(xc @ xc)
+    slope = float(xc @ (h - h.mean())) / sxx
+    resid = h - h.mean() - slope * xc
+    se = float(np.sqrt(float(resid @ resid) / (n - 2) / sxx))
+    return (-slope - 2.0 * se) * (n - 1)
