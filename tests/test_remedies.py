@@ -305,3 +305,37 @@ def test_verify_reports_a_remedy_it_cannot_apply_as_not_tried_with_the_reason(lo
         reasons[json.dumps(patch)] = v.reason
     assert "lr.range_suggested" in reasons[json.dumps(SUGGESTED)] and "probe.lr_range" in reasons[json.dumps(SUGGESTED)]
     assert "no schedule is configured" in reasons['{"schedule": null}']
+
+
+def _finding(rule: str, cause: str, confidence: float, severity: str = "error", onset: int | None = 0):
+    from optdoctor.findings import Finding
+
+    return Finding(rule=rule, name=rule.lower(), cause=cause, severity=severity, confidence=confidence, summary="",
+                   onset=onset)
+
+
+def test_findings_confirmed_to_the_same_confidence_keep_the_evidence_order():
+    # a constant init (OD301, 0.95) and the vanishing gradients it causes (OD101, 0.9): both
+    # confirmed by --verify to 0.99; the root cause stays first (rule-id order would put OD101 first)
+    from types import SimpleNamespace
+
+    from optdoctor.diagnose.verify import _rerank
+
+    init, vanish = _finding("OD301", "bad_init", 0.95), _finding("OD101", "vanishing_gradients", 0.9)
+    diag = SimpleNamespace(findings=[init, vanish])
+    before = list(diag.findings)
+    init.confidence = vanish.confidence = 0.99
+    _rerank(diag, before)
+    assert [f.rule for f in diag.findings] == ["OD301", "OD101"]
+    # where the confidences part, they decide: a confirmed finding overtakes a refuted one
+    a, b = _finding("OD302", "bad_init", 0.8), _finding("OD401", "lr_too_high", 0.7)
+    diag = SimpleNamespace(findings=[a, b])
+    before = list(diag.findings)
+    a.confidence, b.confidence = 0.6, 0.9
+    _rerank(diag, before)
+    assert [f.rule for f in diag.findings] == ["OD401", "OD302"]
+    # and severity still comes first
+    warn, err = _finding("OD203", "local_minimum", 0.99, severity="warning"), _finding("OD404", "lr_too_low", 0.5)
+    diag = SimpleNamespace(findings=[warn, err])
+    _rerank(diag, [warn, err])
+    assert [f.rule for f in diag.findings] == ["OD404", "OD203"]
