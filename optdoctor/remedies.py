@@ -232,7 +232,13 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
             current = _default(factories.get(parts[0]), parts[2])  # "x4" of an argument left at its default
         if key == "schedule" and value is None:
             _check_schedule_drop(cfg, direction, symptoms)
-        node[parts[-1]] = _resolve_value(copy.deepcopy(value), current, cfg, symptoms)
+        try:
+            node[parts[-1]] = _resolve_value(copy.deepcopy(value), current, cfg, symptoms)
+        except NotApplicable as e:
+            if current is None and isinstance(value, str) and MULTIPLY.match(value):
+                raise NotApplicable(f"not applicable: {key} is not set (or its default is not a number), so there is "
+                                    f"nothing to multiply by {value[1:]}") from e
+            raise
         if key == "optimizer.lr":
             _check_direction(value, node[parts[-1]], cfg.optimizer.lr, direction)
         relative = isinstance(value, str) and bool(MULTIPLY.match(value) or PLACEHOLDER.match(value))

@@ -85,6 +85,15 @@ def test_multiplying_a_string_is_not_applicable(loaded):
         apply_patch(loaded, {"model.args.act": "x2"}, mlp_factories())
 
 
+def test_multiplying_an_argument_left_unset_says_which(loaded):
+    # a factory whose n_train defaults to None ("all the data"): "x4" has nothing to scale
+    def data(*, n_train=None, n_val=256, seed=0):
+        raise AssertionError("not called")
+
+    with pytest.raises(NotApplicable, match=r"data.args.n_train is not set .* nothing to multiply by 4"):
+        apply_patch(loaded, {"data.args.n_train": "x4"}, {**mlp_factories(), "data": data})
+
+
 def test_invalid_patched_config_is_not_applicable(loaded):
     with pytest.raises(NotApplicable, match="invalid"):
         apply_patch(loaded, {"optimizer.lr": -1.0}, mlp_factories())
