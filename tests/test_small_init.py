@@ -202,3 +202,46 @@ def test_the_monitor_runs_the_affine_test_on_the_first_training_batch():
             diag = mon.diagnose()
         assert diag.symptoms["model.affine"] == want
         assert ("OD207" in [f.rule for f in diag.findings]) == (want == 1.0), diag.findings
+
+
+def test_linear_share_counts_the_parameters_of_linear_layers_only():
+    from optdoctor.probes.affine import linear_share
+
+    assert linear_share(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))) == 1.0
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    assert linear_share(conv) == pytest.approx((2 * 16 * 3 + 3) / (2 * 9 + 2 + 2 * 16 * 3 + 3))
+    normed = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    assert linear_share(normed) == pytest.approx((40 + 18) / (40 + 16 + 18))
+
+    class Slope(nn.Module):  # affine in x, through a cubic of its own parameter
+        def __init__(self):
+            super().__init__()
+            self.t = nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, x):
+            return (self.t ** 3 - 3 * self.t) * x
+
+    assert linear_share(Slope()) == 0.0
+    frozen = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    frozen[0].weight.requires_grad_(False)
+    assert linear_share(frozen) == 1.0  # trainable parameters only
+    assert math.isnan(linear_share(nn.ReLU()))
+
+
+def test_a_linear_regression_at_its_noise_floor_is_no_local_minimum(tmp_path):
+    # y = X w* + noise of std 2: the fit ends at the noise floor, far from zero loss, with a
+    # positive-definite Hessian and fresh seeds no better: what OD203's second path reads, but a
+    # linear model under the squared loss has no local minimum other than the global one
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(textwrap.dedent("""\
+        name: noisy-regression
+        model: {factory: optdoctor.models:mlp, args: {depth: 0}}
+        data: {factory: optdoctor.data:linear_regression, args: {noise: 2.0, n_train: 2048}, batch_size: 64}
+        loss: mse
+        optimizer: {name: sgd, lr: 0.05}
+        probe: {threads: 1}
+        """))
+    report = _diagnose(cfg)
+    assert report["symptoms"]["model.deep_linear"] == 1.0
+    assert report["symptoms"]["loss.progress"] < 0.5  # far from zero loss: the floor is the noise
+    assert [f for f in report["findings"] if f["severity"] in ("warning", "error")] == [], report["findings"]

@@ -608,3 +608,17 @@ def test_step_gain_reads_the_step_taken_not_lr_times_g_squared():
     t.series["update.first_order"] = (np.arange(0, 20, 2), np.full(10, 4e-4))
     s = gradient_depth(probes(t))
     assert s["grad.step_gain"] == pytest.approx(2e-4) and s["grad.step_gain_init"] == pytest.approx(2e-4)
+
+
+def test_deep_linear_needs_an_affine_model_linear_layers_only_and_a_convex_builtin_loss():
+    def dl(**meta):
+        return extract(probes(trace({"loss.train": flat(1.0)}, **meta))).get("model.deep_linear")
+
+    assert dl(affine=1.0, linear_share=1.0, loss="mse") == 1.0
+    assert dl(affine=1.0, linear_share=1.0, loss="cross_entropy") == 1.0
+    assert dl(affine=0.0, linear_share=1.0, loss="mse") == 0.0  # a ReLU stack
+    assert dl(affine=1.0, linear_share=0.0, loss="mse") == 0.0  # affine through its own parameterisation
+    assert dl(affine=1.0, linear_share=1.0, loss="model") == 0.0  # the model's own loss: unknown
+    assert dl(affine=1.0, linear_share=1.0, loss="losses.py:mae") == 0.0  # a user's loss: unknown
+    assert dl(affine=None, linear_share=1.0, loss="mse") is None  # untested
+    assert dl(affine=1.0, loss="mse") is None

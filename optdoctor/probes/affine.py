@@ -138,3 +138,18 @@ def _verdict(f) -> float:
     if not torch.isfinite(f0).all() or float(g[SCALES[-1]].abs().max()) <= 100 * noise:
         return math.nan  # the input barely moves the output even at the largest scale: nothing to tell
     return 1.0
+
+
+def linear_share(model: nn.Module) -> float:
+    """Share of the trainable parameter elements that are the weights and biases of ``nn.Linear``
+    layers (1.0: the model's parameters are those of a stack of Linear layers; a parameter used
+    any other way, convolutions, normalisation, embeddings or a module's own ``nn.Parameter``,
+    lowers it). With ``affine_in_input`` == 1 this tells a deep linear network from an affine
+    model reached through another parameterisation (y = (t^3 - 3t) x is affine in x, its loss in
+    t is not convex)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = sum(p.numel() for p in params)
+    if total == 0:
+        return float("nan")
+    linear = {id(p) for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
+    return sum(p.numel() for p in params if id(p) in linear) / total

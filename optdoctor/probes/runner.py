@@ -265,18 +265,19 @@ def run_probe(setup: Setup, spec: ProbeSpec, progress: Progress | None = None,
     except ProbeError:  # a forward that cannot take the target: the training step says so
         example = None
     layers, acts = discover(model, example)
-    affine = None  # untested: meta stays plain JSON
+    affine = linear = None  # untested: meta stays plain JSON
     if spec.kind in AFFINE_KINDS and spec.start_state is None and example is not None:
-        from optdoctor.probes.affine import affine_in_input
+        from optdoctor.probes.affine import affine_in_input, linear_share
 
-        a = affine_in_input(model, example)
-        affine = None if math.isnan(a) else a
+        a, share = affine_in_input(model, example), linear_share(model)
+        affine, linear = (None if math.isnan(a) else a), (None if math.isnan(share) else share)
     ctx = Context(model, optimizer, rec, layers, acts, meta={
         "kind": spec.kind, "lr": lr, "lr_factor": spec.lr_factor, "steps": spec.steps, "seed": spec.seed,
         "optimizer": cfg.optimizer.name.lower(), "optimizer_args": dict(cfg.optimizer.args),
         "batch_size": bs, "n_train": setup.train.n, "n_params": sum(p.numel() for p in model.parameters()),
         "chance_loss": setup.chance_loss, "n_classes": setup.n_classes, "loss": cfg.loss,
         "perturb": spec.perturb, "continued": spec.start_state is not None, "affine": affine,
+        "linear_share": linear,
     })
     trace = Trace(spec.name)
     instruments = InstrumentSet(_instruments(setup, spec, step_fn))

@@ -54,6 +54,23 @@ def affine(p: ProbeSet) -> dict:
     return {} if a is None else {"model.affine": float(a)}
 
 
+# Losses convex in the model's output: with a deep linear network every local minimum of these is
+# global (Kawaguchi 2016 for the squared loss; Laurent & von Brecht 2018 for any convex
+# differentiable loss). "model" (the model's own loss) and a user's loss function are unknown.
+CONVEX_LOSSES = ("mse", "cross_entropy", "bce_with_logits", "nll")
+
+
+@produces(
+    ("model.deep_linear", "1 if the model is a deep linear network under a loss convex in its output: affine in its input at step 0 (model.affine), every trainable parameter a weight or bias of an nn.Linear layer, and a built-in mse / cross_entropy / bce_with_logits / nll loss; every local minimum of such a loss is global (Kawaguchi 2016; Laurent & von Brecht 2018). 0 if tested and not; absent where untested (or in the monitor, which does not know the loss)", "flag"),
+)
+def deep_linear(p: ProbeSet) -> dict:
+    meta = p.baseline.meta
+    a, share, loss = meta.get("affine"), meta.get("linear_share"), meta.get("loss")
+    if a is None or share is None or not isinstance(loss, str):
+        return {}
+    return {"model.deep_linear": float(a >= 1 and share >= 1 and loss in CONVEX_LOSSES)}
+
+
 @produces(
     ("act.layers", "number of activation layers seen (modules and functional calls such as F.relu; softmax not counted)", "count"),
     ("act.dead_frac.max", "largest fraction of a ReLU layer's units never active on recent batches, at the end", "fraction"),
