@@ -445,7 +445,8 @@ def rich_probeset() -> ProbeSet:
     base.series["grad.position"] = (np.array([0, 10]), np.array([[0.1, 0.5, 1.0], [0.2, 0.6, 1.0]]))
     base.series["layer.out_scale"] = (np.array([0]), np.array([[1.0, 2.0, 4.0, 0.5]]))
     base.series["lr"] = (np.arange(40), np.full(40, 0.1))
-    base.meta.update(lr=0.1, optimizer="sgd", optimizer_args={"momentum": 0.9}, chance_loss=1.5, affine=0.0)
+    base.meta.update(lr=0.1, optimizer="sgd", optimizer_args={"momentum": 0.9}, chance_loss=1.5, affine=0.0,
+                     linear_share=1.0, loss="cross_entropy")
     base.series["act.dead_frac"][1][:, 0] = 0.9  # some layer dies: act.dead_onset
     lrs = np.logspace(-5, 0, 50)
     lr_range = trace({"lr": lrs, "loss.train": 2.0 - 1.5 * np.exp(-((np.log10(lrs) + 2) ** 2))}, probe="lr_range", lr=0.1)
