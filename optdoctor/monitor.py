@@ -126,6 +126,24 @@ def monitor_instruments(every: int, detail_every: int, has_acts: bool = True, se
     return out
 
 
+def _loss_name(fn: Callable | None) -> str | None:
+    """The built-in loss name (config ``loss:``) of a ``loss_fn`` that is one of torch's own: the
+    functional or its module; None for anything else (a user's loss is not assumed convex)."""
+    if fn is None:
+        return None
+    F = torch.nn.functional
+    by_fn = {F.mse_loss: "mse", F.cross_entropy: "cross_entropy", F.binary_cross_entropy_with_logits: "bce_with_logits",
+             F.nll_loss: "nll"}
+    by_type = {nn.MSELoss: "mse", nn.CrossEntropyLoss: "cross_entropy", nn.BCEWithLogitsLoss: "bce_with_logits",
+               nn.NLLLoss: "nll"}
+    try:
+        if fn in by_fn:
+            return by_fn[fn]
+    except TypeError:  # an unhashable callable
+        pass
+    return by_type.get(type(fn))
+
+
 def _unwrap_model(model: nn.Module) -> nn.Module:
     """DistributedDataParallel / DataParallel hold the user's module in ``.module``: hooks and
     layer names go on that one (names then match a single-process run)."""
@@ -608,8 +626,14 @@ class Monitor:
         trace.hessian.extend(dict(r) for r in sorted(self._hessian_rows, key=lambda r: r["step"]))
         if self._hessian_errors:
             trace.meta["hessian_errors"] = list(self._hessian_errors)
+        affine = self._affine_verdict()
         trace.meta.update({"kind": "monitor", "steps": self.step_count, "chance_loss": self.chance_loss,
-                           "affine": self._affine_verdict()})
+                           "affine": affine, "loss": _loss_name(self.loss_fn)})
+        if affine is not None:  # with the loss's name, model.deep_linear (OD203's rule-out)
+            from optdoctor.probes.affine import linear_share
+
+            share = linear_share(self.model)
+            trace.meta["linear_share"] = None if math.isnan(share) else share
         if self.status == "diverged" and self.stopped_at is not None:
             cut_at(trace, self.stopped_at)
         return trace

@@ -584,3 +584,35 @@ def test_rules_that_need_a_rerun_on_transformed_inputs_say_diagnose_decides_them
             od206 = next(o for o in mon.diagnose(follow_up=follow_up).outcomes if o.rule == "OD206")
             assert od206.status == "not_evaluated" and "data.whiten_gain" in od206.reason
             assert "optdoctor diagnose" in od206.reason and "follow_up=True" not in od206.reason
+
+
+def test_loss_name_knows_torchs_own_convex_losses_only():
+    from optdoctor.monitor import _loss_name
+
+    assert _loss_name(F.mse_loss) == "mse" and _loss_name(nn.MSELoss(reduction="sum")) == "mse"
+    assert _loss_name(F.cross_entropy) == "cross_entropy" and _loss_name(nn.CrossEntropyLoss()) == "cross_entropy"
+    assert _loss_name(nn.BCEWithLogitsLoss()) == "bce_with_logits" and _loss_name(F.nll_loss) == "nll"
+    assert _loss_name(lambda o, y: ((o - y) ** 4).mean()) is None and _loss_name(None) is None
+
+
+def test_monitored_linear_regression_at_its_noise_floor_is_no_local_minimum():
+    # the in-loop twin of test_small_init's noisy regression: the monitor knows the loss from
+    # loss_fn and the model's parameters, so model.deep_linear rules OD203 out here too
+    torch.manual_seed(0)
+    X = torch.randn(2048, 20)
+    y = X @ (torch.randn(20, 1) / 20 ** 0.5) + 2.0 * torch.randn(2048, 1)
+    model = nn.Linear(20, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    chance = float(y.var())  # the best constant's loss: with it the positive-definite path is open
+    with optdoctor.Monitor(model, opt, loss_fn=F.mse_loss, checkpoint_every=50, chance_loss=chance) as mon:
+        for step in range(300):
+            i = (step * 64) % 2048
+            xb, yb = X[i:i + 64], y[i:i + 64]
+            loss = F.mse_loss(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss, batch=(xb, yb))
+        diag = mon.diagnose(follow_up=True)
+    assert diag.symptoms["model.deep_linear"] == 1.0 and diag.symptoms["loss.progress"] < 0.5
+    assert [f.rule for f in diag.findings if f.severity in ("warning", "error")] == []

@@ -61,7 +61,7 @@ CONVEX_LOSSES = ("mse", "cross_entropy", "bce_with_logits", "nll")
 
 
 @produces(
-    ("model.deep_linear", "1 if the model is a deep linear network under a loss convex in its output: affine in its input at step 0 (model.affine), every trainable parameter a weight or bias of an nn.Linear layer, and a built-in mse / cross_entropy / bce_with_logits / nll loss; every local minimum of such a loss is global (Kawaguchi 2016; Laurent & von Brecht 2018). 0 if tested and not; absent where untested (or in the monitor, which does not know the loss)", "flag"),
+    ("model.deep_linear", "1 if the model is a deep linear network under a loss convex in its output: affine in its input at step 0 (model.affine), every trainable parameter a weight or bias of an nn.Linear layer, and a built-in mse / cross_entropy / bce_with_logits / nll loss; every local minimum of such a loss is global (Kawaguchi 2016; Laurent & von Brecht 2018). 0 if tested and not; absent where untested (in the monitor: known when loss_fn is torch's own MSE, cross-entropy, BCE-with-logits or NLL, functional or module)", "flag"),
 )
 def deep_linear(p: ProbeSet) -> dict:
     meta = p.baseline.meta
