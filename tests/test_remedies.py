@@ -332,19 +332,17 @@ def test_findings_confirmed_to_the_same_confidence_keep_the_evidence_order():
 
     init, vanish = _finding("OD301", "bad_init", 0.95), _finding("OD101", "vanishing_gradients", 0.9)
     diag = SimpleNamespace(findings=[init, vanish])
-    before = list(diag.findings)
     init.confidence = vanish.confidence = 0.99
-    _rerank(diag, before)
+    _rerank(diag)
     assert [f.rule for f in diag.findings] == ["OD301", "OD101"]
     # where the confidences part, they decide: a confirmed finding overtakes a refuted one
     a, b = _finding("OD302", "bad_init", 0.8), _finding("OD401", "lr_too_high", 0.7)
     diag = SimpleNamespace(findings=[a, b])
-    before = list(diag.findings)
     a.confidence, b.confidence = 0.6, 0.9
-    _rerank(diag, before)
+    _rerank(diag)
     assert [f.rule for f in diag.findings] == ["OD401", "OD302"]
     # and severity still comes first
     warn, err = _finding("OD203", "local_minimum", 0.99, severity="warning"), _finding("OD404", "lr_too_low", 0.5)
     diag = SimpleNamespace(findings=[warn, err])
-    _rerank(diag, [warn, err])
+    _rerank(diag)
     assert [f.rule for f in diag.findings] == ["OD404", "OD203"]

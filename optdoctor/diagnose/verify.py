@@ -52,12 +52,13 @@ def trains(after: float | None, reference: float | None) -> bool:
     return math.isfinite(after) and after < reference
 
 
-def _rerank(diag: Diagnosis, before: list[Finding]) -> None:
+def _rerank(diag: Diagnosis) -> None:
     """Order the findings again after their confidences moved, keeping the order the evidence gave
     where severity and the new confidence tie: two findings confirmed to the same 0.99 stay in the
-    order their own confidences (then onsets) put them in, not in rule-id order."""
-    rank = {id(f): i for i, f in enumerate(before)}
-    diag.findings.sort(key=lambda f: (f.sort_key()[:2], rank.get(id(f), len(rank)), f.sort_key()[2:]))
+    order their own confidences (then onsets) put them in, not in rule-id order. The list is still
+    in the evidence's order here (verification changes confidences, not the list), and the sort is
+    stable, so severity and confidence are the whole key."""
+    diag.findings.sort(key=lambda f: f.sort_key()[:2])
 
 
 def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Callable[[str, int, int], None] | None = None,
@@ -74,7 +75,6 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
     running is stopped at its hard limit."""
     from optdoctor.remedies import Verification
 
-    before_order = list(diag.findings)
     loaded = diag.loaded
     vcfg = loaded.config.probe.verify
     by_id = {r.id: r for r in rules}
@@ -104,7 +104,7 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                 _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
         if results:
             conclude(f, results)
-    _rerank(diag, before_order)
+    _rerank(diag)
 
 
 class _Budget:
@@ -272,7 +272,6 @@ def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -
     ones: the same judgement, for the findings that fire now."""
     from optdoctor.remedies import Verification
 
-    before_order = list(diag.findings)
     by_id = {r.id: r for r in rules}
     for f in diag.findings:
         if f.rule not in tried or f.rule not in by_id:
@@ -295,7 +294,7 @@ def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -
             results.append(v)
         if results:
             conclude(f, results)
-    _rerank(diag, before_order)
+    _rerank(diag)
 
 
 def _after(trace, probes: ProbeSet) -> dict[str, float]:
