@@ -18,7 +18,10 @@ symptom the diagnosis lacks makes the patch not applicable. A relative or measur
 (``optimizer.lr: "x0.1"``, ``"$lr.range_suggested"``, ``"$lr*0.5"``) also scales the rates a
 configured schedule sets itself (CyclicLR's base_lr/max_lr, OneCycleLR's max_lr, eta_min,
 min_lr) by new/old, unless the patch sets the schedule: such a schedule would otherwise undo the
-change; a literal number (``optimizer.lr: 0.01``) sets the optimizer's rate alone.
+change; a literal number (``optimizer.lr: 0.01``) sets the optimizer's rate alone. A measured
+rate is the rate to train at: where the baseline's schedule raised the rate above the configured
+one (``lr.peak_over_config`` > 1, e.g. CyclicLR from a low base_lr), the schedule's peak becomes
+the measured rate (old is that peak, not the configured floor).
 ``schedule: null`` drops the configured schedule (the rate stays constant at ``optimizer.lr``);
 with no schedule configured there is none to drop and the patch is not applicable.
 
@@ -170,16 +173,31 @@ def _args_for(old: str, new: str, args: dict[str, Any], patch: dict[str, Any]) -
     return {k: v for k, v in args.items() if _takes(factory, k) or k in set_here}
 
 
-def _check_direction(value: Any, new: Any, old: float, direction: int | None) -> None:
+def _check_direction(value: Any, new: Any, old: float, direction: int | None, what: str = "the configured rate") -> None:
     """A rate that does not move the way the rule's cause says is no remedy."""
     if not direction or not isinstance(new, (int, float)) or isinstance(new, bool):
         return
     if direction < 0 and new >= old:
-        raise NotApplicable(f"not applicable: {value} is {new:.3g}, not below the configured rate {old:.3g}, "
+        raise NotApplicable(f"not applicable: {value} is {new:.3g}, not below {what} {old:.3g}, "
                             "so it would not lower the rate")
     if direction > 0 and new <= old:
-        raise NotApplicable(f"not applicable: {value} is {new:.3g}, not above the configured rate {old:.3g}, "
+        raise NotApplicable(f"not applicable: {value} is {new:.3g}, not above {what} {old:.3g}, "
                             "so it would not raise the rate")
+
+
+def _schedule_peak(value: Any, data: dict[str, Any], patch: dict[str, Any], symptoms: dict[str, float] | None) -> float | None:
+    """For ``optimizer.lr`` set to a measured rate (``$lr.range_suggested``: an absolute rate to
+    train at) under a configured schedule that raised the rate above the configured one
+    (``lr.peak_over_config`` > 1: CyclicLR from a low base_lr, a growing schedule) and that the
+    patch keeps: that peak over the configured rate. The schedule's peak then becomes the measured
+    rate (everything scaled by measured/peak), and the direction is judged against the peak: the
+    configured rate of such a schedule is only its floor. None otherwise (the rate is compared with
+    and scaled from the configured one)."""
+    p = PLACEHOLDER.match(value) if isinstance(value, str) else None
+    if p is None or p.group(1) in ("lr", "steps") or not isinstance(data.get("schedule"), dict) or "schedule" in patch:
+        return None
+    peak = (symptoms or {}).get("lr.peak_over_config")
+    return peak if peak is not None and math.isfinite(peak) and peak > 1 else None
 
 
 def _check_schedule_drop(cfg: ProbeConfig, direction: int | None, symptoms: dict[str, float] | None) -> None:
@@ -240,7 +258,13 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
                                     f"nothing to multiply by {value[1:]}") from e
             raise
         if key == "optimizer.lr":
-            _check_direction(value, node[parts[-1]], cfg.optimizer.lr, direction)
+            peak = _schedule_peak(value, data, patch, symptoms)
+            if peak is not None:  # a measured rate is the rate to train at: the schedule's peak becomes it
+                target, top = node[parts[-1]], cfg.optimizer.lr * peak
+                _check_direction(value, target, top, direction, "the rate the schedule peaked at")
+                node[parts[-1]] = cfg.optimizer.lr * target / top  # scaled below with the schedule's own rates
+            else:
+                _check_direction(value, node[parts[-1]], cfg.optimizer.lr, direction)
         relative = isinstance(value, str) and bool(MULTIPLY.match(value) or PLACEHOLDER.match(value))
         if key == "optimizer.lr" and relative and isinstance(data.get("schedule"), dict) and "schedule" not in patch:
             # a relative or measured rate also scales the rates a schedule sets itself (CyclicLR's

@@ -3,6 +3,7 @@ of verified remedies."""
 
 from __future__ import annotations
 
+import copy
 import json
 import textwrap
 from pathlib import Path
@@ -266,6 +267,60 @@ def test_a_measured_rate_scales_the_rates_a_schedule_sets_itself(loaded):
     own = apply_patch(cyclic, {**SUGGESTED, "schedule": None}, mlp_factories(), {"lr.range_suggested": 0.02}, "lr_too_high")
     assert own.config.schedule is None and own.config.optimizer.lr == pytest.approx(0.02)
     assert apply_patch(cyclic, {"optimizer.lr": 0.02}, mlp_factories(), {}, "lr_too_high").config.schedule.args["max_lr"] == 10.0
+
+
+def test_a_measured_rate_under_a_schedule_that_peaked_above_the_configured_rate_sets_that_peak(loaded):
+    """CyclicLR from base_lr 0.001 to max_lr 10 with optimizer.lr 0.1: the run peaked at 10, 100x the
+    configured rate. The LR range test's suggestion (an absolute rate to train at) becomes the peak:
+    every rate scaled by 0.02/10, not by 0.02/0.1 (which would leave the peak 2.0, 100x the
+    suggestion, and for a rate too high is no remedy at all where the suggestion lies above the
+    configured floor). A hand computation, not the code's own formula."""
+    cyclic = with_schedule(loaded, CYCLIC)
+    peaked = {"lr.range_suggested": 0.02, "lr.peak_over_config": 100.0}
+    new = apply_patch(cyclic, SUGGESTED, mlp_factories(), peaked, "lr_too_high")
+    assert new.config.schedule.args["max_lr"] == pytest.approx(0.02)
+    assert new.config.schedule.args["base_lr"] == pytest.approx(0.001 * 0.002)
+    assert new.config.optimizer.lr == pytest.approx(0.1 * 0.002)
+    # a suggestion above the configured floor but below the peak lowers the rate: applicable
+    above_floor = apply_patch(cyclic, SUGGESTED, mlp_factories(), {**peaked, "lr.range_suggested": 0.5}, "lr_too_high")
+    assert above_floor.config.schedule.args["max_lr"] == pytest.approx(0.5)
+    # and one above the peak does not: the reason names the peak
+    with pytest.raises(NotApplicable, match=r"not below the rate the schedule peaked at 10"):
+        apply_patch(cyclic, SUGGESTED, mlp_factories(), {**peaked, "lr.range_suggested": 20.0}, "lr_too_high")
+    # relative rates keep scaling from the configured one; so does a measured rate when the schedule
+    # never rose above it, or when the patch sets the schedule itself
+    assert apply_patch(cyclic, {"optimizer.lr": "x0.1"}, mlp_factories(), peaked, "lr_too_high").config.schedule.args[
+        "max_lr"] == pytest.approx(1.0)
+    flat = apply_patch(cyclic, SUGGESTED, mlp_factories(), {**peaked, "lr.peak_over_config": 1.0}, "lr_too_high")
+    assert flat.config.schedule.args["max_lr"] == pytest.approx(2.0)
+    own = apply_patch(cyclic, {**SUGGESTED, "schedule": None}, mlp_factories(), peaked, "lr_too_high")
+    assert own.config.schedule is None and own.config.optimizer.lr == pytest.approx(0.02)
+
+
+def test_the_plain_loop_reads_a_measured_rate_under_a_peaking_schedule_as_optdoctor_does(loaded):
+    """The benchmark's plain loop implements the patch language from its documentation, not by
+    calling apply_patch: both must give the same rates for the CyclicLR case above."""
+    from benchmarks.faults.remedy_check import plain_config
+
+    case = {"model": {"factory": "benchmarks.faults.factories:mlp", "args": {}},
+            "data": {"factory": "benchmarks.faults.factories:teacher", "args": {}},
+            "optimizer": {"name": "sgd", "lr": 0.1, "args": {}}, "schedule": copy.deepcopy(CYCLIC), "probe": {"steps": 60}}
+    peaked = {"lr.range_suggested": 0.02, "lr.peak_over_config": 100.0}
+    plain = plain_config(case, SUGGESTED, peaked, 120)
+    ours = apply_patch(with_schedule(loaded, CYCLIC), SUGGESTED, mlp_factories(), peaked, "lr_too_high").config
+    assert plain["optimizer"]["lr"] == pytest.approx(ours.optimizer.lr)
+    for a in ("base_lr", "max_lr"):
+        assert plain["schedule"]["args"][a] == pytest.approx(ours.schedule.args[a])
+
+
+def test_a_rate_too_low_tries_the_range_test_suggestion_as_the_rate():
+    """A rate 1000x too low is not fixed by 10x: OD404 also sets the rate to the LR range test's
+    suggestion (applicable only above the configured rate: see the direction test above)."""
+    from optdoctor.engine.rules import load_rules
+
+    od404 = next(r for r in load_rules() if r.id == "OD404")
+    patches = [r.patch for r in od404.remedies if r.patch]
+    assert SUGGESTED in patches and {"optimizer.lr": "x10"} in patches and len(patches) <= 6
 
 
 def test_dropping_the_schedule_needs_one_and_for_a_rate_too_high_one_that_raised_it(loaded):
