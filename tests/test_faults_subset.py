@@ -66,7 +66,7 @@ def test_each_batch_is_split_among_its_own_families():
 
     manifest = json.loads((run.HERE / "cases.json").read_text())["cases"]
     kept = [c for c in manifest if c["kept"]]
-    assert {c["batch"] for c in manifest} == set(grid.SPLIT_SEEDS) == {1, 2, 3, 4, 5}
+    assert {c["batch"] for c in manifest} == set(grid.SPLIT_SEEDS) == {1, 2, 3, 4, 5, 6}
     fams: dict = {}
     for c in kept:
         fams.setdefault((c["cause"], c["batch"]), set()).add(c["family"])
@@ -78,9 +78,10 @@ def test_each_batch_is_split_among_its_own_families():
             assert splits == {"dev"}, (cause, b)
         else:
             assert len(fs) < 2 or splits == {"dev", "test"}, (cause, b)
-    for later in (3, 4, 5):  # a family belongs to one batch: later batches hold new mechanisms only
+    for later in (3, 4, 5, 6):  # a family belongs to one batch: later batches hold new mechanisms only
         for b in range(1, later):
             assert not {c["family"] for c in manifest if c["batch"] == later} & \
                 {c["family"] for c in manifest if c["batch"] == b}
+    assert {c["cause"] for c in manifest if c["batch"] == 6} == {"healthy"}  # batch 6: noise-floor controls only
     b3 = [c for c in kept if c["batch"] == 3]
     assert len(b3) >= 30 and 3 * sum(c["cause"] == "healthy" for c in b3) >= len(b3)

@@ -237,12 +237,13 @@ def polynomial(degree: int = 5, x_max: float = 5.0, n_train: int = 512, n_val: i
 
 
 def correlated(n_features: int = 10, rho: float = 0.999, decorrelate: bool = False, n_train: int = 512,
-               n_val: int = 256, seed: int = 0):
+               n_val: int = 256, noise: float = 0.05, seed: int = 0):
     """Linear regression on features sharing one common factor: x_j = sqrt(rho) z + sqrt(1-rho) e_j.
 
     The target depends on contrasts between features (weights summing to zero), i.e. on the
     directions of variance 1 - rho: the input covariance has condition number ~ n rho / (1 - rho).
-    decorrelate=True whitens the inputs (the one-change fix).
+    decorrelate=True whitens the inputs (the one-change fix). noise: the standard deviation of the
+    noise added to the standardised target (R^2 can reach at most 1 / (1 + noise^2)).
     """
     g = _gen(seed)
     n = n_train + n_val
@@ -251,7 +252,7 @@ def correlated(n_features: int = 10, rho: float = 0.999, decorrelate: bool = Fal
     w = torch.randn(n_features, 1, generator=g)
     w = w - w.mean()
     y = X @ w
-    y = (y - y.mean()) / y.std() + 0.05 * torch.randn(y.shape, generator=g)
+    y = (y - y.mean()) / y.std() + noise * torch.randn(y.shape, generator=g)
     if decorrelate:  # PCA whitening with the training split's covariance
         Xc = X - X[:n_train].mean(0)
         cov = Xc[:n_train].T @ Xc[:n_train] / n_train
@@ -299,14 +300,17 @@ def bag_of_words(vocab: int = 300, n_train: int = 1500, n_val: int = 500, doc_le
     return (X[:n_train], y[:n_train]), (X[-n_val:], y[-n_val:])
 
 
-def sine(frequency: float = 3.0, n_train: int = 256, n_val: int = 128, damped: bool = False, seed: int = 0):
-    """y = sin(frequency x) on [-pi, pi] (times exp(-x^2/8) when damped)."""
+def sine(frequency: float = 3.0, n_train: int = 256, n_val: int = 128, damped: bool = False, noise: float = 0.0,
+         seed: int = 0):
+    """y = sin(frequency x) on [-pi, pi] (times exp(-x^2/8) when damped), plus N(0, noise^2) noise
+    when noise > 0 (the signal's variance is about 1/2: R^2 can reach about 0.5 / (0.5 + noise^2))."""
     g = _gen(seed)
 
     def split(n):
         x = (torch.rand(n, 1, generator=g) * 2 - 1) * math.pi
         y = torch.sin(frequency * x)
-        return x, y * torch.exp(-x ** 2 / 8) if damped else y
+        y = y * torch.exp(-x ** 2 / 8) if damped else y
+        return x, y + noise * torch.randn(y.shape, generator=g) if noise else y
 
     return split(n_train), split(n_val)
 
@@ -325,11 +329,12 @@ def bumps(centers: tuple = (2.0, -2.0), heights: tuple = (1.0, 0.3), width: floa
     return split(n_train), split(n_val)
 
 
-def line(slope: float = 2.0, n_train: int = 256, n_val: int = 128, seed: int = 0):
-    """y = slope * x + small noise, x ~ N(0, 1): one input, one output."""
+def line(slope: float = 2.0, n_train: int = 256, n_val: int = 128, noise: float = 0.05, seed: int = 0):
+    """y = slope * x + N(0, noise^2), x ~ N(0, 1): one input, one output (R^2 can reach at most
+    slope^2 / (slope^2 + noise^2))."""
     g = _gen(seed)
     x = torch.randn(n_train + n_val, 1, generator=g)
-    y = slope * x + 0.05 * torch.randn(x.shape, generator=g)
+    y = slope * x + noise * torch.randn(x.shape, generator=g)
     return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
 
 
