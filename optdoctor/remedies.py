@@ -19,9 +19,9 @@ symptom the diagnosis lacks makes the patch not applicable. A relative or measur
 configured schedule sets itself (CyclicLR's base_lr/max_lr, OneCycleLR's max_lr, eta_min,
 min_lr) by new/old, unless the patch sets the schedule: such a schedule would otherwise undo the
 change; a literal number (``optimizer.lr: 0.01``) sets the optimizer's rate alone. A measured
-rate is the rate to train at: where the baseline's schedule raised the rate above the configured
-one (``lr.peak_over_config`` > 1, e.g. CyclicLR from a low base_lr), the schedule's peak becomes
-the measured rate (old is that peak, not the configured floor).
+rate is the rate to train at: where the baseline's schedule sets its own peak (``max_lr``) and
+raised the rate above the configured one (``lr.peak_over_config`` > 1, e.g. CyclicLR from a low
+base_lr), the schedule's peak becomes the measured rate (old is that peak, not the configured floor).
 ``schedule: null`` drops the configured schedule (the rate stays constant at ``optimizer.lr``);
 with no schedule configured there is none to drop and the patch is not applicable.
 
@@ -187,14 +187,19 @@ def _check_direction(value: Any, new: Any, old: float, direction: int | None, wh
 
 def _schedule_peak(value: Any, data: dict[str, Any], patch: dict[str, Any], symptoms: dict[str, float] | None) -> float | None:
     """For ``optimizer.lr`` set to a measured rate (``$lr.range_suggested``: an absolute rate to
-    train at) under a configured schedule that raised the rate above the configured one
-    (``lr.peak_over_config`` > 1: CyclicLR from a low base_lr, a growing schedule) and that the
-    patch keeps: that peak over the configured rate. The schedule's peak then becomes the measured
+    train at) under a configured schedule that sets its own peak (``max_lr``: CyclicLR, OneCycleLR),
+    raised the rate above the configured one (``lr.peak_over_config`` > 1: CyclicLR from a low
+    base_lr) and that the patch keeps: that peak over the configured rate. A schedule that grows
+    the rate by a factor (ExponentialLR with gamma > 1) has no peak to set: over a longer run it
+    outgrows any base rate, so there the rate is compared with the configured one (and dropping
+    the schedule is the remedy). The schedule's peak then becomes the measured
     rate (everything scaled by measured/peak), and the direction is judged against the peak: the
     configured rate of such a schedule is only its floor. None otherwise (the rate is compared with
     and scaled from the configured one)."""
     p = PLACEHOLDER.match(value) if isinstance(value, str) else None
-    if p is None or p.group(1) in ("lr", "steps") or not isinstance(data.get("schedule"), dict) or "schedule" in patch:
+    sch = data.get("schedule")
+    if p is None or p.group(1) in ("lr", "steps") or not isinstance(sch, dict) or "schedule" in patch \
+            or "max_lr" not in (sch.get("args") or {}):
         return None
     peak = (symptoms or {}).get("lr.peak_over_config")
     return peak if peak is not None and math.isfinite(peak) and peak > 1 else None

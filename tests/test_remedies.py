@@ -152,7 +152,11 @@ def test_verify_says_when_the_obvious_remedy_does_not_fix_it():
     f = verify("overfitting.yaml")[0]
     assert f["cause"] == "overfitting" and f["confirmed"] is not True
     assert not any(v["helped"] for v in f["verification"])
-    assert all(v["still_fires"] for v in f["verification"] if v["applicable"])
+    # each tried one says why it is no fix: the finding still holds, or (early stopping) the rule
+    # went quiet but the validation loss ended above the initial/chance loss. (This asserted
+    # "still holds" for all: true only when --verify's time limit skipped early stopping, i.e.
+    # when an earlier test in the process had imported torch; alone it failed.)
+    assert all(v["still_fires"] or v["improved"] for v in f["verification"] if v["applicable"])
 
 
 def test_multiplying_the_lr_scales_the_rates_a_schedule_sets_itself(loaded):
@@ -295,6 +299,12 @@ def test_a_measured_rate_under_a_schedule_that_peaked_above_the_configured_rate_
     assert flat.config.schedule.args["max_lr"] == pytest.approx(2.0)
     own = apply_patch(cyclic, {**SUGGESTED, "schedule": None}, mlp_factories(), peaked, "lr_too_high")
     assert own.config.schedule is None and own.config.optimizer.lr == pytest.approx(0.02)
+    # a schedule that grows the rate by a factor has no peak of its own to set (it outgrows any base
+    # rate in a longer run): compared with the configured rate, as before; dropping it is the remedy
+    growing = with_schedule(loaded, {"name": "ExponentialLR", "args": {"gamma": 1.05}})
+    with pytest.raises(NotApplicable, match=r"not below the configured rate 0.1"):
+        apply_patch(growing, SUGGESTED, mlp_factories(), {**peaked, "lr.range_suggested": 0.5}, "lr_too_high")
+    assert apply_patch(growing, SUGGESTED, mlp_factories(), peaked, "lr_too_high").config.optimizer.lr == pytest.approx(0.02)
 
 
 def test_the_plain_loop_reads_a_measured_rate_under_a_peaking_schedule_as_optdoctor_does(loaded):
@@ -311,6 +321,10 @@ def test_the_plain_loop_reads_a_measured_rate_under_a_peaking_schedule_as_optdoc
     assert plain["optimizer"]["lr"] == pytest.approx(ours.optimizer.lr)
     for a in ("base_lr", "max_lr"):
         assert plain["schedule"]["args"][a] == pytest.approx(ours.schedule.args[a])
+    growth = {"name": "ExponentialLR", "args": {"gamma": 1.05}}
+    plain = plain_config({**case, "schedule": growth}, SUGGESTED, peaked, 120)
+    ours = apply_patch(with_schedule(loaded, growth), SUGGESTED, mlp_factories(), peaked, "lr_too_high").config
+    assert plain["optimizer"]["lr"] == pytest.approx(ours.optimizer.lr) == pytest.approx(0.02)
 
 
 def test_a_rate_too_low_tries_the_range_test_suggestion_as_the_rate():

@@ -334,9 +334,24 @@ def test_recommend_the_cheapest_fix_near_the_best_loss():
     assert pick.remedy == "standardise" and "lbfgs reached 0.5 but costs 10x per step" in why
     pick, _ = recommend([V("lbfgs", 0.1, cost=10.0), V("standardise", 0.8, cost=1.0)])
     assert pick.remedy == "lbfgs"  # 8x better loss is worth the cost
-    pick, why = recommend([V("a", 0.1, seeds={"fixed": 1, "of": 2}), V("b", 0.5, seeds={"fixed": 2, "of": 2})])
-    assert pick.remedy == "b" and "2/2" in why  # a fix that held on every seed wins
     assert recommend([V("x", 5.0, helped=False)]) == (None, "")
+
+
+def test_a_fix_that_fails_on_an_extra_seed_is_no_fix():
+    """hold_on_seeds: fixed on the first seed but not on every extra one -> "better" (improved),
+    not fixed, and never recommended; a fix on every seed, or one not tried on more seeds, stays."""
+    from optdoctor.diagnose.verify import hold_on_seeds, recommend
+
+    a, b, c = V("a", 0.1, seeds={"fixed": 1, "of": 2}), V("b", 0.5, seeds={"fixed": 2, "of": 2}), V("c", 0.3)
+    for v in (a, b, c):
+        hold_on_seeds(v)
+    assert (a.helped, a.improved) == (False, True) and "1/2 more seeds only" in a.seeds_note
+    assert b.helped and not b.improved and c.helped and not c.seeds_note
+    pick, why = recommend([a, b])
+    assert pick.remedy == "b" and "2/2" in why
+    lone = V("a", 0.1, seeds={"fixed": 0, "of": 2})
+    hold_on_seeds(lone)
+    assert recommend([lone]) == (None, "")  # was recommended for want of a robust fix before
 
 
 def test_budget_skips_what_does_not_fit():

@@ -120,9 +120,11 @@ def plain_config(cfg: dict, patch: dict, symptoms: dict, steps: int) -> dict:
         measured = PLACEHOLDER.match(value) if isinstance(value, str) else None
         peak = symptoms.get("lr.peak_over_config")
         if key == "optimizer.lr" and measured and measured.group(1) not in ("lr", "steps") and out.get("schedule") \
-                and "schedule" not in patch and peak is not None and math.isfinite(peak) and peak > 1:
-            # a measured rate is the rate to train at: a schedule that peaked above the configured
-            # rate peaks at the measured one instead (everything scaled by measured / peak)
+                and "max_lr" in (out["schedule"].get("args") or {}) and "schedule" not in patch \
+                and peak is not None and math.isfinite(peak) and peak > 1:
+            # a measured rate is the rate to train at: a schedule with its own peak (max_lr) that
+            # peaked above the configured rate peaks at the measured one instead (everything
+            # scaled by measured / peak)
             node[parts[-1]] = node[parts[-1]] / peak
         relative = isinstance(value, str) and bool(MULTIPLY.match(value) or PLACEHOLDER.match(value))
         if key == "optimizer.lr" and relative and out.get("schedule") and "schedule" not in patch:

@@ -148,7 +148,9 @@ def _verification(console: Console, f) -> None:
         if kicks:
             line += f"; {len(kicks)} kick(s) at step(s) {', '.join(str(k['step']) for k in kicks[:5])}"
         if v.get("improved"):
+            seeds = v.get("seeds") or {}
             line += (" — better, but the finding still holds" if v["still_fires"]
+                     else " — better, but not a fix on every seed" if seeds.get("of") and seeds["fixed"] < seeds["of"]
                      else " — better, but it still ends above the initial or chance loss")
         elif not v["helped"]:
             line += " — did not help" + (" (the finding still holds)" if v["still_fires"] else "")
