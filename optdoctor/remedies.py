@@ -186,16 +186,14 @@ def _check_direction(value: Any, new: Any, old: float, direction: int | None, wh
 
 
 def _schedule_peak(value: Any, data: dict[str, Any], patch: dict[str, Any], symptoms: dict[str, float] | None) -> float | None:
-    """For ``optimizer.lr`` set to a measured rate (``$lr.range_suggested``: an absolute rate to
-    train at) under a configured schedule that sets its own peak (``max_lr``: CyclicLR, OneCycleLR),
-    raised the rate above the configured one (``lr.peak_over_config`` > 1: CyclicLR from a low
-    base_lr) and that the patch keeps: that peak over the configured rate. A schedule that grows
-    the rate by a factor (ExponentialLR with gamma > 1) has no peak to set: over a longer run it
-    outgrows any base rate, so there the rate is compared with the configured one (and dropping
-    the schedule is the remedy). The schedule's peak then becomes the measured
-    rate (everything scaled by measured/peak), and the direction is judged against the peak: the
-    configured rate of such a schedule is only its floor. None otherwise (the rate is compared with
-    and scaled from the configured one)."""
+    """``lr.peak_over_config`` when ``optimizer.lr`` is set to a measured rate (``$lr.range_suggested``:
+    an absolute rate to train at) under a kept schedule that sets its own peak (``max_lr``:
+    CyclicLR, OneCycleLR) and raised the rate above the configured one (> 1: CyclicLR from a low
+    base_lr). The schedule's peak then becomes the measured rate (everything scaled by
+    measured/peak) and the direction is judged against the peak: the configured rate of such a
+    schedule is only its floor. None otherwise: the rate is compared with and scaled from the
+    configured one. A schedule that grows the rate by a factor (ExponentialLR, gamma > 1) has no
+    peak to set (over a longer run it outgrows any base rate; dropping it is the remedy)."""
     p = PLACEHOLDER.match(value) if isinstance(value, str) else None
     sch = data.get("schedule")
     if p is None or p.group(1) in ("lr", "steps") or not isinstance(sch, dict) or "schedule" in patch \
@@ -265,9 +263,9 @@ def apply_patch(loaded: LoadedConfig, patch: dict[str, Any], factories: dict[str
         if key == "optimizer.lr":
             peak = _schedule_peak(value, data, patch, symptoms)
             if peak is not None:  # a measured rate is the rate to train at: the schedule's peak becomes it
-                target, top = node[parts[-1]], cfg.optimizer.lr * peak
-                _check_direction(value, target, top, direction, "the rate the schedule peaked at")
-                node[parts[-1]] = cfg.optimizer.lr * target / top  # scaled below with the schedule's own rates
+                target = node[parts[-1]]
+                _check_direction(value, target, cfg.optimizer.lr * peak, direction, "the rate the schedule peaked at")
+                node[parts[-1]] = target / peak  # the schedule's own rates are scaled below by the same factor
             else:
                 _check_direction(value, node[parts[-1]], cfg.optimizer.lr, direction)
         relative = isinstance(value, str) and bool(MULTIPLY.match(value) or PLACEHOLDER.match(value))
