@@ -57,12 +57,98 @@ def test_model_arguments_multiply_the_factorys_default_and_must_be_taken():
         remedy_check.plain_config(CFG, {"model.args.init": "xavier_normal", "model.args.weight_scale": 1.0}, {}, 300)
 
 
-@pytest.mark.parametrize("patch", [{"probe.perturb_gd": {"threshold": 1e-3}}, {"probe.negative_curvature_step": {"at": [0.25]}},
-                                   {"model.factory": "optdoctor.models:resmlp"}])
-def test_interventions_and_optdoctors_own_models_are_not_checkable(patch):
+@pytest.mark.parametrize("patch", [{"model.factory": "optdoctor.models:resmlp"}, {"probe.lr_range": False}])
+def test_optdoctors_own_models_and_other_probe_settings_are_not_checkable(patch):
     with pytest.raises(remedy_check.NotCheckable):
         remedy_check.plain_config(CFG, patch, {}, 300)
     assert remedy_check.plain_config(CFG, {"probe.clip_grad_norm": 1.0}, {}, 300)["probe"]["clip_grad_norm"] == 1.0
+
+
+@pytest.mark.parametrize("patch", [{"probe.perturb_gd": {"threshold": 1e-3, "radius": 1.0}},
+                                   {"probe.negative_curvature_step": {"at": [0.25]}}])
+def test_in_loop_interventions_are_checkable(patch):
+    out = remedy_check.plain_config(CFG, patch, {}, 300)
+    key = next(iter(patch)).split(".")[1]
+    assert out["probe"][key] == patch[f"probe.{key}"]
+
+
+def _dense_hessian(model, loss_fn, X, y):
+    """The reference: the Hessian in the flat parameter vector, column by column from torch.func."""
+    from torch.func import functional_call, hessian
+
+    names = [n for n, p in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+
+    def f(flat):
+        out, i = {}, 0
+        for n, sh in zip(names, shapes):
+            k = int(np.prod(sh)) if len(sh) else 1
+            out[n] = flat[i:i + k].reshape(sh)
+            i += k
+        return loss_fn(functional_call(model, out, (X,)), y)
+
+    return hessian(f)(flat0)
+
+
+@pytest.mark.parametrize("width", [3, 12])  # 3*4+4+4+1 = 21 parameters (dense path), 12: 73 (ARPACK)
+def test_plain_loops_lambda_min_and_eigenvector_match_a_dense_hessian(width):
+    from benchmarks.faults import verify as plain
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Tanh(), torch.nn.Linear(width, 1)).double()
+    X, y = torch.randn(32, 4, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
+    loss_fn = torch.nn.functional.mse_loss
+    lam, v = plain._min_eigvec(model, loss_fn, X, y)
+    evals, evecs = torch.linalg.eigh(_dense_hessian(model, loss_fn, X, y))
+    assert lam == pytest.approx(float(evals[0]), rel=1e-3, abs=1e-6)
+    assert abs(float(v.double() @ evecs[:, 0])) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_plain_loops_kick_is_uniform_in_the_ball():
+    """The kick's length is radius * U^(1/d): never beyond the radius, and P(|kick| <= radius/2) = 2^-d
+    (here d = 2: a quarter), its direction isotropic (mean near 0)."""
+    from benchmarks.faults import verify as plain
+
+    gen = torch.Generator().manual_seed(0)
+    kicks = []
+    for _ in range(4000):
+        w = [torch.zeros(1), torch.zeros(1)]
+        plain._ball_kick(w, 2.0, gen)
+        kicks.append(torch.cat(w))
+    k = torch.stack(kicks)
+    norms = k.norm(dim=1)
+    assert float(norms.max()) <= 2.0
+    assert float((norms <= 1.0).float().mean()) == pytest.approx(0.25, abs=0.03)
+    assert float(k.mean(0).abs().max()) < 0.06
+
+
+def test_plain_loops_curvature_step_leaves_the_saddle_downhill():
+    """y = w2 w1 x from w = (0, 0) under the mean squared error: a strict saddle (the Hessian
+    [[0, -2c], [-2c, 0]], c = mean(x y), lambda_min = -2|c| along (1, sign(c))/sqrt 2). The step goes along it and lowers the loss; at a
+    minimum there is no step."""
+    from benchmarks.faults import verify as plain
+
+    x = torch.randn(256, 1, generator=torch.Generator().manual_seed(1))
+    y = 2.0 * x
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = torch.nn.functional.mse_loss
+    before = float(loss_fn(model(x), y).detach())
+    rec = plain._curvature_step(model, loss_fn, x, y, opt, {"radius": 0.05, "doublings": 8})
+    c = float((x * y).mean())
+    assert rec["lambda_min"] == pytest.approx(-2 * abs(c), rel=1e-3) and rec["eta"] > 0
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert float(w.norm()) == pytest.approx(rec["eta"], rel=1e-4)
+    assert float(w[0] * w[1]) > 0  # the product's sign is the target slope's: downhill
+    assert float(loss_fn(model(x), y).detach()) < before
+    with torch.no_grad():  # at the global minimum w1 w2 = 2 the Hessian is positive semi-definite
+        model[0].weight.fill_(2.0 ** 0.5)
+        model[1].weight.fill_(2.0 ** 0.5)
+    assert plain._curvature_step(model, loss_fn, x, y, opt, {})["eta"] == 0.0
 
 
 def _report(*verifications, severity="error"):
@@ -79,7 +165,7 @@ def test_accounting_counts_plain_loop_verdicts_and_keeps_the_uncheckable_apart(m
     verdicts = {'{"optimizer.lr": "x0.1"}': True, '{"probe.clip_grad_norm": 1.0}': False}
     monkeypatch.setattr(remedy_check, "check", lambda case, patch, symptoms: {"checkable": True,
                         "trains_well": verdicts[json.dumps(patch, sort_keys=True)], "seeds": []}
-                        if "probe.perturb_gd" not in patch else {"checkable": False, "why": "intervention"})
+                        if "model.factory" not in patch else {"checkable": False, "why": "optdoctor's model"})
     case = {"cause": "lr_too_high"}
     both = _report(_v({"optimizer.lr": "x0.1"}, True), _v({"probe.clip_grad_norm": 1.0}, True),
                    _v({"optimizer.lr": "x0.1"}, True), _v({"model.args.batchnorm": True}, False),
@@ -92,12 +178,25 @@ def test_accounting_counts_plain_loop_verdicts_and_keeps_the_uncheckable_apart(m
 
     false_only = remedy_check.account(case, _report(_v({"probe.clip_grad_norm": 1.0}, True)))
     assert false_only["judged_fixed"] and not false_only["confirmed"] and false_only["false_fixed"]
-    kick = remedy_check.account(case, _report(_v({"probe.perturb_gd": {"radius": 1.0}}, True)))
+    kick = remedy_check.account(case, _report(_v({"model.factory": "optdoctor.models:resmlp"}, True)))
     assert kick["judged_fixed"] and not kick["confirmed"] and not kick["false_fixed"] and kick["not_checkable"]
     nothing = remedy_check.account(case, _report(_v({"optimizer.lr": "x0.1"}, False)))
     assert nothing["tried_any"] and not nothing["judged_fixed"] and not nothing["confirmed"] and nothing["plain"] == []
     crashed = remedy_check.account(case, None)  # the diagnosis itself failed
     assert not crashed["tried_any"] and not crashed["judged_fixed"]
+
+
+def test_the_recommended_remedys_plain_loop_verdict_is_counted(monkeypatch):
+    monkeypatch.setattr(remedy_check, "check", lambda case, patch, symptoms: {
+        "checkable": "model.factory" not in patch, "trains_well": patch.get("optimizer.lr") == "x0.1", "seeds": []})
+    picked = {**_v({"optimizer.lr": "x0.1"}, True), "recommended": True}
+    refuted = {**_v({"probe.clip_grad_norm": 1.0}, True), "recommended": True}
+    other = _v({"optimizer.lr": "x0.1"}, True)
+    mine = {**_v({"model.factory": "optdoctor.models:resmlp"}, True), "recommended": True}
+    recs = [{"verify": remedy_check.account({"cause": "lr_too_high"}, _report(*vs))} for vs in
+            ([picked, refuted], [other], [mine])]
+    line = remedy_check.recommended_line(recs)
+    assert "3; plain loop: confirmed 1/3 = 0.33, refuted 1, not checkable 1" in line
 
 
 @pytest.mark.parametrize("remedy_q, fix_q, strict, as_fix", [

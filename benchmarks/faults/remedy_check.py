@@ -11,10 +11,12 @@ language's documentation in optdoctor/remedies.py, not by calling it).
 
 The plain loop expresses config values (optimizer, its rate and arguments, schedules, model and
 data arguments of the benchmark's factories), input standardisation and gradient clipping, and
-L-BFGS through a closure, re-initialisation (``probe.reinit``) and early stopping on its own
-validation cadence. It does not express in-loop interventions (perturbed gradient descent, a
-negative-curvature step) nor a model swapped for one of optdoctor's built-ins: such a remedy is
-counted as *not checkable*, never as confirmed.
+L-BFGS through a closure, re-initialisation (``probe.reinit``), early stopping on its own
+validation cadence, and the in-loop interventions: perturbed gradient descent and a
+negative-curvature step (its eigenvector from scipy's ARPACK, not optdoctor's Lanczos; both
+written from their documentation in optdoctor/config/schema.py). It does not express a model
+swapped for one of optdoctor's built-ins: such a remedy is counted as *not checkable*, never as
+confirmed.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ import json
 import math
 import re
 
-# probe settings the plain loop runs (verify.train reads them); other probe.* keys are optdoctor's
-# in-loop interventions
+# probe settings the plain loop runs (verify.train reads them); any other probe.* key is not checkable
 PLAIN_PROBE_KEYS = ("probe.standardize_inputs", "probe.whiten_inputs", "probe.standardize_targets", "probe.clip_grad_norm", "probe.reinit",
-                    "probe.early_stopping")
+                    "probe.early_stopping", "probe.perturb_gd", "probe.negative_curvature_step")
 # schedule arguments that are absolute rates: "x0.1" or "$lr.range_suggested" of the rate scales
 # them too, by new/old (remedies.py)
 ABSOLUTE_LR_ARGS = ("base_lr", "max_lr", "eta_min", "min_lr")
@@ -101,7 +102,7 @@ def plain_config(cfg: dict, patch: dict, symptoms: dict, steps: int) -> dict:
             if parts[2] not in inspect.signature(_factory(out[parts[0]]["factory"])).parameters:
                 continue
         if parts[0] == "probe" and key not in PLAIN_PROBE_KEYS:
-            raise NotCheckable(f"{key} is an intervention in optdoctor's probe loop")
+            raise NotCheckable(f"{key}: the plain loop does not run this probe setting")
         if key == "model.factory" or key == "data.factory":
             _factory(value)  # raises unless it is one of the benchmark's own
         node = out
@@ -267,6 +268,7 @@ def tables(results: list[dict], causes: list[str], title: str) -> str:
     lines += ["", f"Remedies considered on faulty cases: {len(remedies)}; probes run {sum(x['ran'] for x in remedies)}, "
               f"judged fixed {sum(x['fixed'] for x in remedies)}"
               + ("; not run: " + "; ".join(f"{w} ({n})" for w, n in skipped.most_common()) if skipped else "")]
+    lines += ["", recommended_line(faulty)]
     none = [r for r in faulty if not r["verify"]["confirmed"]]
     if none:
         lines += ["", "Faulty cases with no remedy confirmed by the plain loop (judged fixed by optdoctor? first finding):"]
@@ -293,6 +295,23 @@ def tables(results: list[dict], causes: list[str], title: str) -> str:
                          f"{max(secs):.1f} s" + (f"; plain-loop checks median {statistics.median(plain):.1f} s, max "
                                                  f"{max(plain):.1f} s" if name == "faulty" else ""))
     return "\n".join(lines)
+
+
+def recommended_line(faulty: list[dict]) -> str:
+    """What a user acts on: the remedy each reported finding recommends, and the plain loop's
+    verdict on it (a recommended remedy is always one judged fixed, so it was checked)."""
+    counts: collections.Counter = collections.Counter()
+    for r in faulty:
+        plain = {_key(c["patch"]): c for c in r["verify"]["plain"]}
+        for x in r["verify"]["remedies"]:
+            if x.get("recommended"):
+                c = plain.get(_key(x["patch"]), {})
+                counts["confirmed" if c.get("trains_well") else "not checkable" if c.get("checkable") is False
+                       else "refuted" if c else "not checked"] += 1
+    n = sum(counts.values())
+    return (f"Recommended remedies (one per finding that had a fix): {n}; plain loop: confirmed "
+            f"{_share(counts['confirmed'], n)}, refuted {counts['refuted']}, not checkable {counts['not checkable']}"
+            + (f", not checked {counts['not checked']}" if counts["not checked"] else ""))
 
 
 def _why(reason: str) -> str:

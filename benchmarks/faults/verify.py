@@ -162,6 +162,126 @@ def _reinit(model: torch.nn.Module, scheme: str) -> None:
                 m.reset_parameters()
 
 
+def _flat_params(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _ball_kick(params: list[torch.Tensor], radius: float, gen: torch.Generator) -> None:
+    """A remedy's ``probe.perturb_gd`` kick, from the schema's words (Jin et al. 2017): a point
+    drawn uniformly from the ball of ``radius`` around the weights, all parameters as one vector
+    (a Gaussian direction, length radius * U^(1/d))."""
+    d = sum(p.numel() for p in params)
+    direction = torch.randn(d, generator=gen, dtype=torch.float64)
+    r = radius * float(torch.rand((), generator=gen, dtype=torch.float64)) ** (1.0 / max(d, 1))
+    step = direction * (r / float(direction.norm()))
+    with torch.no_grad():
+        i = 0
+        for p in params:
+            p.add_(step[i:i + p.numel()].view_as(p).to(p.dtype))
+            i += p.numel()
+
+
+def _min_eigvec(model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The smallest eigenvalue of the loss's Hessian in all trainable parameters on (X, y), and its
+    unit eigenvector, from ARPACK (scipy's eigsh on Hessian-vector products by double
+    backpropagation): independent of optdoctor's own Lanczos. Up to 64 parameters the Hessian is
+    built densely instead (one product per column) and solved by eigh."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    params = _flat_params(model)
+    n = sum(p.numel() for p in params)
+    was = model.training
+    model.eval()
+    grads = torch.autograd.grad(loss_fn(model(X), y), params, create_graph=True)
+    flat_g = torch.cat([g.reshape(-1) for g in grads])
+
+    def hvp(v):
+        vt = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(-1), dtype=flat_g.dtype)
+        hv = torch.autograd.grad(flat_g @ vt, params, retain_graph=True, allow_unused=True)
+        return np.concatenate([(h if h is not None else torch.zeros_like(p)).detach().double().reshape(-1).numpy()
+                               for h, p in zip(hv, params)])
+
+    try:
+        if n <= 64:
+            H = np.stack([hvp(e) for e in np.eye(n)], axis=1)
+            lam, Q = np.linalg.eigh((H + H.T) / 2)
+            value, vec = float(lam[0]), Q[:, 0]
+        else:
+            lam, Q = eigsh(LinearOperator((n, n), matvec=hvp, dtype=np.float64), k=1, which="SA", tol=1e-4,
+                           maxiter=max(500, 20 * n), v0=np.random.default_rng(0).standard_normal(n))
+            value, vec = float(lam[0]), Q[:, 0]
+    finally:
+        model.train(was)
+    return value, torch.as_tensor(vec / np.linalg.norm(vec))
+
+
+def _curvature_step(model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor, opt, ncfg: dict) -> dict:
+    """A remedy's ``probe.negative_curvature_step`` at one step, from its documentation
+    (optdoctor/config/schema.py, optdoctor/probes/interventions.py's docstring): when the Hessian
+    on the Hessian batch has lambda_min < 0, move along its eigenvector, signed downhill
+    (g.v <= 0), by the shortest of radius * 2^k (k = 0..doublings) that buys at least half the
+    best decrease of that batch's loss, if any lowers it; under SGD (with or without momentum) a
+    length is refused where a plain gradient step at the optimizer's rate from there would raise
+    the loss (the rate must stay stable at the new curvature)."""
+    lam, v = _min_eigvec(model, loss_fn, X, y)
+    if not lam < 0:
+        return {"lambda_min": lam, "eta": 0.0}
+    params = _flat_params(model)
+    was = model.training
+    model.eval()
+    lr = opt.param_groups[0]["lr"] if isinstance(opt, torch.optim.SGD) else None
+
+    def move(eta: float) -> None:
+        with torch.no_grad():
+            i = 0
+            for p in params:
+                p.add_(v[i:i + p.numel()].view_as(p).to(p.dtype), alpha=eta)
+                i += p.numel()
+
+    def loss_here() -> float:
+        with torch.no_grad():
+            return float(loss_fn(model(X), y))
+
+    def grad_here() -> list[torch.Tensor]:
+        gs = torch.autograd.grad(loss_fn(model(X), y), params, allow_unused=True)
+        return [g if g is not None else torch.zeros_like(p) for g, p in zip(gs, params)]
+
+    def stable(val: float) -> bool:
+        gs = grad_here()
+        with torch.no_grad():
+            for p, g in zip(params, gs):
+                p.sub_(g, alpha=lr)
+        after = loss_here()
+        with torch.no_grad():
+            for p, g in zip(params, gs):
+                p.add_(g, alpha=lr)
+        return math.isfinite(after) and after <= val
+
+    try:
+        base = loss_here()
+        if float(torch.cat([g.reshape(-1) for g in grad_here()]).double() @ v.double()) > 0:
+            v = -v
+        tried = []
+        for k in range(ncfg.get("doublings", 8) + 1):
+            eta = ncfg.get("radius", 0.05) * 2.0 ** k
+            move(eta)
+            val = loss_here()
+            if lr is not None and math.isfinite(val) and val < base and not stable(val):
+                val = math.inf
+            move(-eta)
+            tried.append((eta, base - val if math.isfinite(val) else -math.inf))
+        good = [(eta, d) for eta, d in tried if d > 0]
+        if not good:
+            return {"lambda_min": lam, "eta": 0.0}
+        top = max(d for _, d in good)
+        eta = min(e for e, d in good if d >= 0.5 * top)
+        move(eta)
+        return {"lambda_min": lam, "eta": eta}
+    finally:
+        model.train(was)
+
+
 def train(cfg: dict, seed: int, steps: int) -> dict:
     """One plain training run; the numbers the acceptance criteria need."""
     (Xtr, ytr), (Xva, yva) = _fn(cfg["data"]["factory"])(**cfg["data"]["args"])
@@ -208,6 +328,17 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
         stopping = {"patience": 3, "restore_best": True, **stopping}
         best = (curve[0][2], copy.deepcopy(model.state_dict()))
         bad = 0
+    # a remedy's in-loop interventions (remedy_check.py), from their documentation: perturbed
+    # gradient descent after any step whose gradient norm fell below the threshold (at least
+    # `interval` steps apart), a negative-curvature step after the given fractions of this run's
+    # steps (on the first hessian.batch_size training items, as the probe's Hessian batch)
+    kick = cfg["probe"].get("perturb_gd")
+    kick_gen, last_kick, kicks = torch.Generator().manual_seed(seed + 7919), -math.inf, 0
+    ncs = cfg["probe"].get("negative_curvature_step")
+    nc_at = {max(1, round(f * steps)) for f in (ncs or {}).get("at", [0.25])} if ncs is not None else set()
+    hb = (cfg["probe"].get("hessian") or {}).get("batch_size", 128)
+    nc_batch = Xtr[:hb], ytr[:hb]
+    nc_done = []
     first = peak = None
     diverged = False
     perm, pos, step = torch.randperm(len(Xtr), generator=g), 0, 0
@@ -238,6 +369,14 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
+        if kick is not None:
+            grads = [p.grad.reshape(-1) for p in _flat_params(model) if p.grad is not None]
+            gnorm = float(torch.cat(grads).norm()) if grads else math.inf
+            if gnorm < kick["threshold"] and step + 1 - last_kick >= kick.get("interval", 10):
+                _ball_kick(_flat_params(model), kick["radius"], kick_gen)
+                last_kick, kicks = step + 1, kicks + 1
+        if step + 1 in nc_at:
+            nc_done.append(_curvature_step(model, loss_fn, *nc_batch, opt, ncs))
         if sched is not None:
             sched.step()
         step += 1
@@ -270,6 +409,8 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
         "loss_two_thirds": r(two_thirds[1]), "val_init": r(curve[0][2]), "val_min": r(val_min),
         "val_final": r(last[2]), "peak_batch_loss_ratio": r(peak / first) if first else None,
         "q_train": r(last[3]), "q_val": r(last[4]), "l_ref": r(_ref_loss(yva, cfg["loss"])),
+        **({"kicks": kicks} if kick is not None else {}),
+        **({"curvature_steps": nc_done} if ncs is not None else {}),
     }
 
 
