@@ -89,6 +89,7 @@ class Verification:
     cost: float | None = None  # median time per step / the baseline's (measured: not deterministic)
     seeds: dict[str, Any] | None = None  # {"fixed": k, "of": n, "after": [...]}: tried again on n more seeds
     seeds_note: str = ""  # why it was not tried on more seeds
+    longer: dict[str, Any] | None = None  # {"steps", "after", "fixed", "probe"} or {"steps", "reason"}: trained probe.verify.longer x longer
     interventions: dict[str, Any] = field(default_factory=dict)  # what in-loop remedies did (negative-curvature steps, kicks)
     recommended: bool = False
     why: str = ""  # the recommendation's trade-off, in words

@@ -259,6 +259,49 @@ def test_replay_judges_the_tried_remedies_again_from_their_saved_probes(flat, tm
     assert json.loads(replayed.stdout) == report
 
 
+GROWING = """\
+seed: 0
+model: {factory: "optdoctor.models:mlp", args: {depth: 1, width: 16}}
+data: {factory: "optdoctor.data:linear_regression", args: {n_features: 6}, batch_size: 32}
+loss: mse
+optimizer: {name: sgd, lr: 0.01}
+schedule: {name: ExponentialLR, args: {gamma: 1.05}}
+probe: {steps: 100, verify: {time_factor: null%s}}
+"""
+
+
+def test_verify_trains_each_fix_longer_and_a_lower_rate_under_a_growing_schedule_is_none(tmp_path):
+    """The rate grows 5% a step and the run diverges at step 93. A 10x lower rate survives the
+    probe's 100 steps (and its extra seeds) but diverges when trained 200: with probe.verify.longer
+    (default 2) it is only "better"; dropping the schedule or a warm-up still fixes the run at 200
+    steps and one of them is recommended. Without the longer run (null) the lower rate would count
+    as a fix. A replay of the saved probes gives the same report."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(GROWING % "")
+    r = runner.invoke(app, ["diagnose", str(cfg), "--verify", "--format", "json", "--save-trace", str(tmp_path / "tr")])
+    report = json.loads(r.stdout)
+    (f,) = [f for f in report["findings"] if f["rule"] == "OD401"]
+    by = {json.dumps(v["patch"], sort_keys=True): v for v in f["verification"]}
+    lower = by['{"optimizer.lr": "x0.1"}']
+    assert lower["seeds"]["fixed"] == lower["seeds"]["of"] == 2  # a fix on every seed of the probe's length
+    assert lower["longer"]["steps"] == 200 and lower["longer"]["fixed"] is False and math.isinf(float(lower["longer"]["after"]))
+    assert (lower["helped"], lower["improved"], lower["recommended"]) == (False, True, False)
+    drop = by['{"schedule": null}']
+    assert drop["helped"] and drop["longer"]["fixed"] is True and drop["longer"]["probe"] in report["probes"]
+    (pick,) = [v for v in f["verification"] if v["recommended"]]
+    assert pick["longer"]["fixed"] is True
+    replayed = runner.invoke(app, ["replay", str(tmp_path / "tr"), "--format", "json"])
+    assert json.loads(replayed.stdout) == report
+    text = runner.invoke(app, ["replay", str(tmp_path / "tr")]).stdout
+    assert "not a fix when trained 200 steps" in text and "still fixed when trained 200 steps" in text
+
+    cfg.write_text(GROWING % ", longer: null")
+    off = json.loads(runner.invoke(app, ["diagnose", str(cfg), "--verify", "--format", "json"]).stdout)
+    (f,) = [f for f in off["findings"] if f["rule"] == "OD401"]
+    lower = next(v for v in f["verification"] if v["patch"] == {"optimizer.lr": "x0.1"})
+    assert lower["helped"] and lower["longer"] is None
+
+
 def test_saving_traces_replaces_an_earlier_runs_tried_remedies(tmp_path):
     from optdoctor.diagnose import save_traces
 

@@ -354,6 +354,39 @@ def test_a_fix_that_fails_on_an_extra_seed_is_no_fix():
     assert recommend([lone]) == (None, "")  # was recommended for want of a robust fix before
 
 
+def test_the_longer_run_scales_the_steps_and_a_schedule_that_spans_the_probe(tmp_path):
+    from optdoctor.diagnose.verify import longer_config
+
+    one = config(tmp_path, schedule={"name": "OneCycleLR", "args": {"max_lr": 0.1, "total_steps": 12}})
+    long = longer_config(one, 2.0)
+    assert long.config.probe.steps == 24 and long.config.schedule.args == {"max_lr": 0.1, "total_steps": 24}
+    assert one.config.probe.steps == 12  # the diagnosis' own config is untouched
+    step = config(tmp_path, schedule={"name": "StepLR", "args": {"step_size": 12, "gamma": 0.5}})
+    assert longer_config(step, 2.0).config.schedule.args == {"step_size": 12, "gamma": 0.5}  # a period, not the run's length
+    cos = config(tmp_path, schedule={"name": "CosineAnnealingLR", "args": {"T_max": 12}})
+    assert longer_config(cos, 1.5).config.schedule.args == {"T_max": 18}
+    # a remedy's $steps then stands for the longer run
+    assert apply_patch(longer_config(config(tmp_path), 2.0),
+                       {"schedule": {"name": "OneCycleLR", "args": {"max_lr": "$lr", "total_steps": "$steps"}}}
+                       ).config.schedule.args["total_steps"] == 24
+
+
+def test_a_fix_that_breaks_down_when_trained_longer_is_no_fix():
+    """hold_longer: fixed in the probe (and on every seed) but not when trained longer ->
+    "better", never recommended; one that held, or that time left untried, stays a fix."""
+    from optdoctor.diagnose.verify import hold_longer, recommend
+
+    broke, held, untried = V("broke", 0.1), V("held", 0.5), V("untried", 0.3)
+    broke.longer = {"steps": 24, "after": math.inf, "fixed": False}
+    held.longer = {"steps": 24, "after": 0.2, "fixed": True}
+    untried.longer = {"steps": 24, "reason": "not trained longer (time)"}
+    for v in (broke, held, untried):
+        hold_longer(v)
+    assert (broke.helped, broke.improved) == (False, True)
+    assert held.helped and untried.helped and not held.improved
+    assert recommend([broke, held])[0].remedy == "held"
+
+
 def test_budget_skips_what_does_not_fit():
     from optdoctor.diagnose.verify import _Budget
     import time

@@ -109,6 +109,10 @@ class VerifyConfig(_Strict):
     max_findings: int = Field(3, ge=1, le=20, description="verify the remedies of at most this many findings (most important first)")
     max_remedies: int = Field(6, ge=1, le=12, description="at most this many patched remedies per finding")
     seeds: int = Field(2, ge=0, le=8, description="extra seeds on which each remedy that fixed the run is tried again (robustness), time allowing")
+    longer: float | None = Field(2.0, gt=1, le=10, description="train each remedy that fixed the run on every seed once more, for this "
+                                                                 "multiple of probe.steps, and count it as a fix only if it still fixes the "
+                                                                 "run then (a fix that breaks down later is none: real runs are far longer "
+                                                                 "than a probe), time allowing; null: off")
     time_factor: float | None = Field(1.5, gt=1, description="--verify may take at most this multiple of the plain diagnosis' time; remedies "
                                                             "(then extra seeds) that would not fit are skipped and reported as such. "
                                                             "null: no limit (and then the set tried is deterministic)")

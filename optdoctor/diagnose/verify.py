@@ -103,6 +103,9 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
             if v.helped and vcfg.seeds:
                 _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
                 hold_on_seeds(v)
+            if v.helped and vcfg.longer and vcfg.longer > 1:
+                _longer(v, f, rule, diag, base_setup, progress, clock, vcfg.longer, budget)
+                hold_longer(v)
         if results:
             conclude(f, results)
     _rerank(diag)
@@ -134,17 +137,32 @@ class _OutOfBudget(Exception):
     """The diagnosis' time budget (``probe.budget``) has no time left for this probe."""
 
 
+def longer_config(loaded, factor: float):
+    """The config trained ``factor`` x longer: probe.steps scaled, and so a schedule's length that
+    spans the probe (``total_steps`` or ``T_max`` equal to probe.steps: OneCycleLR would refuse to
+    step past it); a ``$steps`` placeholder in a remedy's patch then stands for the longer run."""
+    cfg = loaded.config
+    steps = max(cfg.probe.steps + 1, int(round(cfg.probe.steps * factor)))
+    update = {"probe": cfg.probe.model_copy(update={"steps": steps})}
+    if cfg.schedule is not None:
+        args = {k: steps if k in ("total_steps", "T_max") and v == cfg.probe.steps and not isinstance(v, bool) else v
+                for k, v in cfg.schedule.args.items()}
+        update["schedule"] = cfg.schedule.model_copy(update={"args": args})
+    return loaded.model_copy(update={"config": cfg.model_copy(update=update)})
+
+
 def _run(patch: dict, seed: int, name: str, diag: Diagnosis, base_setup, progress, clock: _Budget, budget=None,
-         cause: str | None = None):
+         cause: str | None = None, longer: float | None = None):
     """The verification probe of one patch on one seed: its trace (NotApplicable when the patch
     cannot be applied or needs a package that is absent; _OutOfBudget when the time budget
-    cannot fit it). ``cause``: the rule's (apply_patch: an lr_too_high remedy must lower the rate)."""
+    cannot fit it). ``cause``: the rule's (apply_patch: an lr_too_high remedy must lower the rate).
+    ``longer``: train this multiple of probe.steps (``longer_config``)."""
     from optdoctor.config.resolve import optimizer_available
     from optdoctor.probes.runner import ProbeSpec, run_probe
     from optdoctor.probes.setup import derive
     from optdoctor.remedies import NotApplicable, apply_patch
 
-    loaded = diag.loaded
+    loaded = diag.loaded if not longer else longer_config(diag.loaded, longer)
     factories = {"model": base_setup.model_factory, "data": base_setup.data_factory}
     patched = apply_patch(loaded, patch, factories, diag.symptoms, cause)
     missing = optimizer_available(patched.config.optimizer.name)
@@ -253,13 +271,59 @@ def _seeds(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clo
         except (NotApplicable, OptdoctorError, ValueError, TypeError):
             continue
         after = _after(trace, diag.probes)
-        ref = _reference(diag.symptoms, rule.verify)
-        g = gain(v.before, after.get(v.metric, math.nan), ref) if v.before is not None else None
-        fixed += bool(g is not None and g >= VERIFY_MIN_GAIN and holds(rule, after) is not True
-                      and trains(after.get(v.metric), ref))
+        fixed += fixes(v, rule, after, _reference(diag.symptoms, rule.verify))
         losses.append(after.get(v.metric))
         clock.spent(time.perf_counter() - t)
     v.seeds = {"fixed": fixed, "of": n, "after": losses}
+
+
+def fixes(v, rule: Rule, after: dict[str, float], reference: float | None) -> bool:
+    """Whether a run of remedy ``v`` (its symptoms ``after``) fixes the baseline by the first
+    try's measure: the compared loss fell clearly, the rule no longer fires, and the run ended
+    below the reference loss."""
+    g = gain(v.before, after.get(v.metric, math.nan), reference) if v.before is not None else None
+    return bool(g is not None and g >= VERIFY_MIN_GAIN and holds(rule, after) is not True
+                and trains(after.get(v.metric), reference))
+
+
+def _longer(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clock: _Budget, factor: float,
+            budget=None) -> None:
+    """The remedy once more on the first seed, trained ``factor`` x the probe's steps, judged
+    against the baseline as the first try was (``fixes``): a fix that breaks down when trained
+    longer (a rate that still diverges later, a regulariser whose run overfits later) is none.
+    Its trace is kept (``<probe>_long``), so that a replay judges it again."""
+    from optdoctor.errors import OptdoctorError
+    from optdoctor.remedies import NotApplicable
+
+    steps = longer_config(diag.loaded, factor).config.probe.steps
+    if not clock.fits(factor):
+        v.longer = {"steps": steps, "reason": "not trained longer (time)"}
+        return
+    name = f"{v.probe}_long"
+    try:
+        trace = _run(v.patch, diag.loaded.config.seed, name, diag, base_setup, progress, clock, budget, rule.cause, longer=factor)
+    except _OutOfBudget:
+        v.longer = {"steps": steps, "reason": "not trained longer (time budget)"}
+        return
+    except (NotApplicable, OptdoctorError, ValueError, TypeError) as e:
+        v.longer = {"steps": steps, "reason": f"could not be trained longer: {e}"}
+        return
+    trace.meta["verifies"] = {"rule": rule.id, "remedy": v.remedy, "longer": factor}
+    diag.probes.traces[name] = trace
+    judge_longer(v, rule, diag.symptoms, _after(trace, diag.probes), steps, name)
+
+
+def judge_longer(v, rule: Rule, before: dict[str, float], after: dict[str, float], steps: int, probe: str) -> None:
+    v.longer = {"steps": steps, "probe": probe, "after": after.get(v.metric),
+                "fixed": fixes(v, rule, after, _reference(before, rule.verify)),
+                "still_fires": holds(rule, after)}
+
+
+def hold_longer(v) -> None:
+    """A fix must still fix the run when trained longer (``probe.verify.longer``): one that does
+    not is demoted to "better" (``improved``), never recommended."""
+    if v.helped and v.longer and v.longer.get("fixed") is False:
+        v.helped, v.improved = False, True
 
 
 def hold_on_seeds(v) -> None:
@@ -275,7 +339,7 @@ def hold_on_seeds(v) -> None:
 
 def attempts(diag: Diagnosis) -> dict[str, list[dict]]:
     """What was tried per rule, without what was measured: saved beside the traces."""
-    keep = ("remedy", "patch", "applicable", "reason", "note", "probe", "seeds", "seeds_note")  # extra seeds' probes are not saved: their outcome is
+    keep = ("remedy", "patch", "applicable", "reason", "note", "probe", "seeds", "seeds_note", "longer")  # extra seeds' probes are not saved: their outcome is
     return {f.rule: [{k: v.get(k) for k in keep} for v in f.verification] for f in diag.findings if f.verification}
 
 
@@ -293,13 +357,18 @@ def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -
         for a in tried[f.rule]:
             v = Verification(remedy=a["remedy"], patch=dict(a["patch"]), applicable=a["applicable"], reason=a["reason"],
                              metric=rule.verify, before=diag.symptoms.get(rule.verify), probe=a.get("probe"),
-                             seeds=a.get("seeds"), seeds_note=a.get("seeds_note") or "", note=a.get("note") or "")
+                             seeds=a.get("seeds"), seeds_note=a.get("seeds_note") or "", note=a.get("note") or "",
+                             longer=a.get("longer"))
             trace = diag.probes.traces.get(v.probe) if v.probe else None
             if v.applicable and trace is None:
                 v.applicable, v.reason = False, "its verification probe was not saved"
             if v.applicable:
                 judge(v, f, rule, diag.symptoms, _after(trace, diag.probes), _reference(diag.symptoms, rule.verify))
                 hold_on_seeds(v)
+                long_trace = diag.probes.traces.get((v.longer or {}).get("probe") or "")
+                if v.helped and long_trace is not None:
+                    judge_longer(v, rule, diag.symptoms, _after(long_trace, diag.probes), v.longer["steps"], v.longer["probe"])
+                hold_longer(v)
                 base_step = diag.probes.baseline.meta.get("step_seconds") if "baseline" in diag.probes.traces else None
                 if trace.meta.get("step_seconds") and base_step:
                     v.cost = trace.meta["step_seconds"] / base_step

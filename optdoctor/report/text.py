@@ -147,10 +147,16 @@ def _verification(console: Console, f) -> None:
         kicks = v.get("interventions", {}).get("perturb_gd", [])
         if kicks:
             line += f"; {len(kicks)} kick(s) at step(s) {', '.join(str(k['step']) for k in kicks[:5])}"
+        longer = v.get("longer") or {}
+        if v["helped"] and longer.get("fixed"):
+            line += f"; still fixed when trained {longer['steps']} steps"
+        elif v["helped"] and longer.get("reason"):
+            line += f"; {longer['reason']}"
         if v.get("improved"):
             seeds = v.get("seeds") or {}
             line += (" — better, but the finding still holds" if v["still_fires"]
                      else " — better, but not a fix on every seed" if seeds.get("of") and seeds["fixed"] < seeds["of"]
+                     else f" — better, but not a fix when trained {longer['steps']} steps" if longer.get("fixed") is False
                      else " — better, but it still ends above the initial or chance loss")
         elif not v["helped"]:
             line += " — did not help" + (" (the finding still holds)" if v["still_fires"] else "")
