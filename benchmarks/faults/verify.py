@@ -185,9 +185,10 @@ def _min_eigvec(model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tenso
     """The smallest eigenvalue of the loss's Hessian in all trainable parameters on (X, y), and its
     unit eigenvector, from ARPACK (scipy's eigsh on Hessian-vector products by double
     backpropagation): independent of optdoctor's own Lanczos. Up to 64 parameters the Hessian is
-    built densely instead (one product per column) and solved by eigh."""
+    built densely instead (one product per column) and solved by eigh. Where ARPACK does not
+    converge, its best estimate so far (or NaN: then no step)."""
     import numpy as np
-    from scipy.sparse.linalg import LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     params = _flat_params(model)
     n = sum(p.numel() for p in params)
@@ -208,8 +209,13 @@ def _min_eigvec(model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tenso
             lam, Q = np.linalg.eigh((H + H.T) / 2)
             value, vec = float(lam[0]), Q[:, 0]
         else:
-            lam, Q = eigsh(LinearOperator((n, n), matvec=hvp, dtype=np.float64), k=1, which="SA", tol=1e-4,
-                           maxiter=max(500, 20 * n), v0=np.random.default_rng(0).standard_normal(n))
+            try:
+                lam, Q = eigsh(LinearOperator((n, n), matvec=hvp, dtype=np.float64), k=1, which="SA", tol=1e-4,
+                               maxiter=max(500, 20 * n), v0=np.random.default_rng(0).standard_normal(n))
+            except ArpackNoConvergence as e:  # what it has so far, or no step at all
+                if not len(e.eigenvalues):
+                    return math.nan, torch.zeros(n, dtype=torch.float64)
+                lam, Q = e.eigenvalues, e.eigenvectors
             value, vec = float(lam[0]), Q[:, 0]
     finally:
         model.train(was)
