@@ -114,7 +114,7 @@ class VerifyConfig(_Strict):
                                                                  "run then (a fix that breaks down later is none: real runs are far longer "
                                                                  "than a probe), time allowing; null: off")
     time_factor: float | None = Field(1.5, gt=1, description="--verify may take at most this multiple of the plain diagnosis' time; remedies "
-                                                            "(then extra seeds) that would not fit are skipped and reported as such. "
+                                                            "(then extra seeds and longer runs) that would not fit are skipped and reported as such. "
                                                             "null: no limit (and then the set tried is deterministic)")
 
 

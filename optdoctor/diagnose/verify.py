@@ -1,7 +1,8 @@
 """Remedies that prove themselves (``--verify``): each patched remedy of the top findings is
 tried in a probe of its own (same seed, same budget) and judged by the symptom its rule names
-(``verify:``, default ``loss.final``). ``reverify`` judges them again from saved probes
-(``optdoctor replay``)."""
+(``verify:``, default ``loss.final``); a fix is then tried on more seeds and trained once more
+for ``probe.verify.longer`` x the probe's steps, and stays a fix only if it holds on each.
+``reverify`` judges them again from saved probes (``optdoctor replay``)."""
 
 from __future__ import annotations
 
@@ -314,6 +315,8 @@ def _longer(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, cl
 
 
 def judge_longer(v, rule: Rule, before: dict[str, float], after: dict[str, float], steps: int, probe: str) -> None:
+    """Record the longer run's outcome on ``v`` (``fixes`` against the baseline's symptoms
+    ``before``); ``hold_longer`` acts on it."""
     v.longer = {"steps": steps, "probe": probe, "after": after.get(v.metric),
                 "fixed": fixes(v, rule, after, _reference(before, rule.verify)),
                 "still_fires": holds(rule, after)}
