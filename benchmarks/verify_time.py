@@ -8,7 +8,8 @@ diagnose CONFIG --format json`` and the same with ``--verify`` at the shipped ti
 (``probe.verify.time_factor`` 1.5: remedies are tried only while they fit in half the plain
 diagnosis' time, and the report lists the ones skipped for time). Wall time from start to exit.
 Prints, per sample, the median seconds of each, the median per-pair ratio verify / plain, how
-many remedies were tried and how many were skipped for time; then the median and the largest
+many remedies were tried and how many were skipped for time, how many fixes were trained longer
+(``probe.verify.longer``) and how many were not, for time; then the median and the largest
 ratio over the samples (the issue's target: a median of at most 1.5x, or the report says what
 it skipped).
 """
@@ -46,16 +47,20 @@ def _run(cfg: str, verify: bool) -> tuple[float, dict]:
         raise SystemExit(f"{cfg}: no JSON report (exit {p.returncode}): {p.stderr[-1500:]}")
 
 
-def _tried(report: dict) -> tuple[int, int]:
-    """(remedies whose probe ran, remedies skipped for time) over the report's findings."""
-    tried = skipped = 0
+def _tried(report: dict) -> tuple[int, int, int, int]:
+    """(remedies whose probe ran, remedies skipped for time, fixes trained longer, fixes not
+    trained longer for time) over the report's findings."""
+    tried = skipped = longer = not_longer = 0
     for f in report.get("findings", []):
         for v in f.get("verification") or []:
             if v.get("probe"):
                 tried += 1
             elif str(v.get("reason", "")).startswith("skipped for time"):
                 skipped += 1
-    return tried, skipped
+            run = v.get("longer") or {}
+            longer += "fixed" in run
+            not_longer += str(run.get("reason", "")).startswith("not trained longer")
+    return tried, skipped, longer, not_longer
 
 
 def main() -> int:
@@ -64,24 +69,28 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     samples = args.samples or _samples()
-    print(f"{'sample':44s} {'plain s':>8s} {'verify s':>9s} {'ratio':>6s} {'tried':>6s} {'skipped':>8s}")
+    print(f"{'sample':44s} {'plain s':>8s} {'verify s':>9s} {'ratio':>6s} {'tried':>6s} {'skipped':>8s} {'longer':>7s} "
+          f"{'not longer':>10s}")
     medians = []
     for cfg in samples:
-        plain, ver, ratios, tried, skipped = [], [], [], [], []
+        plain, ver, ratios, tried, skipped, longer, not_longer = [], [], [], [], [], [], []
         for r in range(args.rounds):
             first_verify = r % 2 == 1
             for verify in ((True, False) if first_verify else (False, True)):
                 secs, report = _run(cfg, verify)
                 (ver if verify else plain).append(secs)
                 if verify:
-                    t, s = _tried(report)
+                    t, s, lg, nl = _tried(report)
                     tried.append(t)
                     skipped.append(s)
+                    longer.append(lg)
+                    not_longer.append(nl)
             ratios.append(ver[-1] / plain[-1])
         m = statistics.median(ratios)
         medians.append(m)
         print(f"{cfg:44s} {statistics.median(plain):8.2f} {statistics.median(ver):9.2f} {m:6.2f} "
-              f"{statistics.median(tried):6g} {statistics.median(skipped):8g}")
+              f"{statistics.median(tried):6g} {statistics.median(skipped):8g} {statistics.median(longer):7g} "
+              f"{statistics.median(not_longer):10g}")
     print(f"\nmedian ratio over {len(samples)} samples: {statistics.median(medians):.2f}x (largest {max(medians):.2f}x)")
     return 0
 
