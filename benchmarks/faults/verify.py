@@ -166,6 +166,15 @@ def _flat_params(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def _add_flat(params: list[torch.Tensor], vec: torch.Tensor, alpha: float = 1.0) -> None:
+    """params += alpha * vec, the parameters taken as one flat vector in their order."""
+    with torch.no_grad():
+        i = 0
+        for p in params:
+            p.add_(vec[i:i + p.numel()].view_as(p).to(p.dtype), alpha=alpha)
+            i += p.numel()
+
+
 def _ball_kick(params: list[torch.Tensor], radius: float, gen: torch.Generator) -> None:
     """A remedy's ``probe.perturb_gd`` kick, from the schema's words (Jin et al. 2017): a point
     drawn uniformly from the ball of ``radius`` around the weights, all parameters as one vector
@@ -173,12 +182,7 @@ def _ball_kick(params: list[torch.Tensor], radius: float, gen: torch.Generator) 
     d = sum(p.numel() for p in params)
     direction = torch.randn(d, generator=gen, dtype=torch.float64)
     r = radius * float(torch.rand((), generator=gen, dtype=torch.float64)) ** (1.0 / max(d, 1))
-    step = direction * (r / float(direction.norm()))
-    with torch.no_grad():
-        i = 0
-        for p in params:
-            p.add_(step[i:i + p.numel()].view_as(p).to(p.dtype))
-            i += p.numel()
+    _add_flat(params, direction * (r / float(direction.norm())))
 
 
 def _min_eigvec(model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -238,13 +242,6 @@ def _curvature_step(model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.T
     model.eval()
     lr = opt.param_groups[0]["lr"] if isinstance(opt, torch.optim.SGD) else None
 
-    def move(eta: float) -> None:
-        with torch.no_grad():
-            i = 0
-            for p in params:
-                p.add_(v[i:i + p.numel()].view_as(p).to(p.dtype), alpha=eta)
-                i += p.numel()
-
     def loss_here() -> float:
         with torch.no_grad():
             return float(loss_fn(model(X), y))
@@ -271,18 +268,18 @@ def _curvature_step(model: torch.nn.Module, loss_fn, X: torch.Tensor, y: torch.T
         tried = []
         for k in range(ncfg.get("doublings", 8) + 1):
             eta = ncfg.get("radius", 0.05) * 2.0 ** k
-            move(eta)
+            _add_flat(params, v, eta)
             val = loss_here()
             if lr is not None and math.isfinite(val) and val < base and not stable(val):
                 val = math.inf
-            move(-eta)
+            _add_flat(params, v, -eta)
             tried.append((eta, base - val if math.isfinite(val) else -math.inf))
         good = [(eta, d) for eta, d in tried if d > 0]
         if not good:
             return {"lambda_min": lam, "eta": 0.0}
         top = max(d for _, d in good)
         eta = min(e for e, d in good if d >= 0.5 * top)
-        move(eta)
+        _add_flat(params, v, eta)
         return {"lambda_min": lam, "eta": eta}
     finally:
         model.train(was)
@@ -343,7 +340,7 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
     ncs = cfg["probe"].get("negative_curvature_step")
     nc_at = {max(1, round(f * steps)) for f in (ncs or {}).get("at", [0.25])} if ncs is not None else set()
     hb = (cfg["probe"].get("hessian") or {}).get("batch_size", 128)
-    nc_batch = Xtr[:hb], ytr[:hb]
+    nc_batch = (Xtr[:hb], ytr[:hb]) if ncs is not None else None
     nc_done = []
     first = peak = None
     diverged = False
