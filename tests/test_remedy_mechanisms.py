@@ -387,6 +387,28 @@ def test_a_fix_that_breaks_down_when_trained_longer_is_no_fix():
     assert recommend([broke, held])[0].remedy == "held"
 
 
+def test_time_for_robustness_checks_goes_first_to_each_findings_recommendation():
+    """robustness_order: finding by finding, the fix that would be recommended (the next one
+    while a pick fails its checks), then the other fixes; each pick is made after the previous
+    one was checked. Under --verify's time limit the remedy a user is told to apply is then the
+    one most likely to have been tried on more seeds and trained longer."""
+    from optdoctor.diagnose.verify import hold_longer, robustness_order
+
+    a, b, c, x = V("a", 0.1), V("b", 0.15, cost=2.0), V("c", 5.0), V("x", 1.0, helped=False)
+    d, e = V("d", 0.3), V("e", 0.2, cost=3.0)
+    breaks = {"a"}
+    order, checked = [], set()
+    for f, rule, v in robustness_order([("f1", "r1", [a, b, c, x]), ("f2", "r2", [d, e])], checked):
+        checked.add(id(v))
+        order.append((f, v.remedy))
+        v.longer = {"steps": 24, "fixed": v.remedy not in breaks}
+        hold_longer(v)
+    # a (cheapest near the best loss) first; it breaks down, so b, the next pick; then f2's pick d
+    # (e is within 2x of d's loss but 3x the cost), then the rest; x never fixed the run
+    assert order == [("f1", "a"), ("f1", "b"), ("f2", "d"), ("f1", "c"), ("f2", "e")]
+    assert not a.helped and b.helped and c.helped
+
+
 def test_budget_skips_what_does_not_fit():
     from optdoctor.diagnose.verify import _Budget
     import time

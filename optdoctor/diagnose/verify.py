@@ -99,17 +99,39 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
             if v.probe:
                 clock.spent(time.perf_counter() - t)
         plans.append((f, rule, results))
-    for f, rule, results in plans:  # robustness, once every remedy had its first try
-        for v in results:
-            if v.helped and vcfg.seeds:
-                _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
-                hold_on_seeds(v)
-            if v.helped and vcfg.longer and vcfg.longer > 1:
-                _longer(v, f, rule, diag, base_setup, progress, clock, vcfg.longer, budget)
-                hold_longer(v)
+    checked: set[int] = set()
+    for f, rule, v in robustness_order(plans, checked):  # once every remedy had its first try
+        checked.add(id(v))
+        if v.helped and vcfg.seeds:
+            _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
+            hold_on_seeds(v)
+        if v.helped and vcfg.longer and vcfg.longer > 1:
+            _longer(v, f, rule, diag, base_setup, progress, clock, vcfg.longer, budget)
+            hold_longer(v)
+    for f, rule, results in plans:
         if results:
             conclude(f, results)
     _rerank(diag)
+
+
+def robustness_order(plans: list, checked: set[int]):
+    """The fixes to try on more seeds and train longer, in the order time should go to them:
+    first, finding by finding, the one that would be recommended now, and the next such pick
+    while a pick fails a check (so that under --verify's time limit the remedy a user is told to
+    apply is the one most likely to have been checked); then every other fix. A generator: each
+    pick is made after the previous one's checks (the caller adds what it checked to ``checked``)."""
+    for f, rule, results in plans:
+        while True:
+            pick, _ = recommend([v for v in results if v.helped and id(v) not in checked])
+            if pick is None:
+                break
+            yield f, rule, pick
+            if pick.helped:  # it held (or time ran out): this finding's pick is settled
+                break
+    for f, rule, results in plans:
+        for v in results:
+            if v.helped and id(v) not in checked:
+                yield f, rule, v
 
 
 class _Budget:
