@@ -337,6 +337,7 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
     # steps (on the first hessian.batch_size training items, as the probe's Hessian batch)
     kick = cfg["probe"].get("perturb_gd")
     kick_gen, last_kick, kicks = torch.Generator().manual_seed(seed + 7919), -math.inf, 0
+    trainable = _flat_params(model)
     ncs = cfg["probe"].get("negative_curvature_step")
     nc_at = {max(1, round(f * steps)) for f in (ncs or {}).get("at", [0.25])} if ncs is not None else set()
     hb = (cfg["probe"].get("hessian") or {}).get("batch_size", 128)
@@ -373,10 +374,10 @@ def train(cfg: dict, seed: int, steps: int) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
         if kick is not None:
-            grads = [p.grad.reshape(-1) for p in _flat_params(model) if p.grad is not None]
+            grads = [p.grad.reshape(-1) for p in trainable if p.grad is not None]
             gnorm = float(torch.cat(grads).norm()) if grads else math.inf
             if gnorm < kick["threshold"] and step + 1 - last_kick >= kick.get("interval", 10):
-                _ball_kick(_flat_params(model), kick["radius"], kick_gen)
+                _ball_kick(trainable, kick["radius"], kick_gen)
                 last_kick, kicks = step + 1, kicks + 1
         if step + 1 in nc_at:
             nc_done.append(_curvature_step(model, loss_fn, *nc_batch, opt, ncs))
