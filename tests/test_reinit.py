@@ -210,3 +210,27 @@ def test_verify_tries_the_or_patch_when_the_factory_rejects_the_scheme(tmp_path)
     tried = [v for v in init["verification"] if v["patch"].get("probe.reinit")]
     assert tried and "could not run" in tried[0]["note"] and "unknown init" in tried[0]["note"], init["verification"]
     assert any(v["helped"] for v in tried)
+
+
+def test_verify_keeps_pytorchs_defaults_where_the_users_code_spoiled_the_init(tmp_path):
+    """A user's ReLU net whose own init code draws every weight from U(-1e-3, 1e-3): the bad-init
+    rules' "keep PyTorch's default initialisation" remedy (``probe.reinit: default``, any model)
+    resets each layer with its ``reset_parameters`` and fixes the run. Its evidence shows the
+    default's scale: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) has rms * sqrt(fan_in) = 1/sqrt(3)."""
+    (tmp_path / "m.py").write_text(textwrap.dedent("""\
+        import torch
+        def net():
+            m = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                    torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+            for layer in m:
+                if isinstance(layer, torch.nn.Linear):
+                    torch.nn.init.uniform_(layer.weight, -1e-3, 1e-3)
+                    torch.nn.init.zeros_(layer.bias)
+            return m
+        """))
+    findings = _verify_user_net(tmp_path)
+    init = next(f for f in findings if f["cause"] == "bad_init")
+    (default,) = [v for v in init["verification"] if v["patch"] == {"probe.reinit": "default"}]
+    assert default["applicable"] and default["helped"], default
+    before, after = default["symptoms"]["weight.init_gain"]
+    assert before < 0.01 and after == pytest.approx(1 / math.sqrt(3), rel=0.1)
