@@ -85,3 +85,15 @@ def test_each_batch_is_split_among_its_own_families():
     assert {c["cause"] for c in manifest if c["batch"] == 6} == {"healthy"}  # batch 6: noise-floor controls only
     b3 = [c for c in kept if c["batch"] == 3]
     assert len(b3) >= 30 and 3 * sum(c["cause"] == "healthy" for c in b3) >= len(b3)
+
+
+def test_saved_traces_include_the_remedies_probes_under_verify(tmp_path, monkeypatch):
+    """--save-traces with --verify keeps each case's traces (it was silently dropped)."""
+    case = run.load_cases("all", subset="fast")[0]
+    monkeypatch.setitem(run.TRACES, "save", tmp_path / "tr")
+    monkeypatch.setitem(run.VERIFY, "on", True)
+    monkeypatch.setitem(run.VERIFY, "folder", tmp_path)
+    args = run._cli_args(case)
+    assert "--verify" in args and args[-2:] == ["--save-trace", str(tmp_path / "tr" / case["config"]["name"])]
+    monkeypatch.setitem(run.VERIFY, "on", False)
+    assert run._cli_args(case)[-2:] == args[-2:] and "--verify" not in run._cli_args(case)

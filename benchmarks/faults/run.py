@@ -112,9 +112,10 @@ def _cli_args(case: dict) -> list[str]:
     if TRACES["replay"] is not None:
         return ["replay", str(TRACES["replay"] / name), "--format", "json"]
     if VERIFY["on"]:
-        return ["diagnose", _verify_config(case), "--format", "json", "--check", "--verify"]
-    args = ["diagnose", name + ".yaml", "--format", "json", "--check"]
-    if TRACES["save"] is not None:
+        args = ["diagnose", _verify_config(case), "--format", "json", "--check", "--verify"]
+    else:
+        args = ["diagnose", name + ".yaml", "--format", "json", "--check"]
+    if TRACES["save"] is not None:  # the remedies' probes too, under --verify
         args += ["--save-trace", str(TRACES["save"] / name)]
     return args
 
