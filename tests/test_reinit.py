@@ -154,7 +154,6 @@ def test_rules_or_patch_is_validated(tmp_path):
         load_rule_file(bad)
 
 
-@pytest.mark.slow
 def _verify_user_net(tmp_path) -> list[dict]:
     """``diagnose --verify`` of the net ``m.py:net`` in ``tmp_path`` on blobs (SGD + momentum): its findings."""
     cfg = tmp_path / "c.yaml"
@@ -165,6 +164,7 @@ def _verify_user_net(tmp_path) -> list[dict]:
     return json.loads(r.stdout)["findings"]
 
 
+@pytest.mark.slow
 def test_verify_tries_the_or_patch_on_a_factory_without_an_init_argument(tmp_path):
     """A user's ReLU net whose biases start at -3 (dead at step 0) and that takes no argument:
     the dead-ReLU rule's init remedy is not applicable as ``model.args.bias_init`` and runs as
@@ -186,6 +186,7 @@ def test_verify_tries_the_or_patch_on_a_factory_without_an_init_argument(tmp_pat
     assert tried[0]["helped"]
 
 
+@pytest.mark.slow
 def test_verify_tries_the_or_patch_when_the_factory_rejects_the_scheme(tmp_path):
     """A user's factory that takes ``init`` but knows only its own schemes: the init remedy's
     ``model.args.init: kaiming_normal`` makes the factory raise, and the remedy runs as
@@ -212,6 +213,7 @@ def test_verify_tries_the_or_patch_when_the_factory_rejects_the_scheme(tmp_path)
     assert any(v["helped"] for v in tried)
 
 
+@pytest.mark.slow
 def test_verify_keeps_pytorchs_defaults_where_the_users_code_spoiled_the_init(tmp_path):
     """A user's ReLU net whose own init code draws every weight from U(-1e-3, 1e-3): the bad-init
     rules' "keep PyTorch's default initialisation" remedy (``probe.reinit: default``, any model)
