@@ -56,3 +56,19 @@ class RuleOutcome:
     cause: str
     status: str  # "fired" | "passed" | "not_evaluated" | "ruled_out" (fired, but another firing rule explains it)
     reason: str = ""  # for not_evaluated: which symptoms were missing
+
+
+def first_clause(text: str, limit: int = 70, stops: tuple[str, ...] = (":", ";", " (", ". ")) -> str:
+    """A remedy's short name for reports: its text up to the first of ``stops`` (tried in that
+    order) that lies within ``limit`` characters and outside parentheses; else the text, cut to
+    ``limit`` with an ellipsis."""
+    for stop in stops:
+        depth, i = 0, 0
+        while i < min(len(text), limit):
+            if text.startswith(stop, i) and depth == 0 and i > 0:
+                return text[:i]
+            depth += (text[i] == "(") - (text[i] == ")")
+            i += 1
+    text = text.rstrip(".")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+

@@ -415,3 +415,15 @@ def test_findings_confirmed_to_the_same_confidence_keep_the_evidence_order():
     diag = SimpleNamespace(findings=[warn, err])
     _rerank(diag)
     assert [f.rule for f in diag.findings] == ["OD404", "OD203"]
+
+
+def test_a_remedys_short_name_ends_at_its_first_clause_outside_parentheses():
+    from optdoctor.findings import first_clause
+
+    # the ';' inside the parentheses does not end the name; the ' (' before them does
+    assert first_clause("Re-initialise with a variance-preserving init (Xavier/Glorot; Kaiming for ReLU nets): more") \
+        == "Re-initialise with a variance-preserving init"
+    assert first_clause("Use an adaptive optimiser (Adam): its steps") == "Use an adaptive optimiser (Adam)"
+    assert first_clause("Lower the rate.") == "Lower the rate"
+    assert first_clause("x" * 80) == "x" * 67 + "..."
+    assert first_clause("If units died, lower the rate", 60, (":", ",")) == "If units died"

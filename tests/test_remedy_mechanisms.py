@@ -218,7 +218,7 @@ def test_negative_curvature_step_leaves_a_two_weight_saddle():
     assert out["lambda_min"] == pytest.approx(-2.0, rel=1e-3) and out["lambda_max"] == pytest.approx(2.0, rel=1e-3)
     assert out["outcome"] == "stepped" and out["loss_before"] == pytest.approx(before)
     assert after == pytest.approx(out["loss_after"]) and after < before - 0.4  # the way down: -1 at |y| = sqrt(2)
-    assert abs(float(model.w[1])) > 0.5 and float(model.w[0]) == pytest.approx(0.3, abs=1e-4)  # moved along y only
+    assert abs(float(model.w[1].detach())) > 0.5 and float(model.w[0].detach()) == pytest.approx(0.3, abs=1e-4)  # moved along y only
 
 
 def test_negative_curvature_step_does_nothing_at_a_minimum():

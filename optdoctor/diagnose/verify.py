@@ -15,7 +15,7 @@ from typing import Callable
 from optdoctor.diagnose.model import Diagnosis
 from optdoctor.engine.evaluate import holds
 from optdoctor.engine.rules import Rule
-from optdoctor.findings import Finding
+from optdoctor.findings import Finding, first_clause
 from optdoctor.symptoms import extract
 from optdoctor.trace import ProbeSet
 
@@ -30,6 +30,7 @@ REFUTE_PENALTY = 0.2  # confidence removed when every applicable remedy failed
 # whose loss is within this factor of the best loss reached (a fix 3x slower per step must buy
 # more than a slightly lower loss).
 RECOMMEND_LOSS_SLACK = 2.0
+STOPS = (":", ";", " (", ". ", ",")  # where a remedy's name ends in the recommendation's reason
 
 
 def gain(before: float, after: float, reference: float | None) -> float:
@@ -452,17 +453,9 @@ def recommend(results: list) -> tuple[object | None, str]:
     lower = [v for v in others if v.after < pick.after]
     if lower:
         o = min(lower, key=lambda v: v.after)
-        why += (f"; {_first(o.remedy)} reached {o.after:.3g} but costs {o.cost or 1:.2g}x per step"
-                if (o.cost or 1) > (pick.cost or 1) else f"; {_first(o.remedy)} reached {o.after:.3g}")
+        why += (f"; {first_clause(o.remedy, 60, STOPS)} reached {o.after:.3g} but costs {o.cost or 1:.2g}x per step"
+                if (o.cost or 1) > (pick.cost or 1) else f"; {first_clause(o.remedy, 60, STOPS)} reached {o.after:.3g}")
     return pick, why
-
-
-def _first(text: str) -> str:
-    for stop in (":", ";", " (", ". ", ","):
-        i = text.find(stop)
-        if 0 < i < 60:
-            return text[:i]
-    return text[:60]
 
 
 def conclude(f: Finding, results: list) -> None:

@@ -12,6 +12,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from optdoctor.findings import first_clause
 from optdoctor.report.base import fails, reporter
 from optdoctor.report.numbers import fmt
 
@@ -123,10 +124,10 @@ def _verification(console: Console, f) -> None:
     table.add_column()
     for v in f.verification:
         if not v["applicable"]:
-            table.add_row(Text("   –", style="dim"), Text(f"{_short(v['remedy'])}: not tried ({v['reason']})", style="dim"))
+            table.add_row(Text("   –", style="dim"), Text(f"{first_clause(v['remedy'])}: not tried ({v['reason']})", style="dim"))
             continue
         mark = Text("   ✓", style="green") if v["helped"] else Text("   ~", style="yellow") if v.get("improved") else Text("   ✗", style="red")
-        line = f"{_short(v['remedy'])}: {v['metric'].replace('.final', '')} {fmt(v['before'])} → {fmt(v['after'])}"
+        line = f"{first_clause(v['remedy'])}: {v['metric'].replace('.final', '')} {fmt(v['before'])} → {fmt(v['after'])}"
         changes = [f"{n} {fmt(a)} → {fmt(b)}" for n, (a, b) in list(v["symptoms"].items())[:2]]
         if changes:
             line += "; " + ", ".join(changes)
@@ -164,17 +165,7 @@ def _verification(console: Console, f) -> None:
     console.print(table)
     pick = next((v for v in f.verification if v.get("recommended")), None)
     if pick is not None:
-        console.print(Text(f"   recommended: {_short(pick['remedy'])} ({pick['why']})", style="bold green"))
-
-
-def _short(text: str) -> str:
-    """The first clause of a remedy's text."""
-    for stop in (":", ";", " (", ". "):
-        i = text.find(stop)
-        if 0 < i < 70:
-            return text[:i]
-    text = text.rstrip(".")
-    return text if len(text) <= 70 else text[:67] + "..."
+        console.print(Text(f"   recommended: {first_clause(pick['remedy'])} ({pick['why']})", style="bold green"))
 
 
 def _pictures(console: Console, summary) -> None:
