@@ -71,4 +71,3 @@ def first_clause(text: str, limit: int = 70, stops: tuple[str, ...] = (":", ";",
             i += 1
     text = text.rstrip(".")
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
