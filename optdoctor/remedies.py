@@ -91,6 +91,7 @@ class Verification:
     seeds_note: str = ""  # why it was not tried on more seeds
     longer: dict[str, Any] | None = None  # {"steps", "after", "fixed", "probe"} or {"steps", "reason"}: trained probe.verify.longer x longer
     interventions: dict[str, Any] = field(default_factory=dict)  # what in-loop remedies did (negative-curvature steps, kicks)
+    combines: list[str] = field(default_factory=list)  # a combination (probe.verify.combine): the two remedies' texts
     recommended: bool = False
     why: str = ""  # the recommendation's trade-off, in words
 

@@ -113,6 +113,9 @@ class VerifyConfig(_Strict):
                                                                  "multiple of probe.steps, and count it as a fix only if it still fixes the "
                                                                  "run then (a fix that breaks down later is none: real runs are far longer "
                                                                  "than a probe), time allowing; null: off")
+    combine: bool = Field(True, description="when two remedies of a finding each fixed the run (on every seed and trained longer) and "
+                                            "change different parts of the config, try the two together once, as one more remedy, "
+                                            "time allowing (the combination is judged, checked on seeds and ranked like the others)")
     time_factor: float | None = Field(1.5, gt=1, description="--verify may take at most this multiple of the plain diagnosis' time; remedies "
                                                             "(then extra seeds and longer runs) that would not fit are skipped and reported as such. "
                                                             "null: no limit (and then the set tried is deterministic)")

@@ -109,10 +109,78 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
         if v.helped and vcfg.longer and vcfg.longer > 1:
             _longer(v, f, rule, diag, base_setup, progress, clock, vcfg.longer, budget)
             hold_longer(v)
+    if vcfg.combine:
+        for f, rule, results in plans:
+            pair = combination(results)
+            if pair is not None:
+                results.append(_try_combined(pair, f, rule, diag, base_setup, progress, clock, base_step, budget, vcfg))
     for f, rule, results in plans:
         if results:
             conclude(f, results)
     _rerank(diag)
+
+
+# The parts of a config a patch key belongs to (a key outside them is a part of its own). Two
+# fixes that change the same part are not tried together: a rate was measured for its own
+# optimizer and schedule, whitening already standardises, one init or in-loop intervention
+# replaces another. A swapped model (model.factory) takes no arguments written for the old one.
+_PARTS = (("optimizer", ("optimizer", "schedule")),
+          ("init", ("probe.reinit", "model.args.init", "model.args.weight_scale", "model.args.bias_init")),
+          ("inputs", ("probe.standardize_inputs", "probe.whiten_inputs")),
+          ("interventions", ("probe.perturb_gd", "probe.negative_curvature_step")))
+
+
+def _parts(patch: dict) -> set[str]:
+    keys = [k.rstrip("?") for k in patch]
+    return {next((part for part, prefixes in _PARTS if any(k == p or k.startswith(p + ".") for p in prefixes)), k) for k in keys}
+
+
+def combinable(a: dict, b: dict) -> bool:
+    """Whether two remedies' patches change different parts of the config (``_PARTS``), so that
+    applying both is the two remedies at once rather than one overwriting the other."""
+    def swaps_model(p: dict, other: dict) -> bool:
+        return "model.factory" in p and any(k.startswith("model.") for k in other)
+
+    return not (_parts(a) & _parts(b)) and not swaps_model(a, b) and not swaps_model(b, a)
+
+
+def combination(results: list):
+    """The two fixes of one finding to try together (``probe.verify.combine``): the one that reached
+    the lowest loss and the best other one that changes a different part of the config
+    (``combinable``); None when there are no two such fixes. A fix here has held on every seed
+    and in the longer run, as far as they were tried."""
+    pool = sorted((v for v in results if v.helped and v.after is not None and not v.combines), key=lambda v: v.after)
+    if len(pool) < 2:
+        return None
+    first = pool[0]
+    second = next((v for v in pool[1:] if combinable(first.patch, v.patch)), None)
+    return None if second is None else (first, second)
+
+
+def _try_combined(pair, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clock: "_Budget", base_step, budget,
+                  vcfg):
+    """The two fixes of ``combination`` as one more remedy: tried, and if it fixes the run, checked
+    on more seeds and trained longer like any other (time allowing)."""
+    from optdoctor.remedies import Verification
+
+    a, b = pair
+    names = [first_clause(x.remedy, 60, STOPS) for x in (a, b)]
+    v = Verification(remedy=f"{names[0]} + {names[1][:1].lower()}{names[1][1:]}, together", patch={**a.patch, **b.patch},
+                     metric=rule.verify, before=diag.symptoms.get(rule.verify), combines=[a.remedy, b.remedy])
+    if not clock.fits():
+        v.applicable, v.reason = False, clock.reason()
+        return v
+    t = time.perf_counter()
+    _try(v, f, rule, f"verify_{rule.id}_combined", diag.loaded.config.seed, diag, base_setup, progress, clock, base_step, budget)
+    if v.probe:
+        clock.spent(time.perf_counter() - t)
+    if v.helped and vcfg.seeds:
+        _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
+        hold_on_seeds(v)
+    if v.helped and vcfg.longer and vcfg.longer > 1:
+        _longer(v, f, rule, diag, base_setup, progress, clock, vcfg.longer, budget)
+        hold_longer(v)
+    return v
 
 
 def robustness_order(plans: list, checked: set[int]):
@@ -365,7 +433,7 @@ def hold_on_seeds(v) -> None:
 
 def attempts(diag: Diagnosis) -> dict[str, list[dict]]:
     """What was tried per rule, without what was measured: saved beside the traces."""
-    keep = ("remedy", "patch", "applicable", "reason", "note", "probe", "seeds", "seeds_note", "longer")  # extra seeds' probes are not saved: their outcome is
+    keep = ("remedy", "patch", "applicable", "reason", "note", "probe", "seeds", "seeds_note", "longer", "combines")  # extra seeds' probes are not saved: their outcome is
     return {f.rule: [{k: v.get(k) for k in keep} for v in f.verification] for f in diag.findings if f.verification}
 
 
@@ -384,7 +452,7 @@ def reverify(diag: Diagnosis, rules: list[Rule], tried: dict[str, list[dict]]) -
             v = Verification(remedy=a["remedy"], patch=dict(a["patch"]), applicable=a["applicable"], reason=a["reason"],
                              metric=rule.verify, before=diag.symptoms.get(rule.verify), probe=a.get("probe"),
                              seeds=a.get("seeds"), seeds_note=a.get("seeds_note") or "", note=a.get("note") or "",
-                             longer=a.get("longer"))
+                             longer=a.get("longer"), combines=list(a.get("combines") or []))
             trace = diag.probes.traces.get(v.probe) if v.probe else None
             if v.applicable and trace is None:
                 v.applicable, v.reason = False, "its verification probe was not saved"

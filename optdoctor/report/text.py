@@ -108,6 +108,11 @@ def _finding(console: Console, f, meanings: dict[str, str]) -> None:
     console.print()
 
 
+def _name(v: dict) -> str:
+    """A tried remedy's short name; a combination's names both of its remedies, so it may run longer."""
+    return first_clause(v["remedy"], 140 if v.get("combines") else 70)
+
+
 def _verification(console: Console, f) -> None:
     """What each tried remedy measurably changed (--verify), best first."""
     if f.confirmed is True:
@@ -124,10 +129,10 @@ def _verification(console: Console, f) -> None:
     table.add_column()
     for v in f.verification:
         if not v["applicable"]:
-            table.add_row(Text("   –", style="dim"), Text(f"{first_clause(v['remedy'])}: not tried ({v['reason']})", style="dim"))
+            table.add_row(Text("   –", style="dim"), Text(f"{_name(v)}: not tried ({v['reason']})", style="dim"))
             continue
         mark = Text("   ✓", style="green") if v["helped"] else Text("   ~", style="yellow") if v.get("improved") else Text("   ✗", style="red")
-        line = f"{first_clause(v['remedy'])}: {v['metric'].replace('.final', '')} {fmt(v['before'])} → {fmt(v['after'])}"
+        line = f"{_name(v)}: {v['metric'].replace('.final', '')} {fmt(v['before'])} → {fmt(v['after'])}"
         changes = [f"{n} {fmt(a)} → {fmt(b)}" for n, (a, b) in list(v["symptoms"].items())[:2]]
         if changes:
             line += "; " + ", ".join(changes)
@@ -165,7 +170,7 @@ def _verification(console: Console, f) -> None:
     console.print(table)
     pick = next((v for v in f.verification if v.get("recommended")), None)
     if pick is not None:
-        console.print(Text(f"   recommended: {first_clause(pick['remedy'])} ({pick['why']})", style="bold green"))
+        console.print(Text(f"   recommended: {_name(pick)} ({pick['why']})", style="bold green"))
 
 
 def _pictures(console: Console, summary) -> None:
