@@ -427,3 +427,82 @@ def test_a_remedys_short_name_ends_at_its_first_clause_outside_parentheses():
     assert first_clause("Lower the rate.") == "Lower the rate"
     assert first_clause("x" * 80) == "x" * 67 + "..."
     assert first_clause("If units died, lower the rate", 60, (":", ",")) == "If units died"
+
+
+# --- two fixes together (probe.verify.combine) ----------------------------------------------
+
+
+@pytest.mark.parametrize("a, b, ok", [
+    ({"probe.standardize_inputs": True}, {"optimizer.name": "adam", "optimizer.lr": 0.01}, True),  # data + optimizer
+    ({"model.args.batchnorm": True}, {"model.args.dropout": 0.2}, True),  # two different model arguments
+    ({"probe.reinit": "orthogonal"}, {"optimizer.lr": "x3"}, True),
+    ({"optimizer.lr": "x0.1"}, {"schedule": None}, False),  # a rate is measured for its schedule
+    ({"optimizer.name": "adam", "optimizer.lr": 1e-3}, {"optimizer.lr": "$lr.range_suggested"}, False),
+    ({"probe.reinit": "default"}, {"model.args.init": "xavier_normal", "model.args.weight_scale?": 1.0}, False),  # two inits
+    ({"probe.whiten_inputs": True}, {"probe.standardize_inputs": True}, False),  # whitening standardises
+    ({"probe.perturb_gd": {"threshold": 1e-3, "radius": 1.0}}, {"probe.negative_curvature_step": {"at": [0.25]}}, False),
+    ({"model.factory": "optdoctor.models:resmlp"}, {"model.args.batchnorm": True}, False),  # arguments of the old model
+    ({"model.args.act": "relu", "model.args.init": "kaiming_normal"}, {"model.args.act": "leaky_relu"}, False),
+])
+def test_two_fixes_are_combined_only_where_they_change_different_parts_of_the_config(a, b, ok):
+    from optdoctor.diagnose.verify import combinable
+
+    assert combinable(a, b) is ok and combinable(b, a) is ok
+
+
+def test_the_combination_is_the_best_fix_and_the_best_other_one_it_can_go_with():
+    from optdoctor.diagnose.verify import combination
+    from optdoctor.remedies import Verification
+
+    def fix(patch, after, helped=True):
+        return Verification(remedy=str(patch), patch=patch, after=after, helped=helped)
+
+    adam = fix({"optimizer.name": "adam", "optimizer.lr": 0.01}, 0.2)
+    lower = fix({"optimizer.lr": "x0.1"}, 0.3)  # the second best, but the optimizer's part again
+    std = fix({"probe.standardize_inputs": True}, 0.5)
+    failed = fix({"model.args.batchnorm": True}, 0.01, helped=False)  # lowest loss, but no fix
+    assert combination([std, lower, failed, adam]) == (adam, std)
+    assert combination([adam, lower]) is None  # both change the optimizer
+    assert combination([adam]) is None
+    done = fix({**adam.patch, **std.patch}, 0.1)
+    done.combines = [adam.remedy, std.remedy]
+    assert combination([adam, std, done]) == (adam, std)  # a combination is never a part of another
+
+
+@pytest.mark.slow
+def test_verify_tries_the_two_best_fixes_together_and_replay_judges_it_again(tmp_path):
+    """On the vanishing-gradient sample several remedies fix the run; the best one (ReLU with
+    Kaiming init) and the best one that changes another part of the config are tried as one more
+    remedy, whose probe runs with both patches applied."""
+    cfg = tmp_path / "vg.yaml"
+    text = (SAMPLES / "vanishing-gradients.yaml").read_text()
+    cfg.write_text(text + "probe:\n  verify: {time_factor: null, seeds: 0, longer: null}\n")
+    r = runner.invoke(app, ["diagnose", str(cfg), "--verify", "--format", "json", "--save-trace", str(tmp_path / "tr")])
+    f = json.loads(r.stdout)["findings"][0]
+    assert f["rule"] == "OD101", r.output
+    tried = f["verification"]
+    parts = [v for v in tried if v["helped"] and not v["combines"]]
+    both = [v for v in tried if v["combines"]]
+    assert len(both) == 1 and len(parts) >= 2
+    from optdoctor.diagnose.verify import combinable
+
+    best, *rest = sorted(parts, key=lambda v: v["after"])
+    other = next(v for v in rest if combinable(best["patch"], v["patch"]))  # not the residual MLP: a model swap
+    (c,) = both
+    assert c["combines"] == [best["remedy"], other["remedy"]] and c["patch"] == {**best["patch"], **other["patch"]}
+    assert c["applicable"] and c["probe"] == "verify_OD101_combined" and c["after"] is not None
+    assert c["after"] not in (best["after"], other["after"])  # its own probe, with both applied
+    text_out = runner.invoke(app, ["replay", str(tmp_path / "tr")]).stdout
+    assert "together" in text_out and "(alone: " in text_out  # and what each part reached alone
+    again = json.loads(runner.invoke(app, ["replay", str(tmp_path / "tr"), "--format", "json"]).stdout)["findings"][0]
+    (c2,) = [v for v in again["verification"] if v["combines"]]
+    assert (c2["after"], c2["helped"], c2["patch"]) == (c["after"], c["helped"], c["patch"])
+
+
+@pytest.mark.slow
+def test_combine_false_tries_no_combination(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text((SAMPLES / "vanishing-gradients.yaml").read_text()
+                 + "probe:\n  verify: {time_factor: null, seeds: 0, longer: null, combine: false}\n")
+    f = json.loads(runner.invoke(app, ["diagnose", str(p), "--verify", "--format", "json"]).stdout)["findings"][0]
+    assert sum(v["helped"] for v in f["verification"]) >= 2 and not any(v["combines"] for v in f["verification"])

@@ -133,6 +133,10 @@ def _verification(console: Console, f) -> None:
             continue
         mark = Text("   ✓", style="green") if v["helped"] else Text("   ~", style="yellow") if v.get("improved") else Text("   ✗", style="red")
         line = f"{_name(v)}: {v['metric'].replace('.final', '')} {fmt(v['before'])} → {fmt(v['after'])}"
+        alone = [next((w["after"] for w in f.verification if w["remedy"] == r and not w.get("combines")), None)
+                 for r in v.get("combines") or []]
+        if alone and None not in alone:  # a combination: what each of its remedies reached alone
+            line += f" (alone: {fmt(alone[0])} and {fmt(alone[1])})"
         changes = [f"{n} {fmt(a)} → {fmt(b)}" for n, (a, b) in list(v["symptoms"].items())[:2]]
         if changes:
             line += "; " + ", ".join(changes)
