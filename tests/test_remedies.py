@@ -493,7 +493,7 @@ def test_verify_tries_the_two_best_fixes_together_and_replay_judges_it_again(tmp
     assert c["applicable"] and c["probe"] == "verify_OD101_combined" and c["after"] is not None
     assert c["after"] not in (best["after"], other["after"])  # its own probe, with both applied
     text_out = runner.invoke(app, ["replay", str(tmp_path / "tr")]).stdout
-    assert "together" in text_out and "(alone: " in text_out  # and what each part reached alone
+    assert "together" in text_out and "(alone:" in text_out  # and what each part reached alone
     again = json.loads(runner.invoke(app, ["replay", str(tmp_path / "tr"), "--format", "json"]).stdout)["findings"][0]
     (c2,) = [v for v in again["verification"] if v["combines"]]
     assert (c2["after"], c2["helped"], c2["patch"]) == (c["after"], c["helped"], c["patch"])

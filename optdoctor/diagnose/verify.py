@@ -1,8 +1,9 @@
 """Remedies that prove themselves (``--verify``): each patched remedy of the top findings is
 tried in a probe of its own (same seed, same budget) and judged by the symptom its rule names
 (``verify:``, default ``loss.final``); a fix is then tried on more seeds and trained once more
-for ``probe.verify.longer`` x the probe's steps, and stays a fix only if it holds on each.
-``reverify`` judges them again from saved probes (``optdoctor replay``)."""
+for ``probe.verify.longer`` x the probe's steps, and stays a fix only if it holds on each; the
+best fix and the best other one that changes a different part of the config are then tried
+together as one more remedy (``probe.verify.combine``). ``reverify`` judges them again from saved probes (``optdoctor replay``)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
                     budget=None, started: float | None = None) -> None:
     """For the top findings, re-run the baseline probe (same seed and budget) with each patched
     remedy applied, record what it changed and what it cost per step, try the ones that fixed it
-    on more seeds, rank the remedies, recommend one, and move the finding's confidence: up when a
+    on more seeds and longer, try the two best that go together as one more, rank the remedies, recommend one, and move the finding's confidence: up when a
     remedy fixed it, down when none of the applicable ones helped.
 
     ``started``: when the plain diagnosis began (``time.perf_counter()``): with
@@ -103,12 +104,7 @@ def verify_findings(diag: Diagnosis, rules: list[Rule], base_setup, progress: Ca
     checked: set[int] = set()
     for f, rule, v in robustness_order(plans, checked):  # once every remedy had its first try
         checked.add(id(v))
-        if v.helped and vcfg.seeds:
-            _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
-            hold_on_seeds(v)
-        if v.helped and vcfg.longer and vcfg.longer > 1:
-            _longer(v, f, rule, diag, base_setup, progress, clock, vcfg.longer, budget)
-            hold_longer(v)
+        _hold(v, f, rule, diag, base_setup, progress, clock, vcfg, budget)
     if vcfg.combine:
         for f, rule, results in plans:
             pair = combination(results)
@@ -174,13 +170,19 @@ def _try_combined(pair, f: Finding, rule: Rule, diag: Diagnosis, base_setup, pro
     _try(v, f, rule, f"verify_{rule.id}_combined", diag.loaded.config.seed, diag, base_setup, progress, clock, base_step, budget)
     if v.probe:
         clock.spent(time.perf_counter() - t)
+    _hold(v, f, rule, diag, base_setup, progress, clock, vcfg, budget)
+    return v
+
+
+def _hold(v, f: Finding, rule: Rule, diag: Diagnosis, base_setup, progress, clock: "_Budget", vcfg, budget) -> None:
+    """A fix's checks: on ``probe.verify.seeds`` more seeds, then trained ``probe.verify.longer`` x
+    longer; it stays a fix only if it holds on each that ran."""
     if v.helped and vcfg.seeds:
         _seeds(v, f, rule, diag, base_setup, progress, clock, vcfg.seeds, budget)
         hold_on_seeds(v)
     if v.helped and vcfg.longer and vcfg.longer > 1:
         _longer(v, f, rule, diag, base_setup, progress, clock, vcfg.longer, budget)
         hold_longer(v)
-    return v
 
 
 def robustness_order(plans: list, checked: set[int]):
