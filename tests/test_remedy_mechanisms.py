@@ -337,6 +337,25 @@ def test_recommend_the_cheapest_fix_near_the_best_loss():
     assert recommend([V("x", 5.0, helped=False)]) == (None, "")
 
 
+def test_a_combination_is_recommended_only_when_no_single_fix_comes_near_it():
+    """Two changes where one does as well is worse advice: a single fix within the loss slack of
+    the combination goes first, even when the combination is cheaper per step; a combination far
+    better than every single fix is recommended."""
+    from optdoctor.diagnose.verify import recommend
+
+    def combo(after, cost=1.0):
+        v = V("bn + standardise, together", after, cost=cost)
+        v.combines = ["bn", "standardise"]
+        return v
+
+    pick, why = recommend([combo(0.0591775, cost=0.9), V("bn", 0.0591802, cost=1.0), V("standardise", 0.5)])
+    assert pick.remedy == "bn" and "bn + standardise reached 0.0592 but costs" not in why and "bn + standardise reached 0.0592" in why
+    pick, _ = recommend([combo(0.01), V("bn", 0.05), V("standardise", 0.5)])
+    assert pick.remedy == "bn + standardise, together"  # 5x lower than the best single fix
+    pick, _ = recommend([combo(0.01), V("bn", 0.019, cost=1.5)])
+    assert pick.remedy == "bn"  # within 2x: the single change, although it costs more per step
+
+
 def test_a_fix_that_fails_on_an_extra_seed_is_no_fix():
     """hold_on_seeds: fixed on the first seed but not on every extra one -> "better" (improved),
     not fixed, and never recommended; a fix on every seed, or one not tried on more seeds, stays."""

@@ -507,12 +507,15 @@ def judge(v, f: Finding, rule: Rule, before: dict[str, float], after: dict[str, 
 def recommend(results: list) -> tuple[object | None, str]:
     """The remedy to use, and why: among those that fixed the run (on every extra seed tried:
     ``hold_on_seeds``), the cheapest per step whose loss is within ``RECOMMEND_LOSS_SLACK`` of the
-    best loss reached. Returns (None, "") when none fixed it."""
+    best loss reached, a single change before a combination of two (which is picked only when no
+    single fix comes that near). Returns (None, "") when none fixed it."""
     pool = [v for v in results if v.helped and v.after is not None]
     if not pool:
         return None, ""
     best = min(v.after for v in pool)
     near = [v for v in pool if v.after <= RECOMMEND_LOSS_SLACK * best or v.after - best < 1e-12]
+    # one change before two: a combination is recommended only when no single fix comes near its loss
+    near = [v for v in near if not v.combines] or near
     pick = min(near, key=lambda v: (v.cost or 1.0, v.after))
     why = f"loss {pick.after:.3g}"
     if pick.cost:
