@@ -199,6 +199,22 @@ def test_the_recommended_remedys_plain_loop_verdict_is_counted(monkeypatch):
     assert "3; plain loop: confirmed 1/3 = 0.33, refuted 1, not checkable 1" in line
 
 
+def test_combinations_are_counted_apart_and_the_cases_only_they_fix_are_named(monkeypatch):
+    good = ('{"optimizer.lr": "x0.1", "probe.standardize_inputs": true}', '{"optimizer.lr": "x0.1"}')
+    monkeypatch.setattr(remedy_check, "check", lambda case, patch, symptoms: {
+        "checkable": True, "trains_well": json.dumps(patch, sort_keys=True) in good, "seeds": []})
+    lr, std = _v({"optimizer.lr": "x0.1"}, True), _v({"probe.standardize_inputs": True}, True)
+    both = {**_v({"optimizer.lr": "x0.1", "probe.standardize_inputs": True}, True), "combines": ["r", "r"]}
+    clip, mom = _v({"probe.clip_grad_norm": 1.0}, True), _v({"optimizer.args.momentum": 0.9}, True)
+    bad_both = {**_v({"probe.clip_grad_norm": 1.0, "optimizer.args.momentum": 0.9}, True), "combines": ["r", "r"]}
+    recs = [{"id": i, "verify": remedy_check.account({"cause": "lr_too_high"}, _report(*vs))} for i, vs in
+            (("a", [std, both]), ("b", [lr, std, both]), ("c", [clip, mom, bad_both]))]
+    line = remedy_check.combinations_line(recs)
+    # a: only the combination trains well; b: the single lr fix does too; c: the combination is refuted
+    assert line == ("Combinations (two fixes tried together): ran 3, judged fixed 3; plain loop: confirmed 2, "
+                    "refuted 1; cases confirmed only through a combination: 1 (a)")
+
+
 @pytest.mark.parametrize("remedy_q, fix_q, strict, as_fix", [
     ((0.811, 0.799, 0.816), (0.811, 0.800, 0.815), False, True),   # the fix itself just above good: matched
     ((0.811, 0.785, 0.816), (0.811, 0.800, 0.815), False, False),  # more than FIX_TOL below the fix's seed

@@ -270,6 +270,8 @@ def tables(results: list[dict], causes: list[str], title: str) -> str:
               f"judged fixed {sum(x['fixed'] for x in remedies)}"
               + ("; not run: " + "; ".join(f"{w} ({n})" for w, n in skipped.most_common()) if skipped else "")]
     lines += ["", recommended_line(faulty)]
+    if any(x.get("combines") for r in faulty for x in r["verify"]["remedies"]):
+        lines += ["", combinations_line(faulty)]
     none = [r for r in faulty if not r["verify"]["confirmed"]]
     if none:
         lines += ["", "Faulty cases with no remedy confirmed by the plain loop (judged fixed by optdoctor? first finding):"]
@@ -313,6 +315,30 @@ def recommended_line(faulty: list[dict]) -> str:
     return (f"Recommended remedies (one per finding that had a fix): {n}; plain loop: confirmed "
             f"{_share(counts['confirmed'], n)}, refuted {counts['refuted']}, not checkable {counts['not checkable']}"
             + (f", not checked {counts['not checked']}" if counts["not checked"] else ""))
+
+
+def combinations_line(faulty: list[dict]) -> str:
+    """The remedies --verify made of two fixes tried together (probe.verify.combine): how many
+    ran, were judged fixed and were confirmed or refuted by the plain loop, and the cases whose
+    only confirmed fix is a combination."""
+    ran = fixed = confirmed = refuted = 0
+    only: list[str] = []
+    for r in faulty:
+        plain = {_key(c["patch"]): c for c in r["verify"]["plain"]}
+        combos = {_key(x["patch"]) for x in r["verify"]["remedies"] if x.get("combines")}
+        for x in r["verify"]["remedies"]:
+            if x.get("combines"):
+                c = plain.get(_key(x["patch"]), {})
+                ran += x["ran"]
+                fixed += x["fixed"]
+                confirmed += bool(c.get("trains_well"))
+                refuted += c.get("checkable") is True and not c.get("trains_well")
+        ok = {k for k, c in plain.items() if c.get("trains_well")}
+        if ok and ok <= combos:
+            only.append(r["id"])
+    return (f"Combinations (two fixes tried together): ran {ran}, judged fixed {fixed}; plain loop: confirmed "
+            f"{confirmed}, refuted {refuted}; cases confirmed only through a combination: {len(only)}"
+            + (" (" + ", ".join(only) + ")" if only else ""))
 
 
 def _why(reason: str) -> str:
