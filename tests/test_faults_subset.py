@@ -97,3 +97,46 @@ def test_saved_traces_include_the_remedies_probes_under_verify(tmp_path, monkeyp
     assert "--verify" in args and args[-2:] == ["--save-trace", str(tmp_path / "tr" / case["config"]["name"])]
     monkeypatch.setitem(run.VERIFY, "on", False)
     assert run._cli_args(case)[-2:] == args[-2:] and "--verify" not in run._cli_args(case)
+
+
+def _additive(net, x, y) -> bool:
+    """A hand check, independent of optdoctor's own (optdoctor/probes/affine.py): on a float64
+    copy in eval mode, f(x + y) + f(0) == f(x) + f(y) to 1e-9 of the output's scale."""
+    import torch
+
+    net = net.double().eval()
+    with torch.no_grad():
+        lhs, rhs = net(x + y) + net(0 * x), net(x) + net(y)
+    return bool((lhs - rhs).abs().max() <= 1e-9 * rhs.abs().max().clamp_min(1e-300))
+
+
+def test_every_deep_linear_saddle_case_is_a_linear_network():
+    """A saddle_point family named for deep linear nets must build one: its label rests on the
+    saddle at the origin of a product of matrices (Saxe et al. 2014). Until look 13 of the test
+    split, linear-cnn-small-init max-pooled, which made it piecewise linear like a ReLU net (and
+    optdoctor called it bad_init, the benchmark's label for tiny weights in ReLU nets)."""
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    spec = importlib.util.spec_from_file_location("faults_factories", run.HERE / "factories.py")
+    fac = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fac)
+    linear_ops = (nn.Linear, nn.Conv2d, nn.Identity, nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+    cases = [c for c in run.load_cases("all") if c["cause"] == "saddle_point" and "linear" in c["family"]]
+    assert {c["family"] for c in cases} >= {"linear-cnn-small-init", "deep-linear-small-init", "linear-mlp-tiny-init"}
+    for c in cases:
+        m = c["config"]["model"]
+        torch.manual_seed(0)
+        net = getattr(fac, m["factory"].split(":")[1])(**m["args"])
+        leaves = [mod for mod in net.modules() if not list(mod.children())]
+        assert all(isinstance(mod, linear_ops) for mod in leaves), c["id"]
+        first = next(mod for mod in net.modules() if isinstance(mod, (nn.Linear, nn.Conv2d)))
+        shape = (4, first.in_channels, 8, 8) if isinstance(first, nn.Conv2d) else (4, first.in_features)
+        x, y = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+        assert _additive(net, x, y), c["id"]
+    torch.manual_seed(0)  # the check sees a max-pool: the same CNN with the factory's default pooling fails it
+    maxpool = fac.cnn(act="identity", channels=[8, 16], init="default")
+    x, y = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    assert not _additive(maxpool, x, y)

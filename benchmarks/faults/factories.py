@@ -470,9 +470,11 @@ def resnet(in_dim: int, out_dim: int, width: int = 64, blocks: int = 3, act: str
 
 def cnn(out_dim: int = 10, channels: tuple = (8, 16), batchnorm: bool = False, act: str = "relu",
         init: str = "default", std: float = 0.01, gain: float = 1.0, bias: float | None = None,
-        weight_mean: float = 0.0, size: int = 8, bn_bias: float | None = None, in_channels: int = 1) -> nn.Module:
-    """Conv(3x3, pad 1) [+BatchNorm] + act per entry of ``channels``, a 2x2 max-pool after the
-    second, average pooling to 4x4, Linear head. Input (N, in_channels, size, size)."""
+        weight_mean: float = 0.0, size: int = 8, bn_bias: float | None = None, in_channels: int = 1,
+        pool: str = "max") -> nn.Module:
+    """Conv(3x3, pad 1) [+BatchNorm] + act per entry of ``channels``, a 2x2 pool after the
+    second (``pool``: "max", or "avg", which keeps an identity-activation CNN linear), average
+    pooling to 4x4, Linear head. Input (N, in_channels, size, size)."""
     layers: list[nn.Module] = []
     c = in_channels
     for i, ch in enumerate(channels):
@@ -481,7 +483,7 @@ def cnn(out_dim: int = 10, channels: tuple = (8, 16), batchnorm: bool = False, a
             layers.append(nn.BatchNorm2d(ch))
         layers.append(ACTS[act]())
         if i == 1:
-            layers.append(nn.MaxPool2d(2))
+            layers.append({"max": nn.MaxPool2d, "avg": nn.AvgPool2d}[pool](2))
         c = ch
     layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(c * 16, out_dim)]
     net = nn.Sequential(*layers)
