@@ -80,6 +80,7 @@ class Verification:
     metric: str = "loss.final"  # what is compared: the rule's verify: symptom
     before: float | None = None
     after: float | None = None
+    after_train_mode: float | None = None  # set when ``after`` is the eval-mode loss, clearly the higher (``compared``)
     gain: float | None = None  # (before - after) / |before|; the ranking key
     helped: bool = False  # the compared loss fell clearly, below the initial/chance loss, and the rule no longer fires
     improved: bool = False  # the compared loss fell clearly, but the rule still fires or it ended above the initial/chance loss

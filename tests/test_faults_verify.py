@@ -271,6 +271,26 @@ def test_verify_mode_on_three_fast_cases(tmp_path, capsys):
     assert "| **all faults** | 2 | 2/2 = 1.00 | 2/2 = 1.00 | 2/2 = 1.00 |" in printed
 
 
+@pytest.mark.slow
+def test_batchnorm_on_offset_inputs_is_judged_in_eval_mode(tmp_path):
+    """iris with every feature offset by 50 (dev): BatchNorm alone reaches the same training-mode
+    loss as BatchNorm with standardised inputs, but its running statistics lag the weights, and in
+    eval mode it is clearly worse. The plain loop, which scores in eval mode, refuted it on all
+    three seeds at a8920ca (q_val 0.62-0.73; VERIFY.md), where it had been the recommended fix."""
+    case_id = "ill_conditioning/offset-features/mlp/iris"
+    out = tmp_path / "verify.json"
+    assert run.main(["--split", "dev", "--filter", case_id, "--verify", "--no-plain-check", "--quiet",
+                     "--out", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())["results"]
+    remedies = rec["verify"]["remedies"]
+    (bn,) = [r for r in remedies if r["patch"] == {"model.args.batchnorm": True}]
+    assert bn["ran"] and bn["after_train_mode"] is not None and bn["after"] > 2 * bn["after_train_mode"]
+    (std,) = [r for r in remedies if r["patch"] == {"probe.standardize_inputs": True}]
+    assert std["fixed"] and std["after_train_mode"] is None  # no BatchNorm: the two modes agree
+    (pick,) = [r for r in remedies if r["recommended"]]
+    assert pick["patch"] != {"model.args.batchnorm": True}
+
+
 def test_optional_patch_keys_apply_only_where_the_benchmark_factory_takes_them():
     out = remedy_check.plain_config(CFG, {"model.args.init": "kaiming_normal", "model.args.weight_scale?": 1.0}, {}, 300)
     assert out["model"]["args"]["init"] == "kaiming_normal" and "weight_scale" not in out["model"]["args"]

@@ -194,6 +194,37 @@ def test_a_remedy_that_ends_above_the_chance_loss_did_not_fix_the_run():
         assert v.helped is helped and v.improved is (not helped)
 
 
+def test_a_remedy_is_judged_by_the_model_as_it_is_evaluated_where_that_is_clearly_worse():
+    """The compared loss is the eval-mode one (BatchNorm's running statistics) where that is
+    recorded and higher by more than VERIFY_MIN_GAIN: BatchNorm whose running statistics lag
+    reaches 0.06 in training mode but 1.0 in eval mode, which is no fix of a run at 1.1 with a
+    chance loss of 1.1; a fixed batch a little above the last mini-batches changes nothing; a
+    model that is NaN in eval mode keeps its training-mode value, one that is inf is no fix."""
+    from math import inf, nan
+
+    from optdoctor.diagnose.verify import VERIFY_MIN_GAIN, compared, in_eval_mode, judge
+    from optdoctor.engine.rules import load_rules
+    from optdoctor.remedies import Verification
+
+    rule = next(r for r in load_rules() if r.id == "OD201")
+    f = type("F", (), {"evidence": []})()
+    for after, helped, shown, train_mode in [
+        ({"loss.final": 0.06, "loss.final_eval": 1.0}, False, 1.0, 0.06),
+        ({"loss.final": 0.06, "loss.final_eval": 0.18}, True, 0.18, 0.06),
+        ({"loss.final": 0.06, "loss.final_eval": 0.06 * (1 + VERIFY_MIN_GAIN / 2)}, True, 0.06, None),
+        ({"loss.final": 0.06, "loss.final_eval": 0.01}, True, 0.06, None),
+        ({"loss.final": 0.06, "loss.final_eval": nan}, True, 0.06, None),
+        ({"loss.final": 0.06, "loss.final_eval": inf}, False, inf, 0.06),
+        ({"loss.final": 0.06}, True, 0.06, None),
+    ]:
+        v = Verification(remedy="r", patch={}, before=1.1)
+        judge(v, f, rule, {}, after, 1.1)
+        assert (v.helped, v.after, v.after_train_mode) == (helped, shown, train_mode), after
+    over = {"loss.final_over_chance": 0.05, "loss.final_eval_over_chance": 0.9}
+    assert compared(over, "loss.final_over_chance") == 0.9 and in_eval_mode(over, "loss.final_over_chance")
+    assert compared({"val.final": 0.3, "loss.final_eval": 2.0}, "val.final") == 0.3  # already eval mode
+
+
 def test_an_optional_patch_key_applies_only_where_the_factory_takes_it(tmp_path):
     """"model.args.weight_scale?": set for a built-in model that takes it; skipped (the rest of
     the patch applied) for a user's factory without it; a plain key still makes it text."""

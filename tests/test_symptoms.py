@@ -81,6 +81,23 @@ def _late_drop_lo_by_hand(v) -> float:
     return (-slope - 2 * se) * (n - 1) / abs(float(v[0]))
 
 
+def test_eval_mode_loss_is_the_mean_over_the_checkpoints_of_the_last_tenth_by_hand():
+    """loss.final_eval: the eval-mode loss on the fixed training batch (checkpoints every 7 steps
+    of 150), averaged by hand over the checkpoints at steps >= 135; inf if one is not finite."""
+    steps = np.array([0, 7, 14, 126, 133, 140, 147, 150])
+    vals = np.array([5.0, 4.0, 3.0, 0.5, 0.8, 0.2, 0.1, 0.3])
+    base = {"loss.train": np.linspace(1.0, 0.05, 150)}
+    s = extract(probes(trace({**base, "loss.train_eval": (steps, vals)}, chance_loss=2.0)))
+    assert s["loss.final_eval"] == pytest.approx((0.2 + 0.1 + 0.3) / 3)
+    assert s["loss.final_eval_over_chance"] == pytest.approx((0.2 + 0.1 + 0.3) / 3 / 2.0)
+    bad = vals.copy()
+    bad[-2] = nan
+    assert extract(probes(trace({**base, "loss.train_eval": (steps, bad)})))["loss.final_eval"] == inf
+    one = extract(probes(trace({**base, "loss.train_eval": (np.array([0, 100]), np.array([3.0, 0.7]))})))
+    assert one["loss.final_eval"] == 0.7  # no checkpoint in the last tenth: the last one
+    assert "loss.final_eval" not in extract(probes(trace(base)))
+
+
 def test_late_drop_lower_bound_is_the_least_squares_drop_less_two_standard_errors():
     rng = np.random.default_rng(0)
     clean = np.linspace(2.0, 1.0, 100)

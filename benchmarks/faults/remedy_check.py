@@ -195,6 +195,7 @@ def tried(report: dict) -> list[dict]:
                         "applicable": v.get("applicable"), "reason": v.get("reason") or "",
                         "fixed": bool(v.get("helped")), "improved": bool(v.get("improved")),
                         "before": v.get("before"), "after": v.get("after"), "gain": v.get("gain"),
+                        "after_train_mode": v.get("after_train_mode"),
                         "cost_per_step": v.get("cost"), "seeds": v.get("seeds"), "recommended": v.get("recommended"),
                         "combines": v.get("combines") or []})
     return out

@@ -133,6 +133,8 @@ def _verification(console: Console, f) -> None:
             continue
         mark = Text("   ✓", style="green") if v["helped"] else Text("   ~", style="yellow") if v.get("improved") else Text("   ✗", style="red")
         line = f"{_name(v)}: {v['metric'].replace('.final', '')} {fmt(v['before'])} → {fmt(v['after'])}"
+        if v.get("after_train_mode") is not None:  # the model as evaluated did clearly worse than in training
+            line += f" in eval mode (training mode: {fmt(v['after_train_mode'])})"
         alone = [next((w["after"] for w in f.verification if w["remedy"] == r and not w.get("combines")), None)
                  for r in v.get("combines") or []]
         if alone and None not in alone:  # a combination: what each of its remedies reached alone

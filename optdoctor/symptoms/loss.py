@@ -58,6 +58,31 @@ def loss_curve(p: ProbeSet) -> dict:
     return out
 
 
+@produces(
+    ("loss.final_eval", "the model as it is evaluated: mean eval-mode loss (BatchNorm on its running statistics, dropout off) on the probe's fixed training batch over the checkpoints in the last 10% of steps (at least the last one); inf if any is not finite or the probe diverged", "loss"),
+    ("loss.final_eval_over_chance", "loss.final_eval / chance loss", "ratio"),
+)
+def eval_mode_loss(p: ProbeSet) -> dict:
+    """The end of the run as the model will be used: where it differs from the training-mode
+    loss (``loss.final``), running statistics lag the weights (BatchNorm on unnormalised inputs)
+    or the model has other train/eval differences."""
+    t = p.baseline
+    if not t.has("loss.train_eval"):
+        return {}
+    s, v = t.steps("loss.train_eval"), t.values("loss.train_eval")
+    if len(v) == 0:
+        return {}
+    steps = t.meta.get("steps") or int(s[-1]) or 1
+    last = v[s >= steps - max(1, round(0.1 * steps))]
+    last = last if len(last) else v[-1:]
+    final = float("inf") if t.status == "diverged" or not np.isfinite(last).all() else float(last.mean())
+    out = {"loss.final_eval": final}
+    chance = t.meta.get("chance_loss")
+    if chance is not None and chance > 0:
+        out["loss.final_eval_over_chance"] = final / chance
+    return out
+
+
 def _late_drop_lower_bound(v: np.ndarray) -> float | None:
     """Drop of the least-squares line through the second half of ``v`` over that half, minus two
     standard errors of it (ordinary least squares: se(slope) = sqrt(RSS / (n - 2) / Sxx)). A
