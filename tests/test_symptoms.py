@@ -96,6 +96,8 @@ def test_eval_mode_loss_is_the_mean_over_the_checkpoints_of_the_last_tenth_by_ha
     one = extract(probes(trace({**base, "loss.train_eval": (np.array([0, 100]), np.array([3.0, 0.7]))})))
     assert one["loss.final_eval"] == 0.7  # no checkpoint in the last tenth: the last one
     assert "loss.final_eval" not in extract(probes(trace(base)))
+    # the Monitor's loss.train_eval is training-mode (the mean loss between validations): not this
+    assert "loss.final_eval" not in extract(probes(trace({**base, "loss.train_eval": (steps, vals)}, kind="monitor")))
 
 
 def test_late_drop_lower_bound_is_the_least_squares_drop_less_two_standard_errors():

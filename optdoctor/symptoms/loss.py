@@ -67,7 +67,8 @@ def eval_mode_loss(p: ProbeSet) -> dict:
     loss (``loss.final``), running statistics lag the weights (BatchNorm on unnormalised inputs)
     or the model has other train/eval differences."""
     t = p.baseline
-    if not t.has("loss.train_eval"):
+    # in the user's own loop (Monitor) loss.train_eval is the mean training loss between validations
+    if not t.has("loss.train_eval") or t.meta.get("kind") == "monitor":
         return {}
     s, v = t.steps("loss.train_eval"), t.values("loss.train_eval")
     if len(v) == 0:
