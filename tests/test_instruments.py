@@ -1374,3 +1374,61 @@ def test_instrument_with_its_own_due_is_asked_step_by_step():
             return step % 2 == 1
 
     assert [Odd().next_due(s) for s in range(5)] == [1, 1, 3, 3, 5]
+
+
+# --------------------------------------------------------------------------- evaluation modes
+
+
+def test_train_mode_loss_equals_a_hand_forward_and_changes_nothing():
+    """loss.train_trainmode (checkpoints of the last tenth only) is the training-mode loss of the
+    same weights on the same fixed batch, as a hand forward pass on a copy computes it; the
+    BatchNorm running statistics and the random state (dropout) are as they were, so the probe
+    goes on unchanged; loss.train_eval beside it is the eval-mode loss."""
+    import copy
+
+    from optdoctor.probes.instruments.evaluation import Evaluation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
+    X, y = torch.randn(32, 4) * 3 + 5, torch.randint(0, 3, (32,))
+    ev = Evaluation(at=[0, 10, 91, 95, 100], forward=lambda m, x: m(x), loss_fn=F.cross_entropy, train=(X, y))
+    iset = attach(model, [ev], x=X)
+    twin = copy.deepcopy(model)
+    stats = [b.clone() for b in model.buffers()]
+    for step in (0, 10, 91, 95, 100):
+        torch.manual_seed(1234 + step)  # the hand pass draws the same dropout masks
+        with torch.no_grad():
+            want = float(F.cross_entropy(copy.deepcopy(twin).train()(X), y))
+        torch.manual_seed(1234 + step)
+        rng = torch.get_rng_state()
+        ev.at_state(step)
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert all(torch.equal(a, b) for a, b in zip(model.buffers(), stats))
+        rows = dict(iset.ctx.recorder.rows("loss.train_trainmode"))
+        if step > 90:
+            assert rows[step] == pytest.approx(want, rel=1e-6)
+        else:
+            assert step not in rows
+    with torch.no_grad():
+        assert dict(iset.ctx.recorder.rows("loss.train_eval"))[100] == pytest.approx(
+            float(F.cross_entropy(twin.eval()(X), y)), rel=1e-6)
+    assert model.training
+
+
+def test_no_training_mode_pass_without_running_statistics():
+    """A model without BatchNorm (dropout only) is never called in training mode by the
+    evaluation: a model may count its training calls."""
+    from optdoctor.probes.instruments.evaluation import Evaluation
+
+    calls = []
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 3))
+    model.register_forward_pre_hook(lambda m, a: calls.append(m.training))
+    X, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    ev = Evaluation(at=[0, 95, 100], forward=lambda m, x: m(x), loss_fn=F.cross_entropy, train=(X, y))
+    iset = attach(model, [ev], x=X)
+    calls.clear()
+    for step in (0, 95, 100):
+        ev.at_state(step)
+    assert calls and not any(calls)
+    assert iset.ctx.recorder.rows("loss.train_trainmode") == []
+    assert {s for s, _ in iset.ctx.recorder.rows("loss.train_eval")} == {0, 95, 100}

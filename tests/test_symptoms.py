@@ -81,23 +81,27 @@ def _late_drop_lo_by_hand(v) -> float:
     return (-slope - 2 * se) * (n - 1) / abs(float(v[0]))
 
 
-def test_eval_mode_loss_is_the_mean_over_the_checkpoints_of_the_last_tenth_by_hand():
-    """loss.final_eval: the eval-mode loss on the fixed training batch (checkpoints every 7 steps
-    of 150), averaged by hand over the checkpoints at steps >= 135; inf if one is not finite."""
+def test_eval_mode_ratio_compares_the_two_modes_on_the_same_checkpoints_by_hand():
+    """loss.eval_mode_ratio: sum of the eval-mode losses over sum of the training-mode ones, at the
+    checkpoints that have both (the last tenth); loss.final_eval scales loss.final by it; a
+    non-finite eval-mode loss makes it inf; no training-mode rows, no symptom."""
     steps = np.array([0, 7, 14, 126, 133, 140, 147, 150])
-    vals = np.array([5.0, 4.0, 3.0, 0.5, 0.8, 0.2, 0.1, 0.3])
+    ev = np.array([5.0, 4.0, 3.0, 0.5, 0.8, 0.2, 0.1, 0.3])
+    tm_steps, tm = np.array([140, 147, 150]), np.array([0.05, 0.05, 0.1])
     base = {"loss.train": np.linspace(1.0, 0.05, 150)}
-    s = extract(probes(trace({**base, "loss.train_eval": (steps, vals)}, chance_loss=2.0)))
-    assert s["loss.final_eval"] == pytest.approx((0.2 + 0.1 + 0.3) / 3)
-    assert s["loss.final_eval_over_chance"] == pytest.approx((0.2 + 0.1 + 0.3) / 3 / 2.0)
-    bad = vals.copy()
+    s = extract(probes(trace({**base, "loss.train_eval": (steps, ev), "loss.train_trainmode": (tm_steps, tm)},
+                             chance_loss=2.0)))
+    ratio = (0.2 + 0.1 + 0.3) / (0.05 + 0.05 + 0.1)
+    assert s["loss.eval_mode_ratio"] == pytest.approx(ratio)
+    assert s["loss.final_eval"] == pytest.approx(s["loss.final"] * ratio)
+    assert s["loss.final_eval_over_chance"] == pytest.approx(s["loss.final"] / 2.0 * ratio)
+    bad = ev.copy()
     bad[-2] = nan
-    assert extract(probes(trace({**base, "loss.train_eval": (steps, bad)})))["loss.final_eval"] == inf
-    one = extract(probes(trace({**base, "loss.train_eval": (np.array([0, 100]), np.array([3.0, 0.7]))})))
-    assert one["loss.final_eval"] == 0.7  # no checkpoint in the last tenth: the last one
-    assert "loss.final_eval" not in extract(probes(trace(base)))
-    # the Monitor's loss.train_eval is training-mode (the mean loss between validations): not this
-    assert "loss.final_eval" not in extract(probes(trace({**base, "loss.train_eval": (steps, vals)}, kind="monitor")))
+    got = extract(probes(trace({**base, "loss.train_eval": (steps, bad), "loss.train_trainmode": (tm_steps, tm)})))
+    assert got["loss.eval_mode_ratio"] == inf and got["loss.final_eval"] == inf
+    same = extract(probes(trace({**base, "loss.train_eval": (tm_steps, tm), "loss.train_trainmode": (tm_steps, tm)})))
+    assert same["loss.eval_mode_ratio"] == 1.0 and same["loss.final_eval"] == same["loss.final"]
+    assert "loss.eval_mode_ratio" not in extract(probes(trace({**base, "loss.train_eval": (steps, ev)})))
 
 
 def test_late_drop_lower_bound_is_the_least_squares_drop_less_two_standard_errors():
@@ -457,6 +461,7 @@ def rich_probeset() -> ProbeSet:
         "grad.norm": np.tile(GEOMETRIC, (40, 1)), "update.ratio": np.full((40, 4), 1e-3),
         "loss.val": (np.arange(0, 44, 4), VAL), "loss.train_eval": (np.arange(0, 44, 4), TRAIN),
         "acc.val": (np.arange(0, 44, 4), np.full(11, 0.7)), "acc.train": (np.arange(0, 44, 4), np.full(11, 0.9)),
+        "loss.train_trainmode": (np.array([36, 40]), 0.9 * TRAIN[-2:]),
     }).series)  # fmt: skip
     base.hessian = hess_rows()
     base.series["weight.row_spread"] = (np.array([0]), np.array([[1.0, 0.5, 0.0, 0.9]]))  # one layer of identical rows

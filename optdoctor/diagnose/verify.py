@@ -34,12 +34,13 @@ RECOMMEND_LOSS_SLACK = 2.0
 STOPS = (":", ";", " (", ". ", ",")  # where a remedy's name ends in the recommendation's reason
 
 
-# A run's compared loss is also that of the model as it is evaluated: where the probe recorded the
-# eval-mode loss on its fixed training batch (BatchNorm on its running statistics, dropout off)
-# and that is the higher, it counts. BatchNorm added in front of unnormalised inputs trains in
-# training mode while its running statistics lag the weights: on the fault benchmark's dev split
-# at a8920ca, BatchNorm alone was the remedy the plain loop (which scores in eval mode) refuted
-# most often, 13 of the 30 cases where it was judged fixed against 65 of 283 for the others.
+# A run's compared loss is also that of the model as it is evaluated: for a model with running
+# statistics (BatchNorm), the training-mode loss times how much worse the same weights do on the
+# same fixed batch in eval mode (loss.eval_mode_ratio), where that is clearly the higher. BatchNorm
+# added in front of unnormalised inputs trains well in training mode while its running statistics
+# lag the weights: on the fault benchmark's dev split at a8920ca, BatchNorm alone was the remedy
+# the plain loop (which scores in eval mode) refuted most often, 13 of the 30 cases where it was
+# judged fixed against 65 of 283 for the others.
 EVAL_FORM = {"loss.final": "loss.final_eval", "loss.final_over_chance": "loss.final_eval_over_chance"}
 
 

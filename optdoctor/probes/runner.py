@@ -221,6 +221,9 @@ def _remeasure_last(instruments: InstrumentSet, rec: Recorder) -> None:
 
     for inst in instruments.instruments:
         if isinstance(inst, Evaluation):
+            rows = rec.rows("loss.train_trainmode")
+            if rows:
+                rows[-1] = (rows[-1][0], inst._train_mode_loss(inst.batches[0][1]))
             for split, batch in inst.batches:
                 loss, acc = inst._evaluate(batch)
                 for name, value in ((f"loss.{'train_eval' if split == 'train' else 'val'}", loss), (f"acc.{split}", acc)):

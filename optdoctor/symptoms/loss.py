@@ -59,28 +59,31 @@ def loss_curve(p: ProbeSet) -> dict:
 
 
 @produces(
-    ("loss.final_eval", "the model as it is evaluated: mean eval-mode loss (BatchNorm on its running statistics, dropout off) on the probe's fixed training batch over the checkpoints in the last 10% of steps (at least the last one); inf if any is not finite or the probe diverged", "loss"),
-    ("loss.final_eval_over_chance", "loss.final_eval / chance loss", "ratio"),
+    ("loss.eval_mode_ratio", "for a model with running statistics (BatchNorm): eval-mode over training-mode loss of the same weights on the same fixed training batch, summed over the checkpoints of the probe's last tenth; above 1 where the model does worse as it is evaluated (running statistics lagging the weights; dropout in the same model lowers it); inf if eval mode is not finite while training mode is; absent for other models", "ratio"),
+    ("loss.final_eval", "loss.final as the model is evaluated: loss.final x loss.eval_mode_ratio", "loss"),
+    ("loss.final_eval_over_chance", "loss.final_over_chance x loss.eval_mode_ratio", "ratio"),
 )
 def eval_mode_loss(p: ProbeSet) -> dict:
-    """The end of the run as the model will be used: where it differs from the training-mode
-    loss (``loss.final``), running statistics lag the weights (BatchNorm on unnormalised inputs)
-    or the model has other train/eval differences."""
+    """The end of the run as the model will be used. The ratio compares the two modes on the same
+    weights and batch, so mini-batch noise and the loss's reduction (a sum grows with the batch)
+    cancel; ``compared`` in diagnose/verify.py judges remedies by it."""
     t = p.baseline
-    # in the user's own loop (Monitor) loss.train_eval is the mean training loss between validations
-    if not t.has("loss.train_eval") or t.meta.get("kind") == "monitor":
+    if not (t.has("loss.train_trainmode") and t.has("loss.train_eval")):
         return {}
-    s, v = t.steps("loss.train_eval"), t.values("loss.train_eval")
-    if len(v) == 0:
+    ev = dict(zip(t.steps("loss.train_eval").tolist(), t.values("loss.train_eval").tolist()))
+    pairs = [(ev[s], tm) for s, tm in zip(t.steps("loss.train_trainmode").tolist(), t.values("loss.train_trainmode").tolist())
+             if s in ev]
+    if not pairs:
         return {}
-    steps = t.meta.get("steps") or int(s[-1]) or 1
-    last = v[s >= steps - max(1, round(0.1 * steps))]
-    last = last if len(last) else v[-1:]
-    final = float("inf") if t.status == "diverged" or not np.isfinite(last).all() else float(last.mean())
-    out = {"loss.final_eval": final}
-    chance = t.meta.get("chance_loss")
-    if chance is not None and chance > 0:
-        out["loss.final_eval_over_chance"] = final / chance
+    e, m = np.array(pairs, dtype=float).T
+    if not np.isfinite(m).all() or m.sum() <= 0:
+        return {}
+    ratio = float(e.sum() / m.sum()) if np.isfinite(e).all() else float("inf")
+    out = {"loss.eval_mode_ratio": ratio}
+    ends = loss_curve(p)
+    for name, base in (("loss.final_eval", "loss.final"), ("loss.final_eval_over_chance", "loss.final_over_chance")):
+        if base in ends and np.isfinite(ends[base]):
+            out[name] = ends[base] * ratio
     return out
 
 

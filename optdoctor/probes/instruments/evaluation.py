@@ -49,6 +49,10 @@ class Evaluation(Instrument):
         Series("acc.train", "step", "accuracy on a fixed training batch", tag="accuracy/train"),
         Series("loss.val", "step", "loss on a fixed validation batch, eval mode", tag="loss/val"),
         Series("acc.val", "step", "accuracy on a fixed validation batch", tag="accuracy/val"),
+        Series("loss.train_trainmode", "step", "loss on the same fixed training batch in training mode (no update: "
+               "buffers such as BatchNorm's running statistics, and the random state, are restored), at the "
+               "checkpoints of the probe's last tenth, for models with running statistics (BatchNorm): against "
+               "loss.train_eval, what eval mode alone changes"),
     )
     needs = frozenset({"state"})
 
@@ -59,6 +63,30 @@ class Evaluation(Instrument):
         self.output = output or (lambda out: out)
         chunks = lambda b: b if isinstance(b, list) else [b]  # noqa: E731
         self.batches = [("train", chunks(train))] + ([("val", chunks(val))] if val is not None else [])
+        last = max(self.schedule.steps, default=0)
+        self.tail = last - max(1, round(0.1 * last))  # checkpoints after this step also run training mode
+
+    def _train_mode_loss(self, chunks) -> float:
+        """The loss on ``chunks`` in training mode, changing nothing: BatchNorm normalises by the
+        chunk's own statistics (and dropout drops), but every buffer the forward pass updates and
+        the random state are put back, so the probe goes on as if this had not run."""
+        model = self.ctx.model
+        was = model.training
+        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        model.train()
+        losses = []
+        try:
+            cuda = sorted({q.device.index or 0 for q in model.parameters() if q.device.type == "cuda"})
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                for X, y in chunks:
+                    n = len(y) if isinstance(y, torch.Tensor) and y.dim() else 1
+                    losses.append((float(self.loss_fn(self.forward(model, X), y)), n))
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            model.train(was)
+        return _mean(losses)
 
     def _evaluate(self, chunks) -> tuple[float, float | None]:
         model = self.ctx.model
@@ -78,7 +106,20 @@ class Evaluation(Instrument):
             model.train(was)
         return _mean(losses), (_mean(accs) if accs else None)
 
+    def _running_statistics(self) -> bool:
+        """Whether the model normalises by running statistics in eval mode (BatchNorm and its
+        kin): the one train/eval difference loss.train_trainmode is measured for. Other models
+        get no training-mode pass, so their forward is never called in training mode outside a
+        training step (a model may count its training calls)."""
+        from torch.nn.modules.batchnorm import _NormBase
+
+        if not hasattr(self, "_norm"):
+            self._norm = any(isinstance(m, _NormBase) and m.track_running_stats for m in self.ctx.model.modules())
+        return self._norm
+
     def at_state(self, step: int) -> None:
+        if step > self.tail and self._running_statistics():
+            self.recorder.log("loss.train_trainmode", step, self._train_mode_loss(self.batches[0][1]))
         for split, chunks in self.batches:
             loss, acc = self._evaluate(chunks)
             self.recorder.log("loss.train_eval" if split == "train" else "loss.val", step, loss)
