@@ -1432,3 +1432,20 @@ def test_no_training_mode_pass_without_running_statistics():
     assert calls and not any(calls)
     assert iset.ctx.recorder.rows("loss.train_trainmode") == []
     assert {s for s, _ in iset.ctx.recorder.rows("loss.train_eval")} == {0, 95, 100}
+
+
+def test_a_training_mode_pass_that_cannot_run_is_nan_and_changes_nothing():
+    """BatchNorm cannot normalise a chunk of one sample in training mode: the pass records NaN
+    (loss.eval_mode_ratio is then absent) instead of failing the probe, and puts the mode and the
+    running statistics back."""
+    from optdoctor.probes.instruments.evaluation import Evaluation
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    X, y = torch.randn(1, 4), torch.randint(0, 3, (1,))
+    ev = Evaluation(at=[0, 100], forward=lambda m, x: m(x), loss_fn=F.cross_entropy, train=[(X, y)])
+    iset = attach(model, [ev], x=torch.randn(8, 4))
+    stats = [b.clone() for b in model.buffers()]
+    ev.at_state(100)
+    assert math.isnan(dict(iset.ctx.recorder.rows("loss.train_trainmode"))[100])
+    assert model.training and all(torch.equal(a, b) for a, b in zip(model.buffers(), stats))
+    assert dict(iset.ctx.recorder.rows("loss.train_eval"))[100] > 0  # eval mode still measured

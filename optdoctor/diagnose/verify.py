@@ -46,8 +46,8 @@ EVAL_FORM = {"loss.final": "loss.final_eval", "loss.final_over_chance": "loss.fi
 
 def in_eval_mode(symptoms: dict[str, float], metric: str) -> bool:
     """Whether the eval-mode form of ``metric`` (``EVAL_FORM``) is recorded and clearly higher:
-    by more than the fraction a remedy must gain to count (``VERIFY_MIN_GAIN``), so that the
-    noise between a fixed batch and the last mini-batches changes nothing."""
+    by more than the fraction a remedy must gain to count (``VERIFY_MIN_GAIN``), so that a small
+    difference between the two modes changes nothing."""
     value, held = symptoms.get(metric), symptoms.get(EVAL_FORM.get(metric, ""))
     if value is None or held is None or not math.isfinite(value) or math.isnan(held):
         return False

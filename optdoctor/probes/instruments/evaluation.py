@@ -69,7 +69,9 @@ class Evaluation(Instrument):
     def _train_mode_loss(self, chunks) -> float:
         """The loss on ``chunks`` in training mode, changing nothing: BatchNorm normalises by the
         chunk's own statistics (and dropout drops), but every buffer the forward pass updates and
-        the random state are put back, so the probe goes on as if this had not run."""
+        the random state are put back, so the probe goes on as if this had not run. NaN where the
+        training-mode forward cannot run on these chunks (BatchNorm on a chunk of one sample): a
+        measurement of ours, never the user's error."""
         model = self.ctx.model
         was = model.training
         buffers = [(b, b.detach().clone()) for b in model.buffers()]
@@ -81,6 +83,8 @@ class Evaluation(Instrument):
                 for X, y in chunks:
                     n = len(y) if isinstance(y, torch.Tensor) and y.dim() else 1
                     losses.append((float(self.loss_fn(self.forward(model, X), y)), n))
+        except Exception:  # noqa: BLE001 -- the eval-mode comparison is then not made (loss.eval_mode_ratio absent)
+            return float("nan")
         finally:
             with torch.no_grad():
                 for b, saved in buffers:
@@ -114,7 +118,10 @@ class Evaluation(Instrument):
         from torch.nn.modules.batchnorm import _NormBase
 
         if not hasattr(self, "_norm"):
-            self._norm = any(isinstance(m, _NormBase) and m.track_running_stats for m in self.ctx.model.modules())
+            mods = list(self.ctx.model.modules())
+            # SyncBatchNorm's training-mode forward is a collective: not outside a step
+            self._norm = (any(isinstance(m, _NormBase) and m.track_running_stats for m in mods)
+                          and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in mods))
         return self._norm
 
     def at_state(self, step: int) -> None:
