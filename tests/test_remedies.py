@@ -195,11 +195,11 @@ def test_a_remedy_that_ends_above_the_chance_loss_did_not_fix_the_run():
 
 
 def test_a_remedy_is_judged_by_the_model_as_it_is_evaluated_where_that_is_clearly_worse():
-    """The compared loss is the eval-mode one (BatchNorm's running statistics) where that is
-    recorded and higher by more than VERIFY_MIN_GAIN: BatchNorm whose running statistics lag
-    reaches 0.06 in training mode but 1.0 in eval mode, which is no fix of a run at 1.1 with a
-    chance loss of 1.1; a fixed batch a little above the last mini-batches changes nothing; a
-    model that is NaN in eval mode keeps its training-mode value, one that is inf is no fix."""
+    """The compared loss is scaled by loss.eval_mode_ratio (eval over training mode, the same
+    weights and batch) where that exceeds 1 + VERIFY_MIN_GAIN: BatchNorm whose running statistics
+    lag reaches 0.06 in training mode but 1.0 as evaluated, which is no fix of a run at 1.1 with a
+    chance loss of 1.1; a ratio just above 1, below 1 (dropout), NaN or absent changes nothing; an
+    infinite one (eval mode not finite) is no fix."""
     from math import inf, nan
 
     from optdoctor.diagnose.verify import VERIFY_MIN_GAIN, compared, in_eval_mode, judge
@@ -208,21 +208,23 @@ def test_a_remedy_is_judged_by_the_model_as_it_is_evaluated_where_that_is_clearl
 
     rule = next(r for r in load_rules() if r.id == "OD201")
     f = type("F", (), {"evidence": []})()
-    for after, helped, shown, train_mode in [
-        ({"loss.final": 0.06, "loss.final_eval": 1.0}, False, 1.0, 0.06),
-        ({"loss.final": 0.06, "loss.final_eval": 0.18}, True, 0.18, 0.06),
-        ({"loss.final": 0.06, "loss.final_eval": 0.06 * (1 + VERIFY_MIN_GAIN / 2)}, True, 0.06, None),
-        ({"loss.final": 0.06, "loss.final_eval": 0.01}, True, 0.06, None),
-        ({"loss.final": 0.06, "loss.final_eval": nan}, True, 0.06, None),
-        ({"loss.final": 0.06, "loss.final_eval": inf}, False, inf, 0.06),
-        ({"loss.final": 0.06}, True, 0.06, None),
+    for ratio, helped, shown, train_mode in [
+        (1.0 / 0.06, False, 1.0, 0.06),
+        (3.0, True, 0.18, 0.06),
+        (1 + VERIFY_MIN_GAIN / 2, True, 0.06, None),
+        (0.2, True, 0.06, None),
+        (nan, True, 0.06, None),
+        (inf, False, inf, 0.06),
+        (None, True, 0.06, None),
     ]:
+        after = {"loss.final": 0.06} if ratio is None else {"loss.final": 0.06, "loss.eval_mode_ratio": ratio}
         v = Verification(remedy="r", patch={}, before=1.1)
         judge(v, f, rule, {}, after, 1.1)
-        assert (v.helped, v.after, v.after_train_mode) == (helped, shown, train_mode), after
-    over = {"loss.final_over_chance": 0.05, "loss.final_eval_over_chance": 0.9}
-    assert compared(over, "loss.final_over_chance") == 0.9 and in_eval_mode(over, "loss.final_over_chance")
-    assert compared({"val.final": 0.3, "loss.final_eval": 2.0}, "val.final") == 0.3  # already eval mode
+        assert (v.helped, v.after, v.after_train_mode) == (helped, pytest.approx(shown), train_mode), after
+    over = {"loss.final_over_chance": 0.05, "loss.eval_mode_ratio": 18.0}
+    assert compared(over, "loss.final_over_chance") == pytest.approx(0.9) and in_eval_mode(over, "loss.final_over_chance")
+    assert compared({"val.final": 0.3, "loss.eval_mode_ratio": 5.0}, "val.final") == 0.3  # already eval mode
+    assert compared({"loss.final": -2.0, "loss.eval_mode_ratio": 5.0}, "loss.final") == -2.0  # not a positive loss
 
 
 def test_an_optional_patch_key_applies_only_where_the_factory_takes_it(tmp_path):

@@ -83,8 +83,8 @@ def _late_drop_lo_by_hand(v) -> float:
 
 def test_eval_mode_ratio_compares_the_two_modes_on_the_same_checkpoints_by_hand():
     """loss.eval_mode_ratio: sum of the eval-mode losses over sum of the training-mode ones, at the
-    checkpoints that have both (the last tenth); loss.final_eval scales loss.final by it; a
-    non-finite eval-mode loss makes it inf; no training-mode rows, no symptom."""
+    checkpoints that have both (the last tenth); a non-finite eval-mode loss makes it inf; no
+    training-mode rows, no symptom."""
     steps = np.array([0, 7, 14, 126, 133, 140, 147, 150])
     ev = np.array([5.0, 4.0, 3.0, 0.5, 0.8, 0.2, 0.1, 0.3])
     tm_steps, tm = np.array([140, 147, 150]), np.array([0.05, 0.05, 0.1])
@@ -93,14 +93,12 @@ def test_eval_mode_ratio_compares_the_two_modes_on_the_same_checkpoints_by_hand(
                              chance_loss=2.0)))
     ratio = (0.2 + 0.1 + 0.3) / (0.05 + 0.05 + 0.1)
     assert s["loss.eval_mode_ratio"] == pytest.approx(ratio)
-    assert s["loss.final_eval"] == pytest.approx(s["loss.final"] * ratio)
-    assert s["loss.final_eval_over_chance"] == pytest.approx(s["loss.final"] / 2.0 * ratio)
     bad = ev.copy()
     bad[-2] = nan
     got = extract(probes(trace({**base, "loss.train_eval": (steps, bad), "loss.train_trainmode": (tm_steps, tm)})))
-    assert got["loss.eval_mode_ratio"] == inf and got["loss.final_eval"] == inf
+    assert got["loss.eval_mode_ratio"] == inf
     same = extract(probes(trace({**base, "loss.train_eval": (tm_steps, tm), "loss.train_trainmode": (tm_steps, tm)})))
-    assert same["loss.eval_mode_ratio"] == 1.0 and same["loss.final_eval"] == same["loss.final"]
+    assert same["loss.eval_mode_ratio"] == 1.0
     assert "loss.eval_mode_ratio" not in extract(probes(trace({**base, "loss.train_eval": (steps, ev)})))
 
 

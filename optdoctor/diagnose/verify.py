@@ -36,28 +36,29 @@ STOPS = (":", ";", " (", ". ", ",")  # where a remedy's name ends in the recomme
 
 # A run's compared loss is also that of the model as it is evaluated: for a model with running
 # statistics (BatchNorm), the training-mode loss times how much worse the same weights do on the
-# same fixed batch in eval mode (loss.eval_mode_ratio), where that is clearly the higher. BatchNorm
+# same fixed batch in eval mode (loss.eval_mode_ratio), where that is clearly worse. BatchNorm
 # added in front of unnormalised inputs trains well in training mode while its running statistics
 # lag the weights: on the fault benchmark's dev split at a8920ca, BatchNorm alone was the remedy
 # the plain loop (which scores in eval mode) refuted most often, 13 of the 30 cases where it was
 # judged fixed against 65 of 283 for the others.
-EVAL_FORM = {"loss.final": "loss.final_eval", "loss.final_over_chance": "loss.final_eval_over_chance"}
+EVAL_SCALED = ("loss.final", "loss.final_over_chance")
 
 
 def in_eval_mode(symptoms: dict[str, float], metric: str) -> bool:
-    """Whether the eval-mode form of ``metric`` (``EVAL_FORM``) is recorded and clearly higher:
-    by more than the fraction a remedy must gain to count (``VERIFY_MIN_GAIN``), so that a small
+    """Whether ``metric`` (a positive, finite training loss) is clearly worse in eval mode: by more
+    than the fraction a remedy must gain to count (``VERIFY_MIN_GAIN``), so that a small
     difference between the two modes changes nothing."""
-    value, held = symptoms.get(metric), symptoms.get(EVAL_FORM.get(metric, ""))
-    if value is None or held is None or not math.isfinite(value) or math.isnan(held):
+    value, ratio = symptoms.get(metric), symptoms.get("loss.eval_mode_ratio")
+    if metric not in EVAL_SCALED or value is None or ratio is None or not (math.isfinite(value) and value > 0):
         return False
-    return held > value + VERIFY_MIN_GAIN * abs(value)
+    return ratio > 1 + VERIFY_MIN_GAIN  # NaN is not
 
 
 def compared(symptoms: dict[str, float], metric: str) -> float | None:
-    """The value of ``metric`` a remedy is judged by: the rule's ``verify:`` symptom, or its
-    eval-mode form where that is clearly higher (``in_eval_mode``)."""
-    return symptoms[EVAL_FORM[metric]] if in_eval_mode(symptoms, metric) else symptoms.get(metric)
+    """The value of ``metric`` a remedy is judged by: the rule's ``verify:`` symptom, scaled to
+    eval mode where that is clearly worse (``in_eval_mode``)."""
+    value = symptoms.get(metric)
+    return value * symptoms["loss.eval_mode_ratio"] if in_eval_mode(symptoms, metric) else value
 
 
 def gain(before: float, after: float, reference: float | None) -> float:

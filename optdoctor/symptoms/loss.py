@@ -60,13 +60,11 @@ def loss_curve(p: ProbeSet) -> dict:
 
 @produces(
     ("loss.eval_mode_ratio", "for a model with running statistics (BatchNorm): eval-mode over training-mode loss of the same weights on the same fixed training batch, summed over the checkpoints of the probe's last tenth; above 1 where the model does worse as it is evaluated (running statistics lagging the weights; dropout in the same model lowers it); inf if eval mode is not finite while training mode is; absent for other models", "ratio"),
-    ("loss.final_eval", "loss.final as the model is evaluated: loss.final x loss.eval_mode_ratio", "loss"),
-    ("loss.final_eval_over_chance", "loss.final_over_chance x loss.eval_mode_ratio", "ratio"),
 )
-def eval_mode_loss(p: ProbeSet) -> dict:
-    """The end of the run as the model will be used. The ratio compares the two modes on the same
-    weights and batch, so mini-batch noise and the loss's reduction (a sum grows with the batch)
-    cancel; ``compared`` in diagnose/verify.py judges remedies by it."""
+def eval_mode_ratio(p: ProbeSet) -> dict:
+    """How much worse the end of the run is as the model will be used. The two modes are compared
+    on the same weights and batch, so mini-batch noise and the loss's reduction (a sum grows with
+    the batch) cancel; ``compared`` in diagnose/verify.py judges remedies by it."""
     t = p.baseline
     if not (t.has("loss.train_trainmode") and t.has("loss.train_eval")):
         return {}
@@ -78,13 +76,7 @@ def eval_mode_loss(p: ProbeSet) -> dict:
     e, m = np.array(pairs, dtype=float).T
     if not np.isfinite(m).all() or m.sum() <= 0:
         return {}
-    ratio = float(e.sum() / m.sum()) if np.isfinite(e).all() else float("inf")
-    out = {"loss.eval_mode_ratio": ratio}
-    ends = loss_curve(p)
-    for name, base in (("loss.final_eval", "loss.final"), ("loss.final_eval_over_chance", "loss.final_over_chance")):
-        if base in ends and np.isfinite(ends[base]):
-            out[name] = ends[base] * ratio
-    return out
+    return {"loss.eval_mode_ratio": float(e.sum() / m.sum()) if np.isfinite(e).all() else float("inf")}
 
 
 def _late_drop_lower_bound(v: np.ndarray) -> float | None:
