@@ -1449,3 +1449,29 @@ def test_a_training_mode_pass_that_cannot_run_is_nan_and_changes_nothing():
     assert math.isnan(dict(iset.ctx.recorder.rows("loss.train_trainmode"))[100])
     assert model.training and all(torch.equal(a, b) for a, b in zip(model.buffers(), stats))
     assert dict(iset.ctx.recorder.rows("loss.train_eval"))[100] > 0  # eval mode still measured
+
+
+def test_the_training_mode_pass_is_not_data_the_model_trains_on():
+    """DataStats watches training-mode forwards until its cap: the evaluation's training-mode pass
+    on the fixed batch (inputs scaled x1e6 here) must not reach it."""
+    from optdoctor.probes.instruments.evaluation import Evaluation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    xs = [torch.randn(8, 3) * torch.tensor([1.0, 30.0, 0.5]) for _ in range(3)]
+    Xf, yf = torch.randn(16, 3) * 1e6, torch.randint(0, 2, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = DataStats(cap=1000)
+    ev = Evaluation(at=[0, 3], forward=lambda m, x: m(x), loss_fn=F.cross_entropy, train=(Xf, yf))
+    iset = attach(model, [stats, ev], opt, layers=parametrised_layers(model))
+    for step, x in enumerate(xs, 1):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        ev.at_state(step)
+    assert dict(iset.ctx.recorder.rows("loss.train_trainmode"))  # the pass ran (step 3)
+    iset.detach()
+    got = finish(iset).meta["data_stats"]
+    rows = [r for x in xs for r in x.double().tolist()]
+    stds = [ref_std(list(c)) for c in zip(*rows)]
+    assert got["feature_scale_spread"] == pytest.approx(max(stds) / min(stds), rel=1e-9)

@@ -132,6 +132,9 @@ class Context:
     acts: list[tuple[str, nn.Module, str]] = field(default_factory=list)  # (name, module, kind), forward order
     meta: dict[str, Any] = field(default_factory=dict)  # becomes the trace's metadata
     extras: dict[str, Any] = field(default_factory=dict)
+    # True while an instrument runs the model in training mode outside a training step
+    # (Evaluation's training-mode pass): hooks that watch training inputs leave that pass alone
+    side_pass: bool = False
 
 
 class Instrument:

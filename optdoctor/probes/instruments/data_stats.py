@@ -39,7 +39,7 @@ class DataStats(Instrument):
         self._handle = ctx.model.register_forward_pre_hook(self._pre, with_kwargs=True)
 
     def _pre(self, module, args, kwargs):
-        if not module.training:  # evaluations run in eval mode: not what the model trains on
+        if not module.training or self.ctx.side_pass:  # evaluations: not what the model trains on
             return
         if self.seen >= self.cap:  # enough: the hook leaves the model
             self.detach()

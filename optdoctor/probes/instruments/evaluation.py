@@ -76,6 +76,7 @@ class Evaluation(Instrument):
         was = model.training
         buffers = [(b, b.detach().clone()) for b in model.buffers()]
         model.train()
+        self.ctx.side_pass = True
         losses = []
         try:
             cuda = sorted({q.device.index or 0 for q in model.parameters() if q.device.type == "cuda"})
@@ -90,6 +91,7 @@ class Evaluation(Instrument):
                 for b, saved in buffers:
                     b.copy_(saved)
             model.train(was)
+            self.ctx.side_pass = False
         return _mean(losses)
 
     def _evaluate(self, chunks) -> tuple[float, float | None]:
